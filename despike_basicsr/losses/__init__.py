@@ -1,0 +1,4 @@
+"""Registered losses of despike_basicsr; importing this package fills BasicSR's registry (every `*_loss.py`)."""
+from despike_basicsr._registry_scan import import_modules
+
+_modules = import_modules(__name__, __file__, '_loss')
