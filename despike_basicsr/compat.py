@@ -1,22 +1,59 @@
-"""The one place where basicsr 1.4.2 is adapted to current torch/torchvision/numpy and to machines without CUDA.
+"""The one place where basicsr 1.4.2 is adapted to current torch/torchvision/numpy, to machines without CUDA, and made
+safe to resume. Nothing here edits installed files: each patch replaces one basicsr function at import time.
 
-(Work in progress: filled in by the foundation issue.)
+Importing :mod:`despike_basicsr` applies every patch once (``apply()`` is idempotent). Each patch names what breaks,
+which basicsr versions need it (checked against 1.4.2, the last release; later releases may fix some) and what it
+changes. In short:
+
+=====================================  ====================================================================
+patch                                  why
+=====================================  ====================================================================
+``functional_tensor`` alias            torchvision >= 0.17 removed the module ``basicsr.data`` imports
+``_init_dist_pytorch``                 calls ``torch.cuda.set_device`` unconditionally; uses ``RANK`` (global)
+                                       instead of ``LOCAL_RANK`` for the device; NCCL only
+``BaseModel.model_to_device``          wraps DDP with ``device_ids=[torch.cuda.current_device()]`` (CPU: crash)
+``basicsr.train.load_resume_state``    maps the state onto CUDA unconditionally; ``--auto_resume`` searched
+                                       ``experiments/`` relative to the working directory; torch >= 2.6 loads
+                                       with ``weights_only=True`` and rejects the schedulers' ``Counter``
+``BaseModel.save_network``,            a kill during ``torch.save`` left a truncated checkpoint under its final
+``BaseModel.save_training_state``      name, which ``--auto_resume`` then picked; now temp file + rename
+``BaseModel.load_network``             ``torch.load`` without ``weights_only``; mismatched keys surfaced as a raw
+                                       ``load_state_dict`` traceback; now a message listing keys and shapes
+``Registry.get``                       an unknown ``type:`` gave "No object named X"; now lists what is registered
+=====================================  ====================================================================
 """
+import collections
+import os
 import sys
 import types
+from typing import Any, Callable, Dict, Optional
+
+_APPLIED = False
+
+#: Environment variable that overrides the torch.distributed backend (``nccl``, ``gloo``); ``despike_basicsr.train``
+#: sets it from the options' ``dist_params: {backend: ...}``.
+DIST_BACKEND_ENV = 'DESPIKE_DIST_BACKEND'
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint or training state that cannot be used (missing, truncated, or made for another network)."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# torch / torchvision
+# ----------------------------------------------------------------------------------------------------------------------
 def _install_functional_tensor_alias() -> None:
     """basicsr <= 1.4.2: ``basicsr.data.degradations`` imports ``torchvision.transforms.functional_tensor``.
 
-    torchvision 0.17 removed that private module; its one function basicsr uses, ``rgb_to_grayscale``, lives in
-    ``torchvision.transforms.functional`` now. We register a stand-in module under the old name.
+    torchvision 0.17 removed that private module; the one function basicsr uses, ``rgb_to_grayscale``, lives in
+    ``torchvision.transforms.functional``. We register a stand-in module under the old name (older torchvision keeps
+    its own module).
     """
     name = 'torchvision.transforms.functional_tensor'
     if name in sys.modules:
         return
     try:
-        import torchvision.transforms.functional_tensor  # noqa: F401  (older torchvision: nothing to do)
+        import torchvision.transforms.functional_tensor  # noqa: F401
         return
     except ImportError:
         pass
@@ -26,4 +63,253 @@ def _install_functional_tensor_alias() -> None:
     sys.modules[name] = shim
 
 
-_install_functional_tensor_alias()
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save`` to ``path`` through a temporary file in the same folder and an atomic rename.
+
+    A process killed mid-write leaves ``path`` as it was (the previous checkpoint, or nothing) and at most a stray
+    ``*.tmp-<pid>`` file, which no loader looks at.
+    """
+    import torch
+    tmp_path = f'{path}.tmp-{os.getpid()}'
+    try:
+        with open(tmp_path, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+def safe_torch_load(path: str, map_location: Any = 'cpu', what: str = 'checkpoint') -> Any:
+    """Load a checkpoint with ``weights_only=True`` and turn every failure into a :class:`CheckpointError` naming it.
+
+    BasicSR's training states hold the schedulers' ``collections.Counter`` milestones, which are allowed here.
+    """
+    import torch
+    if not os.path.isfile(path):
+        raise CheckpointError(f'{what} not found: {path}')
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f'{what} is empty (0 bytes): {path}')
+    try:
+        with torch.serialization.safe_globals([collections.Counter, collections.OrderedDict]):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises many types for truncated/corrupt archives
+        raise CheckpointError(f'cannot read {what} {path}: it is truncated, corrupt or not a torch checkpoint '
+                              f'({type(error).__name__}: {str(error).splitlines()[0][:200]})') from error
+
+
+def describe_state_dict_mismatch(expected: Dict[str, Any], found: Dict[str, Any], limit: int = 20) -> str:
+    """List the keys missing from / unexpected in ``found`` and the keys whose shapes differ, for error messages."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(found) if tuple(expected[k].shape) != tuple(found[k].shape))
+    lines = []
+    for title, keys in (('missing in checkpoint', missing), ('unexpected in checkpoint', unexpected)):
+        if keys:
+            shown = ', '.join(keys[:limit]) + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
+            lines.append(f'{title} ({len(keys)}): {shown}')
+    if shapes:
+        shown = '; '.join(f'{k}: network {tuple(expected[k].shape)} vs checkpoint {tuple(found[k].shape)}'
+                          for k in shapes[:limit])
+        lines.append(f'shape mismatch ({len(shapes)}): {shown}')
+    return '\n  '.join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# CPU and distributed
+# ----------------------------------------------------------------------------------------------------------------------
+def choose_dist_backend(requested: Optional[str] = None) -> str:
+    """The torch.distributed backend: ``$DESPIKE_DIST_BACKEND``, else ``requested`` when it can run, else by device.
+
+    NCCL needs CUDA; a CPU-only machine (or a CUDA one told so) uses gloo.
+    """
+    import torch
+    override = os.environ.get(DIST_BACKEND_ENV)
+    if override:
+        return override
+    if requested and (requested != 'nccl' or torch.cuda.is_available()):
+        return requested
+    return 'nccl' if torch.cuda.is_available() else 'gloo'
+
+
+def _init_dist_pytorch(backend: str = 'nccl', **kwargs: Any) -> None:
+    """basicsr <= 1.4.2 ``dist_util._init_dist_pytorch``: ``torch.cuda.set_device(RANK % num_gpus)`` crashes without
+    CUDA (division by zero / no driver) and picks the wrong GPU on multi-node runs, where the device index is the
+    node-local ``LOCAL_RANK`` that torchrun sets. Here: CUDA only when present, device from ``LOCAL_RANK``, NCCL on CUDA
+    and gloo otherwise (overridable, see :func:`choose_dist_backend`).
+    """
+    import torch
+    import torch.distributed as dist
+    backend = choose_dist_backend(backend)
+    if torch.cuda.is_available() and backend == 'nccl':
+        local_rank = int(os.environ.get('LOCAL_RANK', os.environ.get('RANK', 0)))
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    dist.init_process_group(backend=backend, **kwargs)
+
+
+def _model_to_device(self, net):
+    """basicsr <= 1.4.2 ``BaseModel.model_to_device``: DDP got ``device_ids=[torch.cuda.current_device()]`` even on
+    CPU. CPU modules must be wrapped without ``device_ids``."""
+    import torch
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+    net = net.to(self.device)
+    if self.opt['dist']:
+        find_unused = self.opt.get('find_unused_parameters', False)
+        device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
+        net = DistributedDataParallel(net, device_ids=device_ids, find_unused_parameters=find_unused)
+    elif self.opt['num_gpu'] > 1:
+        net = DataParallel(net)
+    return net
+
+
+def find_latest_state(state_dir: str) -> Optional[str]:
+    """The ``<iter>.state`` file with the highest iteration in ``state_dir`` (temporary files are ignored)."""
+    if not os.path.isdir(state_dir):
+        return None
+    iters = []
+    for name in os.listdir(state_dir):
+        stem, ext = os.path.splitext(name)
+        if ext == '.state' and stem.isdigit():
+            iters.append(int(stem))
+    return os.path.join(state_dir, f'{max(iters)}.state') if iters else None
+
+
+def _load_resume_state(opt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """basicsr <= 1.4.2 ``train.load_resume_state``: mapped the state to ``cuda(current_device())`` (crash on CPU),
+    looked for ``experiments/<name>`` relative to the working directory instead of the experiment root, and called
+    ``torch.load`` with torch's default ``weights_only`` (True since torch 2.6), which rejects the schedulers'
+    ``Counter``. Here: the state folder from the options, the model's device, weights-only loading that allows
+    ``Counter``, and a :class:`CheckpointError` naming a missing or corrupt file.
+    """
+    import torch
+    from basicsr.utils import check_resume
+    if opt['auto_resume']:
+        path = find_latest_state(opt['path']['training_states'])
+        if path is not None:
+            opt['path']['resume_state'] = path
+    else:
+        path = opt['path'].get('resume_state')
+    if path is None:
+        return None
+    map_location = 'cpu'
+    if opt.get('num_gpu', 0) != 0 and torch.cuda.is_available():
+        map_location = f'cuda:{torch.cuda.current_device()}'
+    state = safe_torch_load(path, map_location=map_location, what='training state')
+    for key in ('epoch', 'iter', 'optimizers', 'schedulers'):
+        if key not in state:
+            raise CheckpointError(f'training state {path} has no {key!r} entry: not a BasicSR training state')
+    check_resume(opt, state['iter'])
+    for name, value in opt['path'].items():
+        if name.startswith('pretrain_network') and value and not os.path.isfile(value):
+            raise CheckpointError(f'training state {path} (iter {state["iter"]}) needs the network file {value}, '
+                                  'which is missing')
+    return state
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Safe checkpoints
+# ----------------------------------------------------------------------------------------------------------------------
+def _save_network(self, net, net_label, current_iter, param_key='params'):
+    """basicsr <= 1.4.2 ``BaseModel.save_network`` wrote with ``torch.save(obj, final_path)``: a kill mid-write left a
+    truncated ``.pth``. Same file names and contents, written atomically."""
+    if current_iter == -1:
+        current_iter = 'latest'
+    save_path = os.path.join(self.opt['path']['models'], f'{net_label}_{current_iter}.pth')
+    nets = net if isinstance(net, list) else [net]
+    param_keys = param_key if isinstance(param_key, list) else [param_key]
+    if len(nets) != len(param_keys):
+        raise ValueError(f'save_network: {len(nets)} networks but {len(param_keys)} param keys')
+    save_dict = {}
+    for net_, key_ in zip(nets, param_keys):
+        state_dict = self.get_bare_model(net_).state_dict()
+        save_dict[key_] = {(k[7:] if k.startswith('module.') else k): v.cpu() for k, v in state_dict.items()}
+    atomic_torch_save(save_dict, save_path)
+
+
+def _save_training_state(self, epoch, current_iter):
+    """basicsr <= 1.4.2 ``BaseModel.save_training_state``: same atomic-write fix as :func:`_save_network` (rank 0
+    only, as before)."""
+    from basicsr.utils.dist_util import get_dist_info
+    if current_iter == -1 or get_dist_info()[0] != 0:
+        return
+    state = {
+        'epoch': epoch,
+        'iter': current_iter,
+        'optimizers': [o.state_dict() for o in self.optimizers],
+        'schedulers': [s.state_dict() for s in self.schedulers],
+    }
+    atomic_torch_save(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+
+
+def _load_network(self, net, load_path, strict=True, param_key='params'):
+    """basicsr <= 1.4.2 ``BaseModel.load_network``: ``torch.load`` without ``weights_only`` (arbitrary code on load),
+    and a network/checkpoint mismatch ended in a raw ``load_state_dict`` traceback. Here: weights-only loading, the
+    ``params``/``params_ema`` fallback as before, and a :class:`CheckpointError` listing mismatched keys and shapes.
+    """
+    from basicsr.utils import get_root_logger
+    logger = get_root_logger()
+    net = self.get_bare_model(net)
+    loaded = safe_torch_load(load_path, what='network checkpoint')
+    if param_key is not None and isinstance(loaded, dict):
+        if param_key not in loaded and 'params' in loaded:
+            logger.info(f'Loading: {param_key} does not exist in {load_path}, use params.')
+            param_key = 'params'
+        if param_key not in loaded:
+            raise CheckpointError(f'network checkpoint {load_path} has no {param_key!r} entry '
+                                  f'(found: {", ".join(map(str, loaded.keys()))})')
+        loaded = loaded[param_key]
+    state_dict = {(k[7:] if k.startswith('module.') else k): v for k, v in loaded.items()}
+    expected = net.state_dict()
+    if strict:
+        mismatch = describe_state_dict_mismatch(expected, state_dict)
+        if mismatch:
+            raise CheckpointError(f'network checkpoint {load_path} does not fit {net.__class__.__name__} '
+                                  f'(another arch or other options?):\n  {mismatch}')
+    else:
+        for key in [k for k in state_dict if k in expected and expected[k].shape != state_dict[k].shape]:
+            logger.warning(f'Size differs, ignored [{key}]: network {tuple(expected[key].shape)}; '
+                           f'checkpoint {tuple(state_dict[key].shape)}')
+            state_dict.pop(key)
+    logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].')
+    net.load_state_dict(state_dict, strict=strict)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Clearer errors
+# ----------------------------------------------------------------------------------------------------------------------
+def _make_registry_get(original: Callable) -> Callable:
+
+    def get(self, name, suffix='basicsr'):
+        """basicsr's ``Registry.get`` said only "No object named X"; the error now lists every registered name."""
+        if name not in self._obj_map and f'{name}_{suffix}' not in self._obj_map:
+            known = ', '.join(sorted(self._obj_map))
+            raise KeyError(f"No object named '{name}' found in the '{self._name}' registry. Registered: {known}")
+        return original(self, name, suffix)
+
+    return get
+
+
+def apply() -> None:
+    """Apply every patch once. Called when :mod:`despike_basicsr` is imported."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    _install_functional_tensor_alias()
+
+    import basicsr.train
+    from basicsr.models import base_model
+    from basicsr.utils import dist_util, registry
+
+    dist_util._init_dist_pytorch = _init_dist_pytorch
+    base_model.BaseModel.model_to_device = _model_to_device
+    base_model.BaseModel.save_network = _save_network
+    base_model.BaseModel.save_training_state = _save_training_state
+    base_model.BaseModel.load_network = _load_network
+    basicsr.train.load_resume_state = _load_resume_state
+    registry.Registry.get = _make_registry_get(registry.Registry.get)
+    _APPLIED = True
+
+
+apply()

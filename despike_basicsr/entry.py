@@ -1,0 +1,72 @@
+"""Shared start-up for the ``train`` and ``test`` entries: project root, import path and distributed backend."""
+import os
+import sys
+from os import path as osp
+from typing import List, Optional
+
+PACKAGE_DIR = osp.dirname(osp.abspath(__file__))
+REPO_ROOT = osp.dirname(PACKAGE_DIR)
+
+
+def project_root() -> str:
+    """Where ``experiments/``, ``results/`` and ``tb_logger/`` go (BasicSR's ``root_path``).
+
+    ``$DESPIKE_ROOT`` when set; else the source checkout (the folder holding ``setup.py`` and ``options/``) for an
+    editable install; else the working directory (a regular install lives in site-packages, which is no place for
+    experiment outputs).
+    """
+    if os.environ.get('DESPIKE_ROOT'):
+        return osp.abspath(os.environ['DESPIKE_ROOT'])
+    if osp.isfile(osp.join(REPO_ROOT, 'setup.py')) and osp.isdir(osp.join(REPO_ROOT, 'options')):
+        return REPO_ROOT
+    return os.getcwd()
+
+
+def option_file_from_argv(argv: List[str]) -> Optional[str]:
+    """The value of ``-opt`` in ``argv`` (BasicSR's flag), or None."""
+    for i, arg in enumerate(argv):
+        if arg == '-opt' and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith('-opt='):
+            return arg.split('=', 1)[1]
+    return None
+
+
+def prepare(argv: Optional[List[str]]) -> str:
+    """Common start: set ``sys.argv`` for BasicSR's parser, validate the options file, pick the backend.
+
+    Returns:
+        The project root to hand to BasicSR's pipeline.
+    """
+    if argv is not None:
+        sys.argv = [sys.argv[0]] + list(argv)
+    from despike_basicsr import compat
+    from despike_basicsr.options import check_options_file
+    opt_path = option_file_from_argv(sys.argv[1:])
+    if opt_path is not None:
+        opt = check_options_file(opt_path)
+        backend = (opt.get('dist_params') or {}).get('backend')
+        if backend and not os.environ.get(compat.DIST_BACKEND_ENV):
+            os.environ[compat.DIST_BACKEND_ENV] = backend
+    return project_root()
+
+
+def run_pipeline(kind: str, argv: Optional[List[str]] = None) -> None:
+    """Run BasicSR's ``train_pipeline`` or ``test_pipeline`` (``kind``), turning our input errors into one line.
+
+    Options and checkpoint problems (:class:`~despike_basicsr.options.OptionsError`,
+    :class:`~despike_basicsr.compat.CheckpointError`) end the process with exit code 2 and a message naming the file;
+    anything else is a bug and keeps its traceback.
+    """
+    from despike_basicsr.compat import CheckpointError
+    from despike_basicsr.options import OptionsError
+    try:
+        root = prepare(argv)
+        if kind == 'train':
+            from basicsr.train import train_pipeline as pipeline
+        else:
+            from basicsr.test import test_pipeline as pipeline
+        pipeline(root)
+    except (OptionsError, CheckpointError) as error:
+        print(f'despike-{kind}: error: {error}', file=sys.stderr)
+        raise SystemExit(2)
