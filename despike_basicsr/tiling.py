@@ -143,7 +143,8 @@ def tiled_apply(fn: Callable[..., torch.Tensor],
     height, width = present[0].shape[-2:]
     for x in present[1:]:
         if tuple(x.shape[-2:]) != (height, width):
-            raise ValueError(f'tiled_apply: inputs disagree on spatial size: {tuple(x.shape[-2:])} vs {(height, width)}')
+            raise ValueError(
+                f'tiled_apply: inputs disagree on spatial size: {tuple(x.shape[-2:])} vs {(height, width)}')
     tile_h = height if tile <= 0 else min(tile, height)
     tile_w = width if tile <= 0 else min(tile, width)
     row_starts = tile_starts(height, tile_h, min(overlap, tile_h - 1))
