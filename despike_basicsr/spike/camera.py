@@ -1,0 +1,375 @@
+"""Integrate-and-fire spike-camera simulator (reset by subtraction, fixed-pattern noise, dark current, shot noise).
+
+Per pixel and step t (DESIGN.md §3):  A(t) = A(t-1) + η·g·I(t) + dark (+ shot noise);  S(t) = [A(t) ≥ θ];  A(t) -= θ·S(t),
+with A(0) ~ U(0, θ). The potential is kept as a 32-bit fixed-point phase ``X = A / θ · 2**32`` (uint32). Reset by
+subtraction is then the wrap-around of 32-bit addition, and a spike is a carry: ``S(t) = [X(t) < ρ(t)]`` with
+``ρ = r / θ · 2**32``, ``r`` the increment. All paths (closed form, per-step loop, numpy, torch, CPU, CUDA) therefore
+agree bit for bit, and rates are exact to 2**-32 of θ. A pixel whose increment reaches θ saturates: it fires every step
+and its potential is held (at most one spike per step, the excess is discarded).
+"""
+from typing import Callable, Optional, Tuple, Union
+
+import numpy as np
+
+try:
+    import torch
+except ImportError:  # pragma: no cover
+    torch = None
+
+PHASE_SCALE = 2.0**32
+MAX_PHASE_F32 = np.float32(4294967040.0)  # largest float32 below 2**32, so the uint32 cast never overflows
+DEFAULT_ELECTRONS_PER_UNIT = 500.0  # shot_noise=True: photo-electrons per unit potential (θ = 2 -> 1000 e- per spike)
+_BLOCK = 8  # steps per closed-form block: one packed byte plane; small enough to stay in cache
+
+Intensity = Union[np.ndarray, 'torch.Tensor', Callable[[np.ndarray], np.ndarray]]
+
+
+def firing_rate(intensity, threshold: float = 2.0, eta: float = 1.0, gain=1.0, dark=0.0):
+    """Expected spikes per step of a constant scene: ``rate = min(1, (η·g·I + dark) / θ)``."""
+    return np.minimum(1.0, (eta * np.asarray(gain) * np.asarray(intensity) + np.asarray(dark)) / threshold)
+
+
+def spike_count_closed_form(initial_potential, increment, steps, threshold: float = 2.0):
+    """Spikes fired up to step t by a constant increment r < θ:  ``C(t) = floor((A0 + t·r) / θ)``.
+
+    The spike at step t is ``C(t) - C(t-1)``. :func:`simulate` evaluates this identity in 32-bit fixed point, where
+    ``C(t) - C(t-1) = [ (X0 + t·ρ) mod 2**32 < ρ ]``; this float version is the reference the tests check it against.
+    """
+    t = np.asarray(steps)
+    return np.floor((np.asarray(initial_potential) + t * np.asarray(increment)) / threshold).astype(np.int64)
+
+
+def sample_fpn(shape: Tuple[int, int],
+               gain_std: float = 0.058,
+               dark_rate: float = 0.0,
+               dark_std: float = 0.0,
+               seed: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Draw a camera-like fixed-pattern-noise pair: gain ~ N(1, gain_std) and dark ~ N(dark_rate, dark_std).
+
+    Both are clipped at 0 (a gain or dark current cannot be negative); the dark map is in potential units per step.
+
+    Returns:
+        ``(gain, dark)`` float32 maps of ``shape``.
+    """
+    if gain_std < 0 or dark_std < 0 or dark_rate < 0:
+        raise ValueError(f'sample_fpn: gain_std, dark_rate and dark_std must be >= 0, got {gain_std}, {dark_rate}, '
+                         f'{dark_std}')
+    rng = np.random.default_rng(seed)
+    gain = np.clip(rng.normal(1.0, gain_std, size=shape), 0.0, None).astype(np.float32)
+    dark = np.clip(rng.normal(dark_rate, dark_std, size=shape), 0.0, None).astype(np.float32)
+    return gain, dark
+
+
+def _as_numpy_map(value, shape, name: str) -> Optional[np.ndarray]:
+    if value is None:
+        return None
+    arr = np.asarray(value, dtype=np.float32)
+    if arr.ndim and arr.shape != tuple(shape):
+        raise ValueError(f'simulate: {name} must be a scalar or shaped {tuple(shape)}, found {arr.shape}')
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise ValueError(f'simulate: {name} must be finite and >= 0')
+    return arr
+
+
+def _electrons_per_unit(shot_noise) -> float:
+    if shot_noise is True:
+        return DEFAULT_ELECTRONS_PER_UNIT
+    q = float(shot_noise)
+    if q <= 0:
+        raise ValueError(f'simulate: shot_noise must be True or a positive electrons-per-unit scale, got {shot_noise}')
+    return q
+
+
+class _NumpyEngine:
+    """numpy implementation of the fixed-point integrate-and-fire model."""
+
+    def __init__(self, shape, threshold, eta, gain, dark, electrons):
+        self.shape = shape
+        self.threshold = threshold
+        self.eta = eta
+        self.gain = _as_numpy_map(gain, shape, 'gain')
+        self.dark = _as_numpy_map(dark, shape, 'dark')
+        self.electrons = electrons
+        self.scale = np.float32(PHASE_SCALE / threshold)
+
+    def increment(self, intensity: np.ndarray) -> np.ndarray:
+        """Mean increment per step r = η·g·I + dark (float32), for a frame or a block of frames."""
+        r = np.multiply(intensity, np.float32(self.eta), dtype=np.float32)
+        if self.gain is not None:
+            r *= self.gain
+        if self.dark is not None:
+            r += self.dark
+        return r
+
+    def to_phase(self, r: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """Fixed-point increment ρ (uint32) and the saturation mask (None when no pixel reaches θ)."""
+        scaled = r * self.scale
+        saturated = None
+        if scaled.size and scaled.max() >= MAX_PHASE_F32:
+            saturated = scaled >= MAX_PHASE_F32
+            np.minimum(scaled, MAX_PHASE_F32, out=scaled)
+        return scaled.astype(np.uint32), saturated
+
+
+def _check_intensity_values(block, where: str) -> None:
+    if block.size and (not np.isfinite(block).all() or block.min() < 0):
+        raise ValueError(f'simulate: {where} must be finite and >= 0 (linear light)')
+
+
+def _simulate_numpy(intensity, steps, threshold, eta, gain, dark, shot_noise, rng, packed, chunk_steps, x0, progress):
+    static = not callable(intensity) and np.ndim(intensity) == 2
+    if callable(intensity):
+        probe = np.asarray(intensity(np.arange(0, 1)))
+        shape = probe.shape[1:]
+    else:
+        intensity = np.asarray(intensity, dtype=np.float32)
+        shape = intensity.shape[-2:]
+        if intensity.ndim == 3 and intensity.shape[0] < steps:
+            raise ValueError(f'simulate: time-varying intensity has {intensity.shape[0]} frames, fewer than steps={steps}')
+    electrons = _electrons_per_unit(shot_noise) if shot_noise else None
+    eng = _NumpyEngine(shape, threshold, eta, gain, dark, electrons)
+    x = _initial_phase_numpy(x0, shape, threshold, rng)
+    h, w = shape
+    out = np.empty(((steps + 7) // 8 if packed else steps, h, w), dtype=np.uint8)
+    chunk_steps = max(_BLOCK, (int(chunk_steps) // _BLOCK) * _BLOCK)  # whole bytes per chunk when packing
+    bar = _progress_bar(progress, steps)
+
+    if static and not shot_noise:
+        _check_intensity_values(intensity, 'intensity')
+        rho, saturated = eng.to_phase(eng.increment(intensity))
+        offsets = np.arange(1, _BLOCK + 1, dtype=np.uint32)[:, None, None] * rho  # k·ρ for k = 1..8, mod 2**32
+        block_step = np.uint32(_BLOCK) * rho
+        phase = np.empty((_BLOCK, h, w), np.uint32)
+        fired = np.empty((_BLOCK, h, w), np.bool_)
+        for t0 in range(0, steps, _BLOCK):
+            # closed form: X(t0 + k) = X(t0) + k·ρ (mod 2**32); spike <=> carry <=> X < ρ
+            n = min(_BLOCK, steps - t0)
+            np.add(offsets, x, out=phase)
+            np.less(phase, rho, out=fired)
+            if saturated is not None:
+                fired |= saturated
+            _emit_numpy(out, fired, t0, n, packed)
+            x += block_step
+            if bar is not None and (t0 // _BLOCK) % 64 == 63:
+                bar.update(64 * _BLOCK)
+        _close_bar(bar, steps)
+        return out
+
+    static_rate = None
+    if static:
+        _check_intensity_values(intensity, 'intensity')
+        static_rate = eng.increment(intensity)
+    for t0 in range(0, steps, chunk_steps):
+        n = min(chunk_steps, steps - t0)
+        if static_rate is not None:
+            rates = None
+        else:
+            if callable(intensity):
+                block = np.asarray(intensity(np.arange(t0, t0 + n)), dtype=np.float32)
+                if block.shape != (n, h, w):
+                    raise ValueError(f'simulate: intensity callable returned shape {block.shape} for {n} steps, '
+                                     f'expected {(n, h, w)}')
+            else:
+                block = intensity[t0:t0 + n]
+            _check_intensity_values(block, f'intensity frames {t0}..{t0 + n - 1}')
+            rates = eng.increment(block)
+        if shot_noise:
+            mean = static_rate if rates is None else rates
+            # photo-electrons are Poisson: r_noisy = Poisson(Q·r) / Q, drawn in step order (chunking cannot change it)
+            lam = np.broadcast_to(mean * np.float32(electrons), (n, h, w))
+            rates = rng.poisson(lam).astype(np.float32) * np.float32(1.0 / electrons)
+        rho, saturated = eng.to_phase(rates)
+        fired = np.empty((n, h, w), np.bool_)
+        for k in range(n):  # per-step loop only where each step has its own increment
+            x += rho[k]
+            np.less(x, rho[k], out=fired[k])
+        if saturated is not None:
+            fired |= saturated
+        for b0 in range(0, n, _BLOCK):
+            _emit_numpy(out, fired[b0:b0 + _BLOCK], t0 + b0, min(_BLOCK, n - b0), packed)
+        if bar is not None:
+            bar.update(n)
+    _close_bar(bar, None)
+    return out
+
+
+def _initial_phase_numpy(x0, shape, threshold, rng) -> np.ndarray:
+    """A(0) as a uint32 phase: uniform over [0, θ) from the seed, or the given potential map."""
+    if x0 is None:
+        return rng.integers(0, 2**32, size=shape, dtype=np.uint32)
+    a0 = np.broadcast_to(np.asarray(x0, dtype=np.float64), shape)
+    if not np.all((a0 >= 0) & (a0 < threshold)):
+        raise ValueError(f'simulate: initial_potential must lie in [0, threshold={threshold})')
+    return np.floor(a0 / threshold * PHASE_SCALE).astype(np.uint32)
+
+
+def _emit_numpy(out: np.ndarray, fired: np.ndarray, t0: int, n: int, packed: bool) -> None:
+    """Write n <= 8 boolean frames starting at step t0 (a multiple of 8 when packing) into ``out``."""
+    if not packed:
+        out[t0:t0 + n] = fired[:n]
+        return
+    plane = out[t0 // 8]
+    bits = fired[:n].view(np.uint8)
+    h, w = plane.shape
+    if (h * w) % 8 == 0:  # combine 8 pixels at a time through uint64 views
+        words = bits.reshape(n, -1).view(np.uint64)
+        acc = words[0].copy()
+        for b in range(1, n):
+            acc |= words[b] << np.uint64(b)
+        plane[...] = acc.view(np.uint8).reshape(h, w)
+    else:
+        plane[...] = bits[0]
+        for b in range(1, n):
+            plane |= bits[b] << b
+
+
+def _progress_bar(progress: bool, steps: int):
+    if not progress:
+        return None
+    from tqdm import tqdm  # only the command line asks for a bar
+    return tqdm(total=steps, unit='step', desc='simulate')
+
+
+def _close_bar(bar, steps) -> None:
+    if bar is not None:
+        if steps is not None:
+            bar.update(steps - bar.n)
+        bar.close()
+
+
+def _simulate_torch(intensity, steps, threshold, eta, gain, dark, shot_noise, seed, packed, chunk_steps, x0, progress):
+    """torch path (CPU or CUDA), int64 arithmetic mod 2**32; same numbers as numpy when noise-free."""
+    device = intensity.device
+    static = intensity.ndim == 2
+    h, w = intensity.shape[-2:]
+    if intensity.ndim == 3 and intensity.shape[0] < steps:
+        raise ValueError(f'simulate: time-varying intensity has {intensity.shape[0]} frames, fewer than steps={steps}')
+    mask = (1 << 32) - 1
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(_initial_phase_numpy(x0, (h, w), threshold, rng).astype(np.int64)).to(device)
+    scale = torch.tensor(PHASE_SCALE / threshold, dtype=torch.float32, device=device)
+    max_phase = torch.tensor(float(MAX_PHASE_F32), dtype=torch.float32, device=device)
+
+    def as_map(value, name):
+        if value is None:
+            return None
+        arr = _as_numpy_map(value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value, (h, w), name)
+        return torch.as_tensor(arr, device=device)
+
+    gain_t, dark_t = as_map(gain, 'gain'), as_map(dark, 'dark')
+    electrons = _electrons_per_unit(shot_noise) if shot_noise else None
+    generator = None
+    if shot_noise:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(int(rng.integers(0, 2**63 - 1)))
+
+    def increment(i):
+        if not bool(torch.isfinite(i).all()) or bool((i < 0).any()):
+            raise ValueError('simulate: intensity must be finite and >= 0 (linear light)')
+        r = i.to(torch.float32) * torch.tensor(eta, dtype=torch.float32, device=device)
+        if gain_t is not None:
+            r = r * gain_t
+        if dark_t is not None:
+            r = r + dark_t
+        return r
+
+    def to_phase(r):
+        scaled = r * scale
+        return torch.minimum(scaled, max_phase).to(torch.int64), scaled >= max_phase
+
+    out = torch.empty(((steps + 7) // 8 if packed else steps, h, w), dtype=torch.uint8, device=device)
+    # int64 scratch is 8 bytes per pixel-step: keep a chunk at most 256 steps
+    chunk_steps = min(256, max(_BLOCK, (int(chunk_steps) // _BLOCK) * _BLOCK))
+    bar = _progress_bar(progress, steps)
+    static_rate = increment(intensity) if static else None
+    for t0 in range(0, steps, chunk_steps):
+        n = min(chunk_steps, steps - t0)
+        if static and not shot_noise:
+            rho, saturated = to_phase(static_rate)
+            k = torch.arange(1, n + 1, device=device, dtype=torch.int64)[:, None, None]
+            phase = (x + k * rho) & mask  # closed form over the whole chunk
+            fired = (phase < rho) | saturated
+            x = phase[-1].clone()
+        else:
+            rates = static_rate.expand(n, h, w) if static else increment(intensity[t0:t0 + n])
+            if shot_noise:
+                rates = torch.poisson(rates * electrons, generator=generator) / electrons
+            rho, saturated = to_phase(rates)
+            phase = (x + torch.cumsum(rho, dim=0)) & mask  # per-step sums, vectorised as a running total
+            fired = (phase < rho) | saturated
+            x = phase[-1].clone()
+        fired = fired.to(torch.uint8)
+        if packed:
+            planes = (n + 7) // 8
+            pad = planes * 8 - n
+            if pad:
+                fired = torch.cat([fired, fired.new_zeros((pad, h, w))])
+            fired = fired.view(planes, 8, h, w)
+            shifts = torch.arange(8, device=device, dtype=torch.uint8).view(1, 8, 1, 1)
+            out[t0 // 8:t0 // 8 + planes] = (fired << shifts).sum(dim=1, dtype=torch.uint8)
+        else:
+            out[t0:t0 + n] = fired
+        if bar is not None:
+            bar.update(n)
+    _close_bar(bar, None)
+    return out
+
+
+def simulate(intensity: Intensity,
+             steps: int,
+             threshold: float = 2.0,
+             eta: float = 1.0,
+             gain=None,
+             dark=None,
+             shot_noise: Union[bool, float] = False,
+             seed: Optional[int] = None,
+             packed: bool = False,
+             chunk_steps: int = 1024,
+             initial_potential=None,
+             progress: bool = False):
+    """Simulate a spike camera watching ``intensity`` for ``steps`` steps (integrate and fire, reset by subtraction).
+
+    ``A(t) = A(t-1) + η·g·I(t) + dark (+ shot noise);  S(t) = [A(t) ≥ θ];  A(t) -= θ·S(t);  A(0) ~ U(0, θ)``.
+
+    A static noise-free scene uses the closed form ``C(t) = floor((A0 + t·r) / θ)``, ``S(t) = C(t) - C(t-1)``
+    (in fixed point, see the module docstring); noise or time-varying light run a vectorised per-step loop. Work runs
+    over ``chunk_steps`` steps at a time, so memory beyond the output is bounded, and the result does not depend on
+    ``chunk_steps``.
+
+    Args:
+        intensity: Linear light in [0, 1]: (H, W) static, (T, H, W) time-varying (frame t drives step t), or a callable
+            mapping an int array of step indices to (len, H, W). numpy, or a torch tensor (CPU/CUDA) for a torch
+            result on the same device.
+        steps: Number of steps T.
+        threshold: Firing threshold θ.
+        eta: Photo-electric conversion η.
+        gain: Per-pixel gain g (FPN), (H, W) or scalar; ``None`` for 1.
+        dark: Per-pixel dark increment per step, (H, W) or scalar; ``None`` for 0.
+        shot_noise: ``True`` for Poisson shot noise with :data:`DEFAULT_ELECTRONS_PER_UNIT` electrons per unit
+            potential, or that scale as a number (smaller is noisier).
+        seed: Seed for A(0) and the noise; the output is a deterministic function of the inputs and the seed.
+            (torch shot noise uses torch's generator, so it differs from the numpy stream for the same seed.)
+        packed: Return the stream time-packed, (ceil(T/8), H, W) uint8 as :func:`despike_basicsr.spike.io.pack_time`.
+        chunk_steps: Steps processed together (rounded to a multiple of 8).
+        initial_potential: A(0) map in [0, θ) instead of the random draw.
+        progress: Show a tqdm progress bar.
+
+    Returns:
+        (T, H, W) uint8 0/1 (or packed bytes), numpy or torch like ``intensity``.
+    """
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f'simulate: steps must be a positive integer, got {steps}')
+    if threshold <= 0 or eta <= 0:
+        raise ValueError(f'simulate: threshold and eta must be > 0, got threshold={threshold}, eta={eta}')
+    steps = int(steps)
+    if torch is not None and isinstance(intensity, torch.Tensor):
+        if intensity.ndim not in (2, 3):
+            raise ValueError(f'simulate: intensity must be (H, W) or (T, H, W), found {tuple(intensity.shape)}')
+        return _simulate_torch(intensity, steps, threshold, eta, gain, dark, shot_noise, seed, packed, chunk_steps,
+                               initial_potential, progress)
+    if not callable(intensity) and np.ndim(intensity) not in (2, 3):
+        raise ValueError(f'simulate: intensity must be (H, W), (T, H, W) or callable, found shape '
+                         f'{np.shape(intensity)}')
+    rng = np.random.default_rng(seed)
+    return _simulate_numpy(intensity, steps, threshold, eta, gain, dark, shot_noise, rng, packed, chunk_steps,
+                           initial_potential, progress)
