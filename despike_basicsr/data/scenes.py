@@ -180,9 +180,10 @@ def generate_scene(height: int, width: int, seed: int, config: SceneConfig = Non
         ramp = np.linspace(ramp_near, far, height if rng.random() < 0.5 else width, dtype=np.float32)
         depth = np.broadcast_to(ramp[:, None] if ramp.size == height else ramp[None, :], (height, width)).copy()
 
-    # Objects are drawn far to near so nearer ones occlude farther ones; depths spread over the whole range.
+    # Objects are drawn far to near so nearer ones occlude farther ones. Depths are uniform in inverse depth: the CoC
+    # is linear in 1/d, so the blur levels spread evenly instead of crowding at the far end.
     count = int(rng.integers(config.num_objects[0], config.num_objects[1] + 1))
-    object_depths: List[float] = sorted(rng.uniform(near, far, count).tolist(), reverse=True)
+    object_depths: List[float] = sorted((1.0 / rng.uniform(1.0 / far, 1.0 / near, count)).tolist(), reverse=True)
     for object_depth in object_depths:
         layer = _texture(rng, height, width)
         if rng.random() < config.text_probability:

@@ -156,7 +156,7 @@ class SpikeLMDBWriter:
             packed = pack_time(spikes.astype(np.uint8, copy=False))
         packed = np.ascontiguousarray(packed, dtype=np.uint8)
         if length is None or packed.ndim != 3 or packed.shape[0] != -(-int(length) // 8) or length <= 0:
-            raise ValueError(f'sample {key!r}: packed spikes of shape {packed.shape} do not hold length={length} frames')
+            raise ValueError(f"sample {key!r}: packed spikes of shape {packed.shape} do not hold {length} frames")
         length = int(length)
         height, width = packed.shape[1:]
         gt = np.asarray(gt)
