@@ -1,0 +1,230 @@
+"""Command-line tools: ``despike-simulate``, ``despike-reconstruct`` and ``despike-calibrate-fpn``.
+
+Every error a user can cause (missing file, wrong size, bad option) is reported as one line on stderr with exit
+code 2, never as a traceback.
+"""
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+import numpy as np
+
+from .camera import sample_fpn, simulate
+from .fpn import calibrate_fpn, save_fpn
+from .io import SpikeFileError, load_spikes, write_dat, write_npz
+from .optics import ThinLens, display_to_linear, gaussian_blur, render_depth_defocus
+from .reconstruct import rate_to_display, tfi, tfp
+
+USER_ERRORS = (SpikeFileError, ValueError, FileNotFoundError, OSError)
+
+
+class CommandError(Exception):
+    """A user error to report as one line (exit code 2)."""
+
+
+def _fail(prog: str, err: BaseException) -> int:
+    print(f'{prog}: error: {err}', file=sys.stderr)
+    return 2
+
+
+def _check_output(path: str, overwrite: bool, extensions) -> None:
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in extensions:
+        raise CommandError(f'{path}: output extension must be one of {", ".join(extensions)}, found {ext!r}')
+    if os.path.exists(path) and not overwrite:
+        raise CommandError(f'{path}: exists; pass --overwrite to replace it')
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CommandError(f'{path}: output folder {folder} does not exist')
+
+
+def read_gray_image(path: str) -> np.ndarray:
+    """Read an image file as grayscale display values in [0, 1] (8- or 16-bit; colour is converted with BT.601)."""
+    import cv2  # only the command line reads image files
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path}: no such image file')
+    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise CommandError(f'{path}: not an image OpenCV can read')
+    if img.ndim == 3:
+        img = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2GRAY)
+    if img.dtype == np.uint8:
+        return img.astype(np.float64) / 255.0
+    if img.dtype == np.uint16:
+        return img.astype(np.float64) / 65535.0
+    if np.issubdtype(img.dtype, np.floating):
+        return np.clip(img.astype(np.float64), 0.0, 1.0)
+    raise CommandError(f'{path}: unsupported image dtype {img.dtype} (expected 8/16-bit or float)')
+
+
+def read_depth(path: str, scale: float) -> np.ndarray:
+    """Read a depth map: ``.npy`` (already in metres) or an image whose values times ``scale`` are metres."""
+    if path.lower().endswith('.npy'):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f'{path}: no such depth file')
+        return np.load(path).astype(np.float64) * scale
+    import cv2
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path}: no such depth file')
+    depth = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if depth is None:
+        raise CommandError(f'{path}: not a depth image OpenCV can read')
+    if depth.ndim == 3:
+        depth = depth[..., 0]
+    return depth.astype(np.float64) * scale
+
+
+def build_simulate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='despike-simulate',
+        description='Simulate a (defocused) spike-camera stream from a sharp image and write it as .dat or .npz.')
+    p.add_argument('image', help='sharp image (display-referred, 8/16-bit; colour is converted to gray)')
+    p.add_argument('--out', required=True, help='output stream, .dat or .npz')
+    p.add_argument('--steps', type=int, default=400, help='number of steps T (default 400)')
+    p.add_argument('--threshold', type=float, default=2.0, help='firing threshold θ (default 2)')
+    p.add_argument('--eta', type=float, default=1.0, help='photo-electric conversion η (default 1)')
+    p.add_argument('--gain-std', type=float, default=0.0, help='per-pixel gain spread (FPN), e.g. 0.058')
+    p.add_argument('--dark-rate', type=float, default=0.0, help='mean dark increment per step (default 0)')
+    p.add_argument('--shot-noise', type=float, default=0.0, metavar='E',
+                   help='Poisson shot noise with E photo-electrons per unit potential (0 = off)')
+    p.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
+    p.add_argument('--gamma', type=float, default=2.2, help='display gamma of the image (default 2.2)')
+    blur = p.add_argument_group('defocus (either --sigma, or --depth with lens parameters)')
+    blur.add_argument('--sigma', type=float, default=None, help='uniform Gaussian blur σ in pixels')
+    blur.add_argument('--depth', default=None, help='depth map, .npy in metres or an image times --depth-scale')
+    blur.add_argument('--depth-scale', type=float, default=1.0, help='metres per depth-map unit (default 1)')
+    blur.add_argument('--focal-length-mm', type=float, default=None, help='focal length in mm')
+    blur.add_argument('--f-number', type=float, default=None, help='f-number N')
+    blur.add_argument('--focus-m', type=float, default=None, help='focus distance in metres')
+    blur.add_argument('--pixel-pitch-um', type=float, default=20.0, help='pixel pitch in µm (default 20)')
+    blur.add_argument('--layers', type=int, default=16, help='depth layers for rendering (default 16)')
+    p.add_argument('--head', action='store_true', help='.dat: write the 16-column head of raw camera output')
+    p.add_argument('--no-flipud', dest='flipud', action='store_false', help='.dat: store rows upright')
+    p.add_argument('--layout', default='spk', choices=('spk', 'arr_0', 'seq'), help='.npz layout (default spk)')
+    p.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bar')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing output file')
+    return p
+
+
+def _defocus(args, linear: np.ndarray) -> np.ndarray:
+    lens_args = (args.focal_length_mm, args.f_number, args.focus_m)
+    if args.depth is not None and args.sigma is not None:
+        raise CommandError('give either --sigma or --depth, not both')
+    if args.depth is None:
+        if any(v is not None for v in lens_args):
+            raise CommandError('lens parameters need --depth')
+        return linear if not args.sigma else gaussian_blur(linear, args.sigma)
+    if any(v is None for v in lens_args):
+        raise CommandError('--depth needs --focal-length-mm, --f-number and --focus-m')
+    depth = read_depth(args.depth, args.depth_scale)
+    if depth.shape != linear.shape:
+        raise CommandError(f'{args.depth}: depth map is {depth.shape}, the image is {linear.shape}')
+    lens = ThinLens(focal_length=args.focal_length_mm * 1e-3, f_number=args.f_number, focus_distance=args.focus_m,
+                    pixel_pitch=args.pixel_pitch_um * 1e-6)
+    return render_depth_defocus(linear, depth, lens, num_layers=args.layers)
+
+
+def simulate_main(argv: Optional[List[str]] = None) -> int:
+    """``despike-simulate``: image [+ depth map and lens, or --sigma] → spike stream (.dat/.npz)."""
+    args = build_simulate_parser().parse_args(argv)
+    try:
+        _check_output(args.out, args.overwrite, ('.dat', '.npz'))
+        linear = display_to_linear(read_gray_image(args.image), args.gamma)
+        blurred = np.clip(_defocus(args, linear), 0.0, 1.0).astype(np.float32)
+        gain = dark = None
+        if args.gain_std > 0 or args.dark_rate > 0:
+            gain, dark = sample_fpn(blurred.shape, gain_std=args.gain_std, dark_rate=args.dark_rate,
+                                    seed=args.seed + 1)
+        spikes = simulate(blurred, args.steps, threshold=args.threshold, eta=args.eta, gain=gain, dark=dark,
+                          shot_noise=args.shot_noise if args.shot_noise > 0 else False, seed=args.seed,
+                          progress=args.progress and args.steps * blurred.size >= 5e7)
+        if args.out.lower().endswith('.dat'):
+            write_dat(args.out, spikes, flipud=args.flipud, head=args.head)
+        else:
+            write_npz(args.out, spikes, layout=args.layout)
+    except (CommandError, *USER_ERRORS) as err:
+        return _fail('despike-simulate', err)
+    print(f'wrote {args.out}: {spikes.shape[0]} frames of {spikes.shape[1]}x{spikes.shape[2]}, '
+          f'mean firing rate {spikes.mean():.4f}')
+    return 0
+
+
+def _add_reader_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--height', type=int, default=None, help='.dat frame height (default 250)')
+    p.add_argument('--width', type=int, default=None, help='.dat frame width (default 400)')
+    p.add_argument('--flipud', dest='flipud', action='store_true', default=True, help='.dat rows stored flipped (default)')
+    p.add_argument('--no-flipud', dest='flipud', action='store_false', help='.dat rows stored upright')
+    p.add_argument('--head', action='store_true', help='.dat rows carry the 16-column head')
+    p.add_argument('--key', default=None, help='.npz key (spk, arr_0 or seq; default: the first present)')
+
+
+def reconstruct_main(argv: Optional[List[str]] = None) -> int:
+    """``despike-reconstruct``: a .dat/.npz stream → a TFP or TFI image (PNG)."""
+    p = argparse.ArgumentParser(prog='despike-reconstruct',
+                                description='Reconstruct an image from a spike stream with TFP or TFI.')
+    p.add_argument('--method', required=True, choices=('tfp', 'tfi'))
+    p.add_argument('--input', required=True, help='spike stream, .dat or .npz')
+    p.add_argument('--out', required=True, help='output image (.png, .tif)')
+    _add_reader_options(p)
+    p.add_argument('--center', type=int, default=None, help='target frame (default T // 2)')
+    p.add_argument('--window', type=int, default=41, help='TFP window in frames (default 41)')
+    p.add_argument('--threshold', type=float, default=2.0, help='θ used to rescale the rate (default 2)')
+    p.add_argument('--eta', type=float, default=1.0, help='η used to rescale the rate (default 1)')
+    p.add_argument('--gamma', type=float, default=2.2, help='display gamma (default 2.2)')
+    p.add_argument('--bit-depth', type=int, default=8, choices=(8, 16), help='PNG bit depth (default 8)')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing output file')
+    args = p.parse_args(argv)
+    try:
+        import cv2
+        _check_output(args.out, args.overwrite, ('.png', '.tif', '.tiff'))
+        spikes = load_spikes(args.input, height=args.height, width=args.width, flipud=args.flipud, head=args.head,
+                             key=args.key)
+        rate = tfp(spikes, args.center, args.window) if args.method == 'tfp' else tfi(spikes, args.center)
+        display = rate_to_display(rate, eta=args.eta, threshold=args.threshold, gamma=args.gamma)
+        peak = 255 if args.bit_depth == 8 else 65535
+        image = np.round(display * peak).astype(np.uint8 if args.bit_depth == 8 else np.uint16)
+        if not cv2.imwrite(args.out, image):
+            raise CommandError(f'{args.out}: OpenCV could not write the image')
+    except (CommandError, *USER_ERRORS) as err:
+        return _fail('despike-reconstruct', err)
+    print(f'wrote {args.out}: {args.method.upper()} of {spikes.shape[0]} frames, {image.shape[0]}x{image.shape[1]}')
+    return 0
+
+
+def calibrate_fpn_main(argv: Optional[List[str]] = None) -> int:
+    """``despike-calibrate-fpn``: uniform-field (and dark) recordings → an FPN calibration .npz."""
+    p = argparse.ArgumentParser(prog='despike-calibrate-fpn',
+                                description='Estimate per-pixel response, FPN correction γ and hot/dead pixels.')
+    p.add_argument('--uniform', nargs='+', required=True, metavar='REC', help='recordings of a uniform light field')
+    p.add_argument('--dark', nargs='+', default=None, metavar='REC', help='recordings with the lens capped')
+    p.add_argument('--out', required=True, help='output calibration .npz')
+    _add_reader_options(p)
+    p.add_argument('--reference', default='median',
+                   help="reference response: median (default), mean, or a pixel 'ROW,COL'")
+    p.add_argument('--overwrite', action='store_true', help='replace an existing output file')
+    args = p.parse_args(argv)
+    try:
+        _check_output(args.out, args.overwrite, ('.npz', ))
+        reference = args.reference
+        if reference not in ('median', 'mean'):
+            try:
+                row, col = (int(v) for v in reference.split(','))
+            except ValueError:
+                raise CommandError(f"--reference must be median, mean or ROW,COL, got {reference!r}") from None
+            reference = (row, col)
+        load_kwargs = dict(height=args.height, width=args.width, flipud=args.flipud, head=args.head, key=args.key)
+        calib = calibrate_fpn(args.uniform, args.dark, reference=reference, **load_kwargs)
+        save_fpn(args.out, calib)
+    except (CommandError, *USER_ERRORS) as err:
+        return _fail('despike-calibrate-fpn', err)
+    good = ~calib.bad
+    spread = float(np.std(calib.response[good]) / np.mean(calib.response[good]))
+    print(f'wrote {args.out}: {calib.gamma.shape[0]}x{calib.gamma.shape[1]} pixels, response spread {spread:.2%}, '
+          f'{int(calib.bad.sum())} hot/dead pixels, reference response {calib.ref:.4f} spikes/step')
+    return 0
+
+
+if __name__ == '__main__':  # pragma: no cover
+    print('use the console scripts despike-simulate, despike-reconstruct, despike-calibrate-fpn', file=sys.stderr)
+    sys.exit(2)
