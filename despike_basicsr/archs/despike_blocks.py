@@ -1,0 +1,256 @@
+"""Layers shared by DeSpikeNet: channel LayerNorm, residual block, the physical PSF kernel bank, candidate fusion.
+
+Each module is small and works on ``(B, C, H, W)`` feature maps; the kernel bank produces ``m`` candidates per
+feature map, shaped ``(B, m, C, H, W)``, which the fusion modules reduce back to ``(B, C, H, W)``.
+"""
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+def gaussian_kernel_2d(sigma: float, kernel_size: int) -> Tensor:
+    """A normalised isotropic Gaussian G(x, y; σ) ∝ exp(−(x² + y²) / 2σ²) on a ``kernel_size`` square grid.
+
+    σ = 0 gives a discrete delta (an in-focus point spread function).
+
+    Args:
+        sigma: Standard deviation in pixels (≥ 0).
+        kernel_size: Odd side length of the kernel.
+
+    Returns:
+        ``(kernel_size, kernel_size)`` float32 tensor summing to 1.
+    """
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f'kernel_size must be a positive odd integer, got {kernel_size}')
+    if sigma < 0:
+        raise ValueError(f'sigma must be >= 0, got {sigma}')
+    radius = kernel_size // 2
+    coords = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    if sigma == 0:
+        kernel = torch.zeros(kernel_size, kernel_size, dtype=torch.float64)
+        kernel[radius, radius] = 1.0
+        return kernel.float()
+    profile = torch.exp(-coords**2 / (2 * sigma**2))
+    kernel = profile[:, None] * profile[None, :]
+    return (kernel / kernel.sum()).float()
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channel dimension of a ``(B, C, H, W)`` map (one token per pixel).
+
+    Args:
+        channels: Number of channels C.
+        eps: Added to the variance for stability.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) / torch.sqrt(var + self.eps)
+        return x * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+class ResBlock(nn.Module):
+    """conv3×3 → GELU → conv3×3 with an identity skip.
+
+    Args:
+        channels: Number of input and output channels.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(F.gelu(self.conv1(x)))
+
+
+class PhysicalKernelBank(nn.Module):
+    """The physical discrete PSF prior: m learnable kernels, initialised as Gaussians with σ_j over a range.
+
+    Every kernel is depthwise and shared across channels, so each candidate D_j = k_j * F is "F seen through one
+    defocus level". Borders are replicate-padded so a kernel does not darken the image edge.
+
+    Args:
+        num_kernels: m, the number of kernels (defocus levels).
+        kernel_size: Odd side length of every kernel.
+        sigma_range: (σ_min, σ_max) in pixels; σ_j is spaced evenly over it (σ_min = 0 includes a delta).
+    """
+
+    def __init__(self, num_kernels: int = 8, kernel_size: int = 11, sigma_range: Sequence[float] = (0.5, 3.0)) -> None:
+        super().__init__()
+        if num_kernels < 1:
+            raise ValueError(f'num_kernels must be >= 1, got {num_kernels}')
+        if len(sigma_range) != 2 or not 0 <= sigma_range[0] <= sigma_range[1]:
+            raise ValueError(f'sigma_range must be (min, max) with 0 <= min <= max, got {sigma_range}')
+        sigmas = torch.linspace(float(sigma_range[0]), float(sigma_range[1]), num_kernels)
+        kernels = torch.stack([gaussian_kernel_2d(float(s), kernel_size) for s in sigmas])
+        self.register_buffer('init_sigmas', sigmas)
+        self.weight = nn.Parameter(kernels[:, None])  # (m, 1, k, k)
+        self.num_kernels = num_kernels
+        self.kernel_size = kernel_size
+
+    def forward(self, feat: Tensor) -> Tensor:
+        """Apply every kernel to every channel: ``(B, C, H, W)`` → ``(B, m, C, H, W)``."""
+        return fft_convolve_bank(feat, self.weight[:, 0])
+
+
+def fft_convolve_bank(feat: Tensor, kernels: Tensor) -> Tensor:
+    """True convolution (k_j * F, kernel flipped) of every channel with every kernel, replicate borders, via FFT.
+
+    On CPUs PyTorch's backward pass for a one-input-channel convolution is an order of magnitude slower than this
+    FFT route; the image is replicate-padded by the kernel radius on each side, so the circular wrap-around falls
+    only on rows and columns that are cropped away.
+
+    Args:
+        feat: ``(B, C, H, W)``.
+        kernels: ``(m, k, k)`` with k odd.
+
+    Returns:
+        ``(B, m, C, H, W)``.
+    """
+    radius = kernels.shape[-1] // 2
+    padded = F.pad(feat, (radius, radius, radius, radius), mode='replicate')
+    size = padded.shape[-2:]
+    spectrum = torch.fft.rfft2(padded)[:, None] * torch.fft.rfft2(kernels, s=size)[None, :, None]
+    return torch.fft.irfft2(spectrum, s=size)[..., 2 * radius:, 2 * radius:]
+
+
+class LearnedKernelBank(nn.Module):
+    """Ablation of :class:`PhysicalKernelBank`: plain learned depthwise convolutions, randomly initialised.
+
+    Each channel has its own m kernels (PyTorch's default initialisation); no Gaussian prior, no sharing.
+
+    Args:
+        channels: Number of feature channels C.
+        num_kernels: m, the number of candidates produced.
+        kernel_size: Odd side length of every kernel.
+    """
+
+    def __init__(self, channels: int, num_kernels: int = 8, kernel_size: int = 11) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels * num_kernels, kernel_size, padding=kernel_size // 2,
+                              padding_mode='replicate', groups=channels)
+        self.num_kernels = num_kernels
+
+    def forward(self, feat: Tensor) -> Tensor:
+        """``(B, C, H, W)`` → ``(B, m, C, H, W)``."""
+        b, c, h, w = feat.shape
+        return self.conv(feat).reshape(b, c, self.num_kernels, h, w).transpose(1, 2)
+
+
+def candidate_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: int) -> Tensor:
+    """Per-token softmax attention across the m candidates: A_j = softmax_j(q·k_j / √d), out = Σ_j A_j v_j.
+
+    Every pixel (or region) is one query token; its keys and values are the m candidates at the same place, so the
+    weights say how strongly each defocus level (deconvolution strength) is used there.
+
+    Args:
+        query: ``(B, C, h, w)``.
+        keys: ``(B, m, C, h, w)`` (same ``h, w`` as ``query``).
+        values: ``(B, m, C, H, W)``; when ``(H, W)`` differs from ``(h, w)`` (region tokens) the weights are spread
+            over each region by nearest-neighbour upsampling.
+        num_heads: C is split into this many heads, each with its own weights.
+
+    Returns:
+        ``(B, C, H, W)`` fused values.
+    """
+    b, m, c, h, w = keys.shape
+    d = c // num_heads
+    q = query.reshape(b, 1, num_heads, d, h, w)
+    k = keys.reshape(b, m, num_heads, d, h, w)
+    weights = torch.softmax((q * k).sum(3) / math.sqrt(d), dim=1)  # (B, m, heads, h, w)
+    big_h, big_w = values.shape[-2:]
+    if (big_h, big_w) != (h, w):
+        weights = F.interpolate(weights.reshape(b, m * num_heads, h, w), size=(big_h, big_w), mode='nearest')
+        weights = weights.reshape(b, m, num_heads, big_h, big_w)
+    v = values.reshape(b, m, num_heads, d, big_h, big_w)
+    return (weights[:, :, :, None] * v).sum(1).reshape(b, c, big_h, big_w)
+
+
+class CandidateAttentionFusion(nn.Module):
+    """Transformer-style fusion of m candidates: pre-norm cross-attention (query = features, keys/values =
+    candidates) with a residual, then a pre-norm feed-forward block with a residual.
+
+    Args:
+        channels: Number of feature channels C.
+        num_heads: Attention heads (must divide C).
+        region_size: Tokens are ``region_size²`` pixel regions (average-pooled queries and keys); 1 = per pixel.
+        ffn_expand: Hidden width of the feed-forward block, as a multiple of C.
+    """
+
+    def __init__(self, channels: int, num_heads: int = 1, region_size: int = 1, ffn_expand: int = 2) -> None:
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f'num_heads must divide the channel count: got {num_heads} heads for {channels} channels')
+        self.num_heads = num_heads
+        self.region_size = region_size
+        self.norm_q = LayerNorm2d(channels)
+        self.norm_kv = LayerNorm2d(channels)
+        self.to_q = nn.Conv2d(channels, channels, 1)
+        self.to_k = nn.Conv2d(channels, channels, 1)
+        self.to_v = nn.Conv2d(channels, channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        self.norm_ffn = LayerNorm2d(channels)
+        self.ffn = nn.Sequential(
+            nn.Conv2d(channels, channels * ffn_expand, 1), nn.GELU(), nn.Conv2d(channels * ffn_expand, channels, 1))
+
+    def _tokens(self, x: Tensor) -> Tensor:
+        if self.region_size == 1:
+            return x
+        return F.avg_pool2d(x, self.region_size, ceil_mode=True)
+
+    def forward(self, query: Tensor, candidates: Tensor) -> Tensor:
+        """``query`` ``(B, C, H, W)``, ``candidates`` ``(B, m, C, H, W)`` → ``(B, C, H, W)``."""
+        b, m, c, h, w = candidates.shape
+        flat = self.norm_kv(candidates.reshape(b * m, c, h, w))
+        keys = self._tokens(self.to_k(flat))
+        values = self.to_v(flat).reshape(b, m, c, h, w)
+        q = self._tokens(self.to_q(self.norm_q(query)))
+        fused = query + self.proj(candidate_attention(q, keys.reshape(b, m, c, *keys.shape[-2:]), values,
+                                                      self.num_heads))
+        return fused + self.ffn(self.norm_ffn(fused))
+
+
+class ConcatConvFusion(nn.Module):
+    """Ablation of :class:`CandidateAttentionFusion`: concatenate the query and the m candidates, then a 1×1 conv.
+
+    Args:
+        channels: Number of feature channels C.
+        num_kernels: m, the number of candidates.
+    """
+
+    def __init__(self, channels: int, num_kernels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels * (num_kernels + 1), channels, 1)
+
+    def forward(self, query: Tensor, candidates: Tensor) -> Tensor:
+        b, m, c, h, w = candidates.shape
+        return query + self.conv(torch.cat([query, candidates.reshape(b, m * c, h, w)], dim=1))
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Replicate-pad the last two dimensions of ``x`` up to multiples of ``multiple`` (bottom and right)."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    squeeze = x.dim() == 3
+    x = x[None] if squeeze else x
+    x = F.pad(x, (0, pad_w, 0, pad_h), mode='replicate')
+    return x[0] if squeeze else x
+
+
+def upsample_to(x: Tensor, size: Optional[Sequence[int]]) -> Tensor:
+    """Bilinear resize of ``(B, C, h, w)`` to ``size``."""
+    return F.interpolate(x, size=tuple(size), mode='bilinear', align_corners=False)
