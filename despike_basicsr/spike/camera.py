@@ -120,6 +120,9 @@ def _simulate_numpy(intensity, steps, threshold, eta, gain, dark, shot_noise, rn
     static = not callable(intensity) and np.ndim(intensity) == 2
     if callable(intensity):
         probe = np.asarray(intensity(np.arange(0, 1)))
+        if probe.ndim != 3 or probe.shape[0] != 1:
+            raise ValueError(f'simulate: intensity callable returned shape {probe.shape} for 1 step, expected '
+                             f'(1, H, W)')
         shape = probe.shape[1:]
     else:
         intensity = np.asarray(intensity, dtype=np.float32)
