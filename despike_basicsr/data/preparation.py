@@ -442,7 +442,8 @@ class SampleSpec:
 
 def safe_key(index: int, name: str) -> str:
     """An LMDB key from an index and a file name: ``0007_IMG_1234``."""
-    stem = re.sub(r'[^A-Za-z0-9_.\-]', '_', osp.splitext(osp.basename(name))[0])
+    # No dots: BasicSR takes the image name as the part before the first extension dot.
+    stem = re.sub(r'[^A-Za-z0-9_\-]', '_', osp.splitext(osp.basename(name))[0])
     return f'{index:04d}_{stem}'
 
 
@@ -514,3 +515,64 @@ def sample_params(config: SimulationConfig, seed: int, blur_params: Dict[str, An
     params.update(provenance)
     params.update(config.extra)
     return params
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command-line helpers shared by scripts/prepare_dpdd.py, scripts/pack_folder.py and scripts/make_demo_dataset.py
+
+
+def add_simulation_arguments(parser, default_mode: Optional[str] = 'dpdd', modes: Sequence[str] = MODES) -> None:
+    """Add the simulation options every preparation script shares (``--steps``, ``--threshold``, ...)."""
+    defaults = SimulationConfig()
+    parser.add_argument('--out', required=True, help='output folder, ending with .lmdb')
+    parser.add_argument('--mode', choices=modes, default=default_mode,
+                        help='dpdd: spikes from the blurred image; thinlens: Gaussian blur of the sharp image with '
+                        'sigma from --sigma-range; depth: thin-lens defocus from depth maps')
+    parser.add_argument('--steps', type=int, default=defaults.steps, help='stream length T (default %(default)s)')
+    parser.add_argument('--seed', type=int, default=defaults.seed, help='data set seed (default %(default)s)')
+    parser.add_argument('--threshold', type=float, default=defaults.threshold, help='firing threshold theta')
+    parser.add_argument('--eta', type=float, default=defaults.eta, help='photoelectric conversion eta')
+    parser.add_argument('--gain-std', type=float, default=defaults.gain_std,
+                        help='per-pixel gain spread (FPN); 0 disables it (default %(default)s)')
+    parser.add_argument('--dark-rate', type=float, default=defaults.dark_rate, help='mean dark input per step')
+    parser.add_argument('--dark-std', type=float, default=defaults.dark_std, help='per-pixel dark input spread')
+    parser.add_argument('--fpn', choices=FPN_MODES, default=defaults.fpn,
+                        help='sensor: one simulated sensor for the whole set, saved as <out>/fpn.npz (default); '
+                        'per-sample: a new pattern per sample; none')
+    parser.add_argument('--shot-noise', action='store_true', help='add Poisson shot noise')
+    parser.add_argument('--sigma-range', type=float, nargs=2, metavar=('A', 'B'), default=defaults.sigma_range,
+                        help='Gaussian sigma range in pixels (thinlens: drawn per image; depth without a lens: the '
+                        'blur span a lens is fitted to) (default %(default)s)')
+    parser.add_argument('--scale', type=float, default=defaults.scale,
+                        help='resize factor applied before blurring/simulating, e.g. 0.25 (default %(default)s)')
+    parser.add_argument('--gamma', type=float, default=defaults.gamma, help='display gamma of the image files')
+    parser.add_argument('--limit', type=int, default=None, help='only the first N samples (quick tries)')
+    parser.add_argument('--overwrite', action='store_true', help='replace an existing output')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+
+
+def config_from_args(args, **overrides: Any) -> SimulationConfig:
+    """A validated :class:`SimulationConfig` from parsed :func:`add_simulation_arguments` options."""
+    config = SimulationConfig(mode=args.mode, steps=args.steps, threshold=args.threshold, eta=args.eta,
+                              gain_std=args.gain_std, dark_rate=args.dark_rate, dark_std=args.dark_std,
+                              shot_noise=args.shot_noise, fpn=args.fpn, sigma_range=tuple(args.sigma_range),
+                              scale=args.scale, gamma=args.gamma, seed=args.seed)
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    config.validate()
+    return config
+
+
+def run_cli(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]] = None) -> int:
+    """Run a script's ``main``; bad input ends with a one-line ``error: ...`` on stderr and exit status 2."""
+    import sys
+
+    try:
+        return main(argv)
+    except (ValueError, KeyError, OSError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f'error: {message}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('interrupted: no output was written', file=sys.stderr)
+        return 130
