@@ -19,11 +19,15 @@ patch                                  why
 ``BaseModel.save_training_state``      name, which ``--auto_resume`` then picked; now temp file + rename
 ``BaseModel.load_network``             ``torch.load`` without ``weights_only``; mismatched keys surfaced as a raw
                                        ``load_state_dict`` traceback; now a message listing keys and shapes
+``basicsr.train.EnlargedSampler``,     a resumed run restarted its epoch from the first batch and re-seeded the
+``BaseModel.save_training_state``      random generators, so it saw other samples and crops than the run it
+                                       continues; states now carry RNG states, the sampler resumes mid-epoch
 ``Registry.get``                       an unknown ``type:`` gave "No object named X"; now lists what is registered
 =====================================  ====================================================================
 """
 import collections
 import os
+import random
 import sys
 import types
 from typing import Any, Callable, Dict, Optional
@@ -201,6 +205,11 @@ def _load_resume_state(opt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         if key not in state:
             raise CheckpointError(f'training state {path} has no {key!r} entry: not a BasicSR training state')
     check_resume(opt, state['iter'])
+    train_opt = (opt.get('datasets') or {}).get('train') or {}
+    multiplier = 1 if opt.get('dist') else max(1, int(opt.get('num_gpu') or 0))
+    _PENDING_RESUME.clear()
+    _PENDING_RESUME.update(epoch=state['epoch'], iter=state['iter'], rng=state.get('rng'),
+                           batch_size=int(train_opt.get('batch_size_per_gpu', 1)) * multiplier)
     for name, value in opt['path'].items():
         if name.startswith('pretrain_network') and value and not os.path.isfile(value):
             raise CheckpointError(f'training state {path} (iter {state["iter"]}) needs the network file {value}, '
@@ -230,7 +239,7 @@ def _save_network(self, net, net_label, current_iter, param_key='params'):
 
 def _save_training_state(self, epoch, current_iter):
     """basicsr <= 1.4.2 ``BaseModel.save_training_state``: same atomic-write fix as :func:`_save_network` (rank 0
-    only, as before)."""
+    only, as before), and the random generators' states go with it (see :class:`ResumableEnlargedSampler`)."""
     from basicsr.utils.dist_util import get_dist_info
     if current_iter == -1 or get_dist_info()[0] != 0:
         return
@@ -239,6 +248,7 @@ def _save_training_state(self, epoch, current_iter):
         'iter': current_iter,
         'optimizers': [o.state_dict() for o in self.optimizers],
         'schedulers': [s.state_dict() for s in self.schedulers],
+        'rng': capture_rng_state(),
     }
     atomic_torch_save(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
@@ -277,6 +287,79 @@ def _load_network(self, net, load_path, strict=True, param_key='params'):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Exact resume
+# ----------------------------------------------------------------------------------------------------------------------
+#: Set by :func:`_load_resume_state`, consumed by the next :class:`ResumableEnlargedSampler` (the pipeline builds the
+#: train sampler right after loading the state).
+_PENDING_RESUME: Dict[str, Any] = {}
+
+
+def capture_rng_state() -> Dict[str, Any]:
+    """The states of Python's, NumPy's and torch's global generators, in a form ``weights_only`` loading accepts."""
+    import numpy as np
+    import torch
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        'python': random.getstate(),
+        'numpy': {'kind': kind, 'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
+                  'has_gauss': int(has_gauss), 'cached_gaussian': float(cached)},
+        'torch': torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    import numpy as np
+    import torch
+    version, internal, gauss = state['python']
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = state['numpy']
+    np.random.set_state((numpy_state['kind'], numpy_state['keys'].numpy().astype(np.uint32), numpy_state['pos'],
+                         numpy_state['has_gauss'], numpy_state['cached_gaussian']))
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def _resumable_sampler_class():
+    from basicsr.data.data_sampler import EnlargedSampler
+
+    class ResumableEnlargedSampler(EnlargedSampler):
+        """BasicSR's ``EnlargedSampler`` that continues a resumed epoch where the saved run stopped.
+
+        basicsr <= 1.4.2 restarts the resumed epoch from its first batch (so a run killed at iteration k and resumed
+        trains on other samples than the uninterrupted run) and the generators restart from the seed (other crops).
+        The training state records epoch, iteration and generator states; in the resumed epoch this sampler skips the
+        batches the saved run had already consumed and, at that moment (after the loader made its iterator, which
+        draws from torch's generator), restores the generators. With ``num_worker_per_gpu: 0`` the resumed run then
+        matches the uninterrupted one exactly; with workers, data order matches but workers re-seed as BasicSR does.
+        """
+
+        def __init__(self, dataset, num_replicas, rank, ratio=1):
+            super().__init__(dataset, num_replicas, rank, ratio)
+            self.resume = dict(_PENDING_RESUME)
+            _PENDING_RESUME.clear()
+
+        def __iter__(self):
+            indices = list(super().__iter__())
+            if self.resume and self.epoch == self.resume['epoch']:
+                batch_size = self.resume['batch_size']
+                batches_per_epoch = self.num_samples // batch_size  # BasicSR's train loader drops the last batch
+                consumed = self.resume['iter'] - self.resume['epoch'] * batches_per_epoch
+                if 0 <= consumed <= batches_per_epoch:
+                    indices = indices[consumed * batch_size:]
+                if self.resume.get('rng') is not None:
+                    restore_rng_state(self.resume['rng'])
+                self.resume = {}
+            return iter(indices)
+
+    return ResumableEnlargedSampler
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Clearer errors
 # ----------------------------------------------------------------------------------------------------------------------
 def _make_registry_get(original: Callable) -> Callable:
@@ -308,6 +391,7 @@ def apply() -> None:
     base_model.BaseModel.save_training_state = _save_training_state
     base_model.BaseModel.load_network = _load_network
     basicsr.train.load_resume_state = _load_resume_state
+    basicsr.train.EnlargedSampler = _resumable_sampler_class()
     registry.Registry.get = _make_registry_get(registry.Registry.get)
     _APPLIED = True
 
