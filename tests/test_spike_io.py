@@ -21,7 +21,8 @@ def test_byte_level_example_pins_bit_order_and_flip(tmp_path):
     frame = np.array([[[1, 0, 0, 0], [0, 0, 1, 1]]], np.uint8)
     flipped = tmp_path / 'flip.dat'
     write_dat(flipped, frame)
-    # on disk rows are swapped: pixel p = r*W + c -> bit p (LSB first): disk row 0 = 0011 -> bits 2, 3; row 1 = 1000 -> bit 4
+    # on disk rows are swapped; pixel p = r*W + c -> bit p (LSB first):
+    # disk row 0 = 0011 -> bits 2, 3; disk row 1 = 1000 -> bit 4
     assert flipped.read_bytes() == bytes([4 + 8 + 16])
     upright = tmp_path / 'upright.dat'
     write_dat(upright, frame, flipud=False)

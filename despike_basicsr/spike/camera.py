@@ -1,11 +1,13 @@
 """Integrate-and-fire spike-camera simulator (reset by subtraction, fixed-pattern noise, dark current, shot noise).
 
-Per pixel and step t (DESIGN.md §3):  A(t) = A(t-1) + η·g·I(t) + dark (+ shot noise);  S(t) = [A(t) ≥ θ];  A(t) -= θ·S(t),
-with A(0) ~ U(0, θ). The potential is kept as a 32-bit fixed-point phase ``X = A / θ · 2**32`` (uint32). Reset by
-subtraction is then the wrap-around of 32-bit addition, and a spike is a carry: ``S(t) = [X(t) < ρ(t)]`` with
-``ρ = r / θ · 2**32``, ``r`` the increment. All paths (closed form, per-step loop, numpy, torch, CPU, CUDA) therefore
-agree bit for bit, and rates are exact to 2**-32 of θ. A pixel whose increment reaches θ saturates: it fires every step
-and its potential is held (at most one spike per step, the excess is discarded).
+Per pixel and step t (DESIGN.md §3):  A(t) = A(t-1) + η·g·I(t) + dark (+ shot noise);  S(t) = [A(t) ≥ θ];
+A(t) -= θ·S(t), with A(0) ~ U(0, θ).
+
+The potential is kept as a 32-bit fixed-point phase ``X = A / θ · 2**32`` (uint32). Reset by subtraction is then the
+wrap-around of 32-bit addition, and a spike is a carry: ``S(t) = [X(t) < ρ(t)]`` with ``ρ = r / θ · 2**32``, ``r`` the
+increment. All paths (closed form, per-step loop, numpy, torch, CPU, CUDA) therefore agree bit for bit, and rates are
+exact to 2**-32 of θ (increments are rounded through float32, about 1e-7 relative). A pixel whose increment reaches θ
+saturates: it fires every step and its potential is held (at most one spike per step, the excess is discarded).
 """
 from typing import Callable, Optional, Tuple, Union
 
@@ -128,7 +130,8 @@ def _simulate_numpy(intensity, steps, threshold, eta, gain, dark, shot_noise, rn
         intensity = np.asarray(intensity, dtype=np.float32)
         shape = intensity.shape[-2:]
         if intensity.ndim == 3 and intensity.shape[0] < steps:
-            raise ValueError(f'simulate: time-varying intensity has {intensity.shape[0]} frames, fewer than steps={steps}')
+            raise ValueError(f'simulate: time-varying intensity has {intensity.shape[0]} frames, fewer than '
+                             f'steps={steps}')
     electrons = _electrons_per_unit(shot_noise) if shot_noise else None
     eng = _NumpyEngine(shape, threshold, eta, gain, dark, electrons)
     x = _initial_phase_numpy(x0, shape, threshold, rng)

@@ -153,7 +153,8 @@ def simulate_main(argv: Optional[List[str]] = None) -> int:
 def _add_reader_options(p: argparse.ArgumentParser) -> None:
     p.add_argument('--height', type=int, default=None, help='.dat frame height (default 250)')
     p.add_argument('--width', type=int, default=None, help='.dat frame width (default 400)')
-    p.add_argument('--flipud', dest='flipud', action='store_true', default=True, help='.dat rows stored flipped (default)')
+    p.add_argument('--flipud', dest='flipud', action='store_true', default=True,
+                   help='.dat rows stored flipped (default)')
     p.add_argument('--no-flipud', dest='flipud', action='store_false', help='.dat rows stored upright')
     p.add_argument('--head', action='store_true', help='.dat rows carry the 16-column head')
     p.add_argument('--key', default=None, help='.npz key (spk, arr_0 or seq; default: the first present)')

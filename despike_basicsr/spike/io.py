@@ -135,7 +135,8 @@ def read_dat(path: PathLike,
     if size % nbytes:
         raise SpikeFileError(f'{path}: size {size} bytes is not a whole number of frames: expected a multiple of '
                              f'{nbytes} bytes for height={height}, width={width}, head={head}, found '
-                             f'{size // nbytes} frames + {size % nbytes} bytes{_dat_size_hint(size, height, width, head)}')
+                             f'{size // nbytes} frames + {size % nbytes} bytes'
+                             f'{_dat_size_hint(size, height, width, head)}')
     total = size // nbytes
     start, stop = _frame_range(frames, total, path)
     data = np.memmap(path, dtype=np.uint8, mode='r', offset=start * nbytes, shape=(stop - start, nbytes))

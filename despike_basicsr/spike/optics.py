@@ -19,7 +19,8 @@ def image_distance(depth, focal_length: float):
     """Thin lens  ``1/f = 1/u + 1/v``  solved for the image distance:  ``v = f·d / (d - f)``  (needs d > f)."""
     d = np.asarray(depth, dtype=np.float64)
     if np.any(d <= focal_length):
-        raise ValueError(f'image_distance: every depth must exceed the focal length {focal_length}, found min {d.min()}')
+        raise ValueError(f'image_distance: every depth must exceed the focal length {focal_length}, '
+                         f'found min {d.min()}')
     return focal_length * d / (d - focal_length)
 
 
