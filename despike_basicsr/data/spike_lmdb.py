@@ -246,7 +246,13 @@ def _open_shared_env(path: str) -> lmdb.Environment:
         inode = os.stat(osp.join(path, 'data.mdb')).st_ino
     except FileNotFoundError:
         raise NotAnLMDBError(f'{path} is not an LMDB folder: it has no data.mdb') from None
-    cache_key = (path, inode, os.getpid())
+    pid = os.getpid()
+    for inherited in [k for k in _SHARED_ENVS if k[2] != pid]:
+        # Handles inherited through fork (DataLoader workers): LMDB forbids using them in the child, and py-lmdb would
+        # refuse to reopen the same files while they are registered. Closing the child's copy leaves the parent's
+        # untouched (read-only, lock=False: no file locks are involved).
+        _SHARED_ENVS.pop(inherited)[0].close()
+    cache_key = (path, inode, pid)
     entry = _SHARED_ENVS.get(cache_key)
     if entry is None:
         try:
