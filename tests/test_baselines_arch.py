@@ -1,11 +1,11 @@
 """GKMNet and NRKNet baselines: sizes, shapes, gradients, and the paper equations each one is built on."""
+import despike_basicsr  # noqa: F401  isort:skip  (applies compat before basicsr loads; fills registries)
 import numpy as np
 import pytest
 import torch
+from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
 from scipy import ndimage
 
-import despike_basicsr  # noqa: F401  (fills the registries)
-from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
 from despike_basicsr.archs.baseline_blocks import count_parameters, separable_filter_bank
 from despike_basicsr.archs.gkmnet_arch import gaussian_bank_1d, gaussian_mixture_blur, gkm_fixed_point_step
 from despike_basicsr.archs.nrknet_arch import atom_kernels, neumann_series, recursive_kernel_stack, rkr_blur

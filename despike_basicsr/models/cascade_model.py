@@ -1,0 +1,143 @@
+"""Cascade baseline: a classical spike reconstruction (TFP or TFI) followed by a frame-domain deblurring network.
+
+This is the "reconstruct, then deblur" pipeline DeSpike is compared with. The front end has no parameters; only the
+back end (any registered arch from ``network_g`` whose forward returns a coarse-to-fine list, or a single image) is
+trained, with that arch's own loss: ``pixel_opt`` (MultiScaleMSELoss) plus an optional ``fft_opt`` on the finest output;
+``train.grad_clip_norm`` clips gradients as DeSpikeModel does.
+
+Options (besides BasicSR's usual ones)::
+
+    front_end: {type: tfp, window: 41, eta: 1.0, threshold: 2.0}   # or {type: tfi, eta: 1.0, threshold: 2.0}
+"""
+from collections import OrderedDict
+from typing import Any, Dict, List, Sequence, Union
+
+import torch
+from basicsr.losses import build_loss
+from basicsr.models.sr_model import SRModel
+from basicsr.utils.registry import MODEL_REGISTRY
+from torch import Tensor
+
+from despike_basicsr.spike.reconstruct import rate_to_display, tfi, tfp
+
+FRONT_END_TYPES = ('tfp', 'tfi')
+
+
+def parse_front_end(options: Dict[str, Any]) -> Dict[str, Any]:
+    """Validate the ``front_end`` options and fill the defaults (window 41, eta 1, threshold 2, gamma 2.2).
+
+    Raises:
+        ValueError: Naming the option, what was expected and what was found.
+    """
+    if not isinstance(options, dict) or 'type' not in options:
+        raise ValueError(f"CascadeModel needs a 'front_end' option like {{type: tfp, window: 41}}, found {options!r}")
+    known = {'type', 'window', 'eta', 'threshold', 'gamma'}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f'front_end: unknown option(s) {unknown}; expected some of {sorted(known)}')
+    parsed = {'window': 41, 'eta': 1.0, 'threshold': 2.0, 'gamma': 2.2, **options}
+    parsed['type'] = str(parsed['type']).lower()
+    if parsed['type'] not in FRONT_END_TYPES:
+        raise ValueError(f"front_end.type must be one of {FRONT_END_TYPES}, found {options['type']!r}")
+    if not isinstance(parsed['window'], int) or parsed['window'] < 1:
+        raise ValueError(f"front_end.window must be a positive integer (frames), found {parsed['window']!r}")
+    for name in ('eta', 'threshold', 'gamma'):
+        if not isinstance(parsed[name], (int, float)) or parsed[name] <= 0:
+            raise ValueError(f'front_end.{name} must be a positive number, found {parsed[name]!r}')
+    return parsed
+
+
+def classical_reconstruction(spikes: Tensor, front_end: Dict[str, Any]) -> Tensor:
+    """TFP or TFI at the centre frame, mapped to a display image: ``(B, T, H, W)`` spikes -> ``(B, 1, H, W)``."""
+    if front_end['type'] == 'tfp':
+        rate = tfp(spikes, window=front_end['window'])
+    else:
+        rate = tfi(spikes)
+    image = rate_to_display(rate, eta=front_end['eta'], threshold=front_end['threshold'], gamma=front_end['gamma'])
+    return image.unsqueeze(1).float()
+
+
+def crop_center_frames(spikes: Tensor, lengths: Union[Tensor, Sequence[int], None]) -> Tensor:
+    """Keep the centre ``min(lengths)`` frames of a ``(B, T, H, W)`` batch (frames ``T//2 - L//2 ... + L``).
+
+    Each sample's window is centred on its target frame (docs/architecture.md), so the centre frames are valid for
+    every sample of the batch.
+    """
+    if lengths is None:
+        return spikes
+    shortest = int(torch.as_tensor(lengths).min())
+    total = spikes.shape[1]
+    if not 1 <= shortest <= total:
+        raise ValueError(f'lq_len must lie in [1, {total}] (the frames in lq), found {shortest}')
+    start = total // 2 - shortest // 2
+    return spikes[:, start:start + shortest]
+
+
+def as_output_list(outputs: Union[Tensor, Sequence[Tensor]]) -> List[Tensor]:
+    """Networks return a coarse-to-fine list; a single tensor is a one-element list."""
+    return [outputs] if torch.is_tensor(outputs) else list(outputs)
+
+
+@MODEL_REGISTRY.register()
+class CascadeModel(SRModel):
+    """TFP/TFI front end + registered deblurring back end, with BasicSR's training and validation loop.
+
+    ``feed_data`` takes the same batch as DeSpikeModel (``lq`` spikes ``(B, T, H, W)``, ``gt`` ``(B, 1, H, W)``,
+    ``lq_len``); ``self.lq`` then holds the front end's image, which is what the back end sees and what
+    ``get_current_visuals`` shows as the input.
+    """
+
+    def __init__(self, opt: Dict[str, Any]) -> None:
+        self.front_end = parse_front_end(opt.get('front_end'))
+        super().__init__(opt)
+
+    def init_training_settings(self) -> None:
+        super().init_training_settings()
+        fft_opt = self.opt['train'].get('fft_opt')
+        self.cri_fft = build_loss(fft_opt).to(self.device) if fft_opt else None
+        # Same optional clipping as DeSpikeModel, so one train section can serve every method.
+        self.grad_clip_norm = self.opt['train'].get('grad_clip_norm')
+
+    def feed_data(self, data: Dict[str, Any]) -> None:
+        spikes = data['lq']
+        if not torch.is_tensor(spikes) or spikes.dim() != 4:
+            found = tuple(spikes.shape) if torch.is_tensor(spikes) else type(spikes).__name__
+            raise ValueError(f'CascadeModel expects lq spikes shaped (B, T, H, W), found {found}')
+        spikes = crop_center_frames(spikes, data.get('lq_len'))
+        with torch.no_grad():
+            self.lq = classical_reconstruction(spikes.to(self.device), self.front_end)
+        if 'gt' in data:
+            self.gt = data['gt'].to(self.device)
+
+    def optimize_parameters(self, current_iter: int) -> None:
+        self.optimizer_g.zero_grad()
+        outputs = as_output_list(self.net_g(self.lq))
+        self.output = outputs[-1]
+
+        loss_dict = OrderedDict()
+        l_total = 0
+        if self.cri_pix:
+            l_pix = self.cri_pix(outputs if len(outputs) > 1 else outputs[0], self.gt)
+            l_total = l_total + l_pix
+            loss_dict['l_pix'] = l_pix
+        if self.cri_fft:
+            l_fft = self.cri_fft(outputs[-1], self.gt)
+            l_total = l_total + l_fft
+            loss_dict['l_fft'] = l_fft
+        l_total.backward()
+        if self.grad_clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.net_g.parameters(), self.grad_clip_norm)
+        self.optimizer_g.step()
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    def test(self) -> None:
+        """Run the back end without gradients and keep its finest output."""
+        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            self.output = as_output_list(net(self.lq))[-1]
+        net.train(was_training)
