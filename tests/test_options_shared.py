@@ -1,0 +1,126 @@
+"""Every options file parses and names registered types; methods on one data set share its datasets/val sections.
+
+A method table is only fair if every method sees the same data, crops and metrics: the ``datasets`` and ``val``
+sections of each ``train_*_<data>.yml`` (baselines, ablations) must equal those of ``train_despike_<data>.yml``, and
+likewise for the ``test_*`` files.
+"""
+import despike_basicsr  # noqa: F401  isort:skip  (applies compat before basicsr loads; fills registries)
+import glob
+import re
+from os import path as osp
+
+import pytest
+import yaml
+from basicsr.archs import build_network
+from basicsr.utils.options import ordered_yaml
+from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
+
+from conftest import REPO_ROOT
+
+OPTIONS_DIR = osp.join(REPO_ROOT, 'options')
+ALL_FILES = sorted(glob.glob(osp.join(OPTIONS_DIR, '*.yml')) + glob.glob(osp.join(OPTIONS_DIR, '*', '*.yml')))
+DATA_SETS = ('dpdd', 'demo')
+SHARED_SECTIONS = ('datasets', 'val')
+
+
+def _load(path: str) -> dict:
+    """Parse as BasicSR does (its ordered YAML loader)."""
+    with open(path, encoding='utf-8') as f:
+        return yaml.load(f, Loader=ordered_yaml()[0])
+
+
+def _data_set(path: str) -> str:
+    """The data-set token of a file name (``train_nrknet_tfp_dpdd.yml`` -> ``dpdd``), or '' when none."""
+    tokens = re.split(r'[_.]', osp.basename(path))
+    found = [name for name in DATA_SETS if name in tokens]
+    return found[0] if found else ''
+
+
+def _shared_pairs(kind: str):
+    """(file, reference) pairs: each ``{kind}_*_<data>.yml`` with ``{kind}_despike_<data>.yml``."""
+    pairs = []
+    for path in ALL_FILES:
+        data = _data_set(path)
+        reference = osp.join(OPTIONS_DIR, f'{kind}_despike_{data}.yml')
+        if osp.basename(path).startswith(f'{kind}_') and data and osp.exists(reference) and path != reference:
+            pairs.append((path, reference))
+    return pairs
+
+
+def _rel(path: str) -> str:
+    return osp.relpath(path, REPO_ROOT)
+
+
+def test_the_option_files_exist():
+    names = {osp.basename(p) for p in ALL_FILES}
+    for arch in ('gkmnet', 'nrknet'):
+        for front in ('tfp', 'tfi'):
+            assert {f'train_{arch}_{front}_dpdd.yml', f'test_{arch}_{front}_dpdd.yml'} <= names
+        assert {f'train_{arch}_tfp_demo.yml', f'test_{arch}_tfp_demo.yml'} <= names
+    assert len(_shared_pairs('train')) >= 8  # the six cascade train files at least, with both references present
+
+
+def _mismatches(pairs) -> list:
+    """One line per (file, section) whose parsed content differs from the reference file's."""
+    found = []
+    for path, reference in pairs:
+        opt, ref = _load(path), _load(reference)
+        for section in SHARED_SECTIONS:
+            if opt.get(section) != ref.get(section):
+                found.append(f'{_rel(path)}: section {section!r} differs from {_rel(reference)}')
+    return found
+
+
+@pytest.mark.parametrize('kind', ['train', 'test'])
+def test_methods_of_one_data_set_share_datasets_and_val(kind):
+    pairs = _shared_pairs(kind)
+    if not pairs:
+        pytest.skip(f'no {kind}_despike_<data>.yml reference in options/ yet')
+    assert _mismatches(pairs) == []
+
+
+def test_the_shared_sections_check_can_fail(tmp_path):
+    reference = osp.join(OPTIONS_DIR, 'train_despike_demo.yml')
+    text = open(reference, encoding='utf-8').read()
+    changed = tmp_path / 'train_x_demo.yml'
+    changed.write_text(text.replace('gt_size: 64', 'gt_size: 32'))
+    assert _mismatches([(str(changed), reference)]) == [f'{_rel(str(changed))}: section \'datasets\' differs from '
+                                                        f'{_rel(reference)}']
+
+
+def _registered_types(opt: dict):
+    """Yield (where, registry, type name) for every type an options dict names."""
+    yield 'model_type', MODEL_REGISTRY, opt.get('model_type', 'SRModel')
+    for phase, dataset in (opt.get('datasets') or {}).items():
+        yield f'datasets.{phase}.type', DATASET_REGISTRY, dataset.get('type')
+    for key in ('network_g', 'network_d'):
+        if opt.get(key):
+            yield f'{key}.type', ARCH_REGISTRY, opt[key].get('type')
+    for key, loss in (opt.get('train') or {}).items():
+        if key.endswith('_opt') and isinstance(loss, dict) and 'type' in loss:
+            yield f'train.{key}.type', LOSS_REGISTRY, loss['type']
+    for name, metric in ((opt.get('val') or {}).get('metrics') or {}).items():
+        yield f'val.metrics.{name}.type', METRIC_REGISTRY, metric.get('type')
+
+
+@pytest.mark.parametrize('path', ALL_FILES, ids=_rel)
+def test_options_file_parses_and_names_registered_types(path):
+    opt = _load(path)
+    assert isinstance(opt, dict) and opt.get('name'), f'{_rel(path)} has no name'
+    unknown = [f'{where}: {name!r}' for where, registry, name in _registered_types(opt) if name not in registry]
+    assert unknown == [], f'{_rel(path)} names unregistered types'
+    # The network section must also build with its arguments (catches misspelt options).
+    build_network(dict(opt['network_g']))
+
+
+def test_baseline_files_use_single_channel_and_their_own_losses():
+    for path in glob.glob(osp.join(OPTIONS_DIR, '*_gkmnet_*.yml')) + glob.glob(osp.join(OPTIONS_DIR, '*_nrknet_*.yml')):
+        opt = _load(path)
+        assert opt['model_type'] == 'CascadeModel'
+        assert opt['network_g']['in_channels'] == 1, _rel(path)
+        front = 'tfi' if '_tfi_' in path else 'tfp'
+        assert opt['front_end']['type'] == front, _rel(path)
+        if osp.basename(path).startswith('train_'):
+            assert opt['train']['pixel_opt']['type'] == 'MultiScaleMSELoss'
+            has_fft = 'fft_opt' in opt['train']
+            assert has_fft == ('nrknet' in path), f'{_rel(path)}: FFT loss belongs to NRKNet only'
