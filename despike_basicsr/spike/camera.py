@@ -82,40 +82,57 @@ def _electrons_per_unit(shot_noise) -> float:
     return q
 
 
-class _NumpyEngine:
-    """numpy implementation of the fixed-point integrate-and-fire model."""
+class _PhaseModel:
+    """Per-pixel constants of the fixed-point model, shared by the numpy and torch paths so they agree bit for bit.
 
-    def __init__(self, shape, threshold, eta, gain, dark, electrons):
-        self.shape = shape
-        self.threshold = threshold
-        self.eta = eta
-        self.gain = _as_numpy_map(gain, shape, 'gain')
-        self.dark = _as_numpy_map(dark, shape, 'dark')
-        self.electrons = electrons
-        self.scale = np.float32(PHASE_SCALE / threshold)
+    The phase increment is ``ρ = I·(η·g·2**32/θ) + dark·2**32/θ`` evaluated in float32, clipped below 2**32 and
+    truncated to an integer; every path computes it with exactly these operations.
+    """
 
-    def increment(self, intensity: np.ndarray) -> np.ndarray:
-        """Mean increment per step r = η·g·I + dark (float32), for a frame or a block of frames."""
-        r = np.multiply(intensity, np.float32(self.eta), dtype=np.float32)
-        if self.gain is not None:
-            r *= self.gain
-        if self.dark is not None:
-            r += self.dark
-        return r
+    def __init__(self, shape, threshold, eta, gain, dark):
+        scale = np.float32(PHASE_SCALE / threshold)
+        gain_map = _as_numpy_map(gain, shape, 'gain')
+        dark_map = _as_numpy_map(dark, shape, 'dark')
+        self.gain_scale = np.float32(eta) * scale if gain_map is None else (np.float32(eta) * gain_map) * scale
+        self.dark_scale = None if dark_map is None else dark_map * scale
+        self.max_gain_scale = float(np.max(self.gain_scale))
+        self.max_dark_scale = 0.0 if dark_map is None else float(np.max(self.dark_scale))
 
-    def to_phase(self, r: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        """Fixed-point increment ρ (uint32) and the saturation mask (None when no pixel reaches θ)."""
-        scaled = r * self.scale
-        saturated = None
-        if scaled.size and scaled.max() >= MAX_PHASE_F32:
-            saturated = scaled >= MAX_PHASE_F32
-            np.minimum(scaled, MAX_PHASE_F32, out=scaled)
-        return scaled.astype(np.uint32), saturated
+    def may_saturate(self, max_intensity: float) -> bool:
+        """Whether some increment can reach θ (a float64 bound with margin, so float32 rounding cannot slip past)."""
+        return max_intensity * self.max_gain_scale + self.max_dark_scale >= 0.999 * float(MAX_PHASE_F32)
+
+    def phase_float(self, intensity: np.ndarray, out_f: np.ndarray) -> np.ndarray:
+        """Mean phase increment ``I·(η·g·2**32/θ) + dark·2**32/θ`` in float32, written into ``out_f``."""
+        np.multiply(intensity, self.gain_scale, out=out_f)
+        if self.dark_scale is not None:
+            np.add(out_f, self.dark_scale, out=out_f)
+        return out_f
+
+    def phase_increment(self, intensity: np.ndarray, out_f: np.ndarray, out_u: np.ndarray,
+                        clip: bool) -> Optional[np.ndarray]:
+        """Write ρ for ``intensity`` (float32 frame or block) into ``out_u``; return the saturation mask if clipping."""
+        return _quantise_phase(self.phase_float(intensity, out_f), out_u, clip)
 
 
-def _check_intensity_values(block, where: str) -> None:
-    if block.size and (not np.isfinite(block).all() or block.min() < 0):
-        raise ValueError(f'simulate: {where} must be finite and >= 0 (linear light)')
+def _quantise_phase(phase_f: np.ndarray, out_u: np.ndarray, clip: bool) -> Optional[np.ndarray]:
+    """float32 phase increment -> uint32 ρ (truncation); with ``clip``, saturate at θ and return the mask."""
+    saturated = None
+    if clip:
+        saturated = phase_f >= MAX_PHASE_F32
+        np.minimum(phase_f, MAX_PHASE_F32, out=phase_f)
+    np.copyto(out_u, phase_f, casting='unsafe')
+    return saturated
+
+
+def _check_intensity_values(block: np.ndarray, where: str) -> float:
+    """Reject NaN/inf/negative light; return the block maximum (NaN fails both comparisons)."""
+    if not block.size:
+        return 0.0
+    low, high = float(block.min()), float(block.max())
+    if not (low >= 0 and high < np.inf):
+        raise ValueError(f'simulate: {where} must be finite and >= 0 (linear light), found values in [{low}, {high}]')
+    return high
 
 
 def _simulate_numpy(intensity, steps, threshold, eta, gain, dark, shot_noise, rng, packed, chunk_steps, x0, progress):
@@ -127,26 +144,30 @@ def _simulate_numpy(intensity, steps, threshold, eta, gain, dark, shot_noise, rn
                              f'(1, H, W)')
         shape = probe.shape[1:]
     else:
-        intensity = np.asarray(intensity, dtype=np.float32)
+        intensity = np.asarray(intensity)
         shape = intensity.shape[-2:]
         if intensity.ndim == 3 and intensity.shape[0] < steps:
             raise ValueError(f'simulate: time-varying intensity has {intensity.shape[0]} frames, fewer than '
                              f'steps={steps}')
     electrons = _electrons_per_unit(shot_noise) if shot_noise else None
-    eng = _NumpyEngine(shape, threshold, eta, gain, dark, electrons)
+    model = _PhaseModel(shape, threshold, eta, gain, dark)
     x = _initial_phase_numpy(x0, shape, threshold, rng)
     h, w = shape
     out = np.empty(((steps + 7) // 8 if packed else steps, h, w), dtype=np.uint8)
     chunk_steps = max(_BLOCK, (int(chunk_steps) // _BLOCK) * _BLOCK)  # whole bytes per chunk when packing
     bar = _progress_bar(progress, steps)
+    rho = np.empty(shape, np.uint32)
+    scratch = np.empty(shape, np.float32)
+    fired = np.empty((_BLOCK, h, w), np.bool_)
 
+    if static:
+        frame = intensity.astype(np.float32, copy=False)
+        peak = _check_intensity_values(frame, 'intensity')
+        saturated = model.phase_increment(frame, scratch, rho, clip=model.may_saturate(peak))
     if static and not shot_noise:
-        _check_intensity_values(intensity, 'intensity')
-        rho, saturated = eng.to_phase(eng.increment(intensity))
         offsets = np.arange(1, _BLOCK + 1, dtype=np.uint32)[:, None, None] * rho  # k·ρ for k = 1..8, mod 2**32
         block_step = np.uint32(_BLOCK) * rho
         phase = np.empty((_BLOCK, h, w), np.uint32)
-        fired = np.empty((_BLOCK, h, w), np.bool_)
         for t0 in range(0, steps, _BLOCK):
             # closed form: X(t0 + k) = X(t0) + k·ρ (mod 2**32); spike <=> carry <=> X < ρ
             n = min(_BLOCK, steps - t0)
@@ -161,38 +182,43 @@ def _simulate_numpy(intensity, steps, threshold, eta, gain, dark, shot_noise, rn
         _close_bar(bar, steps)
         return out
 
-    static_rate = None
-    if static:
-        _check_intensity_values(intensity, 'intensity')
-        static_rate = eng.increment(intensity)
+    if shot_noise:
+        # photo-electrons are Poisson: ρ = Poisson(Q·r)·(2**32/(Q·θ)), drawn frame by frame in step order, so neither
+        # the chunking nor the packing changes the random stream
+        electron_phase = np.float32(PHASE_SCALE / threshold / electrons)
+        lam = np.empty(shape, np.float64)
+        if static:
+            np.multiply(model.phase_float(frame, scratch), 1.0 / float(electron_phase), out=lam)
     for t0 in range(0, steps, chunk_steps):
         n = min(chunk_steps, steps - t0)
-        if static_rate is not None:
-            rates = None
-        else:
+        clip = saturated is not None if static else False
+        if not static:
             if callable(intensity):
-                block = np.asarray(intensity(np.arange(t0, t0 + n)), dtype=np.float32)
+                block = np.asarray(intensity(np.arange(t0, t0 + n)))
                 if block.shape != (n, h, w):
                     raise ValueError(f'simulate: intensity callable returned shape {block.shape} for {n} steps, '
                                      f'expected {(n, h, w)}')
             else:
                 block = intensity[t0:t0 + n]
-            _check_intensity_values(block, f'intensity frames {t0}..{t0 + n - 1}')
-            rates = eng.increment(block)
-        if shot_noise:
-            mean = static_rate if rates is None else rates
-            # photo-electrons are Poisson: r_noisy = Poisson(Q·r) / Q, drawn in step order (chunking cannot change it)
-            lam = np.broadcast_to(mean * np.float32(electrons), (n, h, w))
-            rates = rng.poisson(lam).astype(np.float32) * np.float32(1.0 / electrons)
-        rho, saturated = eng.to_phase(rates)
-        fired = np.empty((n, h, w), np.bool_)
-        for k in range(n):  # per-step loop only where each step has its own increment
-            x += rho[k]
-            np.less(x, rho[k], out=fired[k])
-        if saturated is not None:
-            fired |= saturated
+            block = block.astype(np.float32, copy=False)
+            clip = model.may_saturate(_check_intensity_values(block, f'intensity frames {t0}..{t0 + n - 1}'))
         for b0 in range(0, n, _BLOCK):
-            _emit_numpy(out, fired[b0:b0 + _BLOCK], t0 + b0, min(_BLOCK, n - b0), packed)
+            m = min(_BLOCK, n - b0)
+            for k in range(m):  # per-step loop only where each step has its own increment
+                if shot_noise:
+                    if not static:
+                        np.multiply(model.phase_float(block[b0 + k], scratch), 1.0 / float(electron_phase), out=lam)
+                    np.multiply(rng.poisson(lam), electron_phase, out=scratch, casting='unsafe')
+                    sat = _quantise_phase(scratch, rho, clip=True)  # a noisy step may exceed θ
+                elif static:
+                    sat = saturated
+                else:
+                    sat = model.phase_increment(block[b0 + k], scratch, rho, clip=clip)
+                x += rho
+                np.less(x, rho, out=fired[k])
+                if sat is not None:
+                    fired[k] |= sat
+            _emit_numpy(out, fired, t0 + b0, m, packed)
         if bar is not None:
             bar.update(n)
     _close_bar(bar, None)
@@ -243,51 +269,50 @@ def _close_bar(bar, steps) -> None:
         bar.close()
 
 
+def _to_numpy(value):
+    return value.detach().cpu().numpy() if torch is not None and isinstance(value, torch.Tensor) else value
+
+
 def _simulate_torch(intensity, steps, threshold, eta, gain, dark, shot_noise, seed, packed, chunk_steps, x0, progress):
     """torch path (CPU or CUDA), int64 arithmetic mod 2**32; same numbers as numpy when noise-free."""
     device = intensity.device
     static = intensity.ndim == 2
     h, w = intensity.shape[-2:]
     if intensity.ndim == 3 and intensity.shape[0] < steps:
-        raise ValueError(f'simulate: time-varying intensity has {intensity.shape[0]} frames, fewer than steps={steps}')
+        raise ValueError(f'simulate: time-varying intensity has {intensity.shape[0]} frames, fewer than '
+                         f'steps={steps}')
     mask = (1 << 32) - 1
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(_initial_phase_numpy(x0, (h, w), threshold, rng).astype(np.int64)).to(device)
-    scale = torch.tensor(PHASE_SCALE / threshold, dtype=torch.float32, device=device)
     max_phase = torch.tensor(float(MAX_PHASE_F32), dtype=torch.float32, device=device)
 
-    def as_map(value, name):
-        if value is None:
-            return None
-        arr = _as_numpy_map(value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value, (h, w), name)
-        return torch.as_tensor(arr, device=device)
-
-    gain_t, dark_t = as_map(gain, 'gain'), as_map(dark, 'dark')
+    model = _PhaseModel((h, w), threshold, eta, _to_numpy(gain), _to_numpy(dark))
+    gain_scale = torch.as_tensor(model.gain_scale, device=device)
+    dark_scale = None if model.dark_scale is None else torch.as_tensor(model.dark_scale, device=device)
     electrons = _electrons_per_unit(shot_noise) if shot_noise else None
     generator = None
     if shot_noise:
         generator = torch.Generator(device=device)
         generator.manual_seed(int(rng.integers(0, 2**63 - 1)))
+        electron_phase = float(np.float32(PHASE_SCALE / threshold / electrons))
 
-    def increment(i):
+    def phase_float(i):
         if not bool(torch.isfinite(i).all()) or bool((i < 0).any()):
             raise ValueError('simulate: intensity must be finite and >= 0 (linear light)')
-        r = i.to(torch.float32) * torch.tensor(eta, dtype=torch.float32, device=device)
-        if gain_t is not None:
-            r = r * gain_t
-        if dark_t is not None:
-            r = r + dark_t
-        return r
+        r = i.to(torch.float32) * gain_scale
+        return r if dark_scale is None else r + dark_scale
 
-    def to_phase(r):
-        scaled = r * scale
-        return torch.minimum(scaled, max_phase).to(torch.int64), scaled >= max_phase
+    def to_phase(phase):
+        if shot_noise:
+            phase = torch.poisson(phase.to(torch.float64) / electron_phase, generator=generator).to(torch.float32)
+            phase = phase * electron_phase
+        return torch.minimum(phase, max_phase).to(torch.int64), phase >= max_phase
 
     out = torch.empty(((steps + 7) // 8 if packed else steps, h, w), dtype=torch.uint8, device=device)
     # int64 scratch is 8 bytes per pixel-step: keep a chunk at most 256 steps
     chunk_steps = min(256, max(_BLOCK, (int(chunk_steps) // _BLOCK) * _BLOCK))
     bar = _progress_bar(progress, steps)
-    static_rate = increment(intensity) if static else None
+    static_rate = phase_float(intensity) if static else None
     for t0 in range(0, steps, chunk_steps):
         n = min(chunk_steps, steps - t0)
         if static and not shot_noise:
@@ -297,9 +322,7 @@ def _simulate_torch(intensity, steps, threshold, eta, gain, dark, shot_noise, se
             fired = (phase < rho) | saturated
             x = phase[-1].clone()
         else:
-            rates = static_rate.expand(n, h, w) if static else increment(intensity[t0:t0 + n])
-            if shot_noise:
-                rates = torch.poisson(rates * electrons, generator=generator) / electrons
+            rates = static_rate.expand(n, h, w) if static else phase_float(intensity[t0:t0 + n])
             rho, saturated = to_phase(rates)
             phase = (x + torch.cumsum(rho, dim=0)) & mask  # per-step sums, vectorised as a running total
             fired = (phase < rho) | saturated
