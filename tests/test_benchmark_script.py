@@ -1,0 +1,151 @@
+"""scripts/benchmark.py end to end on a tiny spike LMDB written here, with checkpoints saved here."""
+import despike_basicsr  # noqa: F401  isort:skip  (applies compat before basicsr loads; fills registries)
+import importlib.util
+import json
+from os import path as osp
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+from basicsr.metrics import calculate_psnr
+from basicsr.utils import tensor2img
+from basicsr.utils.registry import ARCH_REGISTRY
+from scipy import ndimage
+
+from conftest import REPO_ROOT
+from despike_basicsr.data.spike_lmdb import SpikeLMDBWriter
+from despike_basicsr.spike.camera import simulate
+from despike_basicsr.spike.optics import display_to_linear
+from despike_basicsr.spike.reconstruct import rate_to_display, tfp
+
+HEIGHT, WIDTH, FRAMES = 24, 28, 64
+GKMNET = {'type': 'GKMNet', 'in_channels': 1, 'width': 4, 'num_blocks': 1}
+NRKNET = {'type': 'NRKNet', 'in_channels': 1, 'widths': [8, 8, 8], 'num_blocks': [1, 1, 1]}
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location('benchmark_script', osp.join(REPO_ROOT, 'scripts', 'benchmark.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+benchmark = _load_script()
+
+
+def _write_lmdb(path: str, count: int = 3) -> None:
+    with SpikeLMDBWriter(path) as writer:
+        for i in range(count):
+            rng = np.random.default_rng(i)
+            sharp = ndimage.gaussian_filter(rng.random((HEIGHT, WIDTH)), 1.0)
+            sharp = (sharp - sharp.min()) / (sharp.max() - sharp.min())
+            blurred = ndimage.gaussian_filter(display_to_linear(sharp), 1.5) * 0.9 + 0.05
+            spikes = simulate(blurred, FRAMES, threshold=2.0, eta=1.0, seed=i)
+            writer.add(f'scene_{i:02d}', sharp, {'threshold': 2.0, 'eta': 1.0, 'seed': i}, spikes=spikes)
+
+
+def _write_options(folder, name: str, network: dict) -> str:
+    opt = {'name': name, 'model_type': 'CascadeModel', 'scale': 1, 'num_gpu': 0,
+           'front_end': {'type': 'tfp', 'window': 41, 'eta': 1.0, 'threshold': 2.0},
+           'network_g': network, 'path': {'pretrain_network_g': None, 'strict_load_g': True},
+           'val': {'save_img': False, 'suffix': None}}
+    path = folder / f'{name}.yml'
+    path.write_text(yaml.safe_dump(opt, sort_keys=False))
+    return str(path)
+
+
+def _random_net(network: dict, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    options = dict(network)
+    return ARCH_REGISTRY.get(options.pop('type'))(**options).eval()
+
+
+@pytest.fixture(scope='module')
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp('bench')
+    lmdb_path = str(root / 'tiny_test.lmdb')
+    _write_lmdb(lmdb_path)
+    gkm, nrk = _random_net(GKMNET, 1), _random_net(NRKNET, 2)
+    torch.save({'params': gkm.state_dict()}, root / 'gkm.pth')  # BasicSR's layout
+    torch.save(nrk.state_dict(), root / 'nrk.pth')  # a plain state dict
+    return {'root': root, 'lmdb': lmdb_path, 'gkm': gkm, 'nrk': nrk,
+            'gkm_opt': _write_options(root, 'gkm', GKMNET), 'nrk_opt': _write_options(root, 'nrk', NRKNET)}
+
+
+def _tfp_display(spikes: np.ndarray) -> torch.Tensor:
+    """The TFP image of a stored stream's centre frame."""
+    return rate_to_display(tfp(torch.from_numpy(spikes).float()[None], window=41), eta=1.0, threshold=2.0)[:, None]
+
+
+def test_end_to_end_table_json_and_picture(workspace):
+    out_dir = str(workspace['root'] / 'results')
+    root = workspace['root']
+    report = benchmark.main([
+        '--lmdb', workspace['lmdb'], '--out-dir', out_dir, '--device', 'cpu', '--lpips', 'off', '--grid-samples', '2',
+        '--crop', '16', '--zoom', '2', '--methods', 'tfp', 'tfi',
+        f"gkmnet_tfp:{workspace['gkm_opt']}:{root / 'gkm.pth'}", f"nrknet_tfp:{workspace['nrk_opt']}:{root / 'nrk.pth'}"
+    ])
+    with open(osp.join(out_dir, 'benchmark.json'), encoding='utf-8') as f:
+        saved = json.load(f)
+    assert saved == json.loads(json.dumps(report))
+    methods = {m['name']: m for m in saved['methods']}
+    assert list(methods) == ['tfp', 'tfi', 'gkmnet_tfp', 'nrknet_tfp']
+    assert saved['num_samples'] == 3
+
+    # Every number is recomputed here from the stored streams through the same reconstruction and metric.
+    from despike_basicsr.data.spike_lmdb import SpikeLMDBReader
+    reader = SpikeLMDBReader(workspace['lmdb'])
+    expected = {'tfp': [], 'gkmnet_tfp': [], 'nrknet_tfp': []}
+    for key in sorted(reader.keys):
+        spikes, gt = reader.read_sample(key)
+        image = _tfp_display(spikes)
+        with torch.no_grad():
+            outputs = {'tfp': image, 'gkmnet_tfp': workspace['gkm'](image)[-1],
+                       'nrknet_tfp': workspace['nrk'](image)[-1]}
+        for name, output in outputs.items():
+            expected[name].append(calculate_psnr(tensor2img([output]), gt, crop_border=0))
+    for name, values in expected.items():
+        assert methods[name]['psnr'] == pytest.approx(np.mean(values), abs=1e-6), name
+    assert methods['tfi']['psnr'] != methods['tfp']['psnr']
+
+    gkm_params = sum(p.numel() for p in workspace['gkm'].parameters())
+    assert methods['gkmnet_tfp']['params'] == gkm_params and methods['tfp']['params'] == 0
+    for method in methods.values():
+        assert 0 < method['ssim'] <= 1 and method['latency_ms_per_frame'] > 0
+        assert method['lpips'] == 'n/a' and 'disabled' in method['lpips_note']
+
+    table = open(osp.join(out_dir, 'benchmark.md'), encoding='utf-8').read()
+    assert f"| gkmnet_tfp | {methods['gkmnet_tfp']['psnr']:.2f} |" in table
+    picture = cv2.imread(osp.join(out_dir, 'benchmark.png'), cv2.IMREAD_GRAYSCALE)
+    tile = 16 * 2
+    assert picture.shape == (22 + 2 * tile + 4, 5 * tile + 4 * 4)  # header + 2 rows; 4 methods + ground truth
+
+
+def test_weights_default_to_the_options_path_and_missing_ones_are_named(workspace, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r'weights file .*missing\.pth does not exist'):
+        benchmark.main(['--lmdb', workspace['lmdb'], '--out-dir', str(tmp_path), '--lpips', 'off', '--methods',
+                        f"gkm:{workspace['gkm_opt']}:{tmp_path / 'missing.pth'}"])
+    with pytest.raises(ValueError, match=r"no weights given and .*gkm\.yml has no path\.pretrain_network_g"):
+        benchmark.main(['--lmdb', workspace['lmdb'], '--out-dir', str(tmp_path), '--lpips', 'off', '--methods',
+                        f"gkm:{workspace['gkm_opt']}"])
+
+
+def test_method_specs_and_checkpoint_layouts(tmp_path):
+    assert benchmark.parse_method('TFP').kind == 'tfp'
+    method = benchmark.parse_method('despike:options/test_despike_demo.yml:exp/net_g_latest.pth')
+    assert (method.name, method.kind, method.options, method.weights) == (
+        'despike', 'model', 'options/test_despike_demo.yml', 'exp/net_g_latest.pth')
+    with pytest.raises(ValueError, match=r"method 'rsir': expected 'tfp', 'tfi' or 'NAME:OPTIONS.yml"):
+        benchmark.parse_method('rsir')
+
+    state = {'w': torch.ones(2)}
+    torch.save({'params': {'w': torch.zeros(2)}, 'params_ema': state}, tmp_path / 'both.pth')
+    assert torch.equal(benchmark.load_state_dict(str(tmp_path / 'both.pth'))['w'], torch.ones(2))
+    assert torch.equal(benchmark.load_state_dict(str(tmp_path / 'both.pth'), 'params')['w'], torch.zeros(2))
+    torch.save({'module.w': torch.ones(2)}, tmp_path / 'ddp.pth')
+    assert list(benchmark.load_state_dict(str(tmp_path / 'ddp.pth'))) == ['w']
+    torch.save({'params': 3}, tmp_path / 'bad.pth')
+    with pytest.raises(ValueError, match='holds no state dict'):
+        benchmark.load_state_dict(str(tmp_path / 'bad.pth'))
