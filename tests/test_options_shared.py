@@ -16,6 +16,7 @@ from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
 from conftest import REPO_ROOT
+from despike_basicsr.options import check_options_file
 
 OPTIONS_DIR = osp.join(REPO_ROOT, 'options')
 ALL_FILES = sorted(glob.glob(osp.join(OPTIONS_DIR, '*.yml')) + glob.glob(osp.join(OPTIONS_DIR, '*', '*.yml')))
@@ -109,8 +110,10 @@ def test_options_file_parses_and_names_registered_types(path):
     assert isinstance(opt, dict) and opt.get('name'), f'{_rel(path)} has no name'
     unknown = [f'{where}: {name!r}' for where, registry, name in _registered_types(opt) if name not in registry]
     assert unknown == [], f'{_rel(path)} names unregistered types'
-    # The network section must also build with its arguments (catches misspelt options).
+    # The network section must also build with its arguments (catches misspelt options), and the entries' own
+    # options check (run by train.py / test.py before BasicSR starts) must accept the file.
     build_network(dict(opt['network_g']))
+    check_options_file(path)
 
 
 def test_baseline_files_use_single_channel_and_their_own_losses():
