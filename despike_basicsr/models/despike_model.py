@@ -1,0 +1,131 @@
+"""DeSpikeModel: trains and evaluates DeSpikeNet in BasicSR's loop.
+
+L = λ1 Σ_{i,s} β_{i,s} MSE_{i,s} (``pixel_opt``, logged as ``l_grid``) + λ2 L_FFT (``fft_opt``, ``l_fft``)
+  + λ3 L_LPIPS (``lpips_opt``, ``l_lpips``); each term is optional and its λ is the ``loss_weight`` of its options.
+"""
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional
+
+import torch
+from basicsr.archs import build_network
+from basicsr.losses import build_loss
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger
+from basicsr.utils.registry import MODEL_REGISTRY
+from torch import Tensor
+from torch.nn import functional as F
+
+_AUX_SCALES = ('final', 'all')
+
+
+def crop_to_common_length(lq: Tensor, lq_len: Optional[Any]) -> Tensor:
+    """Keep the centre ``min(lq_len)`` frames of a ``(B, T, H, W)`` batch.
+
+    Every item holds T frames whose own ``lq_len`` frames are centred on the target frame ``T // 2``; cropping with
+    ``start = T // 2 − n // 2`` keeps the target at the network's centre ``n // 2``.
+    """
+    if lq_len is None:
+        return lq
+    length = int(torch.as_tensor(lq_len).min())
+    total = lq.shape[1]
+    if length >= total:
+        return lq
+    if length < 1:
+        raise ValueError(f'lq_len must be >= 1, got {length}')
+    start = total // 2 - length // 2
+    return lq[:, start:start + length]
+
+
+@MODEL_REGISTRY.register()
+class DeSpikeModel(SRModel):
+    """BasicSR model for DeSpikeNet (single-channel output, variable-length spike streams, optional FPN γ).
+
+    Options read beyond SRModel's: ``train.pixel_opt`` (HierarchicalMSELoss), ``train.fft_opt``, ``train.lpips_opt``,
+    ``train.fft_scales`` / ``train.lpips_scales`` (``'final'``: the final image only, default; ``'all'``: every
+    spatial scale of the last temporal scale against the downsampled ground truth) and ``train.grad_clip_norm``.
+    """
+
+    def init_training_settings(self) -> None:
+        self.net_g.train()
+        train_opt = self.opt['train']
+        self.ema_decay = train_opt.get('ema_decay', 0)
+        if self.ema_decay > 0:
+            get_root_logger().info(f'Use Exponential Moving Average with decay: {self.ema_decay}')
+            self.net_g_ema = build_network(self.opt['network_g']).to(self.device)
+            load_path = self.opt['path'].get('pretrain_network_g', None)
+            if load_path is not None:
+                self.load_network(self.net_g_ema, load_path, self.opt['path'].get('strict_load_g', True), 'params_ema')
+            else:
+                self.model_ema(0)  # copy net_g's weights
+            self.net_g_ema.eval()
+
+        self.cri_grid = self._build_optional_loss(train_opt.get('pixel_opt'))
+        self.cri_fft = self._build_optional_loss(train_opt.get('fft_opt'))
+        self.cri_lpips = self._build_optional_loss(train_opt.get('lpips_opt'))
+        if self.cri_grid is None and self.cri_fft is None and self.cri_lpips is None:
+            raise ValueError('DeSpikeModel needs at least one loss: train.pixel_opt, train.fft_opt or train.lpips_opt')
+        self.fft_scales = self._check_scales('fft_scales', train_opt.get('fft_scales', 'final'))
+        self.lpips_scales = self._check_scales('lpips_scales', train_opt.get('lpips_scales', 'final'))
+        self.grad_clip_norm = train_opt.get('grad_clip_norm')
+
+        self.setup_optimizers()
+        self.setup_schedulers()
+
+    def _build_optional_loss(self, loss_opt: Optional[Dict[str, Any]]) -> Optional[torch.nn.Module]:
+        return build_loss(loss_opt).to(self.device) if loss_opt else None
+
+    @staticmethod
+    def _check_scales(name: str, value: str) -> str:
+        if value not in _AUX_SCALES:
+            raise ValueError(f'train.{name} must be one of {_AUX_SCALES}, got {value!r}')
+        return value
+
+    def feed_data(self, data: Dict[str, Any]) -> None:
+        """``lq`` ``(B, T, H, W)`` cropped to the centre ``min(lq_len)`` frames; ``gt`` and ``gamma`` when given."""
+        self.lq = crop_to_common_length(data['lq'], data.get('lq_len')).to(self.device)
+        self.gamma = data['gamma'].to(self.device) if data.get('gamma') is not None else None
+        if 'gt' in data:
+            self.gt = data['gt'].to(self.device)
+
+    def _aux_loss(self, criterion: torch.nn.Module, scales: str, grid: List[List[Tensor]]) -> Tensor:
+        """A loss on the final image, or summed over every spatial scale of the last temporal scale."""
+        if scales == 'final':
+            return criterion(self.output, self.gt)
+        total = 0
+        for output in grid[-1]:
+            target = self.gt if output.shape == self.gt.shape else F.interpolate(
+                self.gt, size=output.shape[-2:], mode='area')
+            total = total + criterion(output, target)
+        return total
+
+    def optimize_parameters(self, current_iter: int) -> None:
+        self.optimizer_g.zero_grad()
+        self.output, grid = self.net_g(self.lq, self.gamma, return_intermediates=True)
+
+        l_total = 0
+        loss_dict = OrderedDict()
+        if self.cri_grid is not None:
+            loss_dict['l_grid'] = self.cri_grid(grid, self.gt)
+        if self.cri_fft is not None:
+            loss_dict['l_fft'] = self._aux_loss(self.cri_fft, self.fft_scales, grid)
+        if self.cri_lpips is not None:
+            loss_dict['l_lpips'] = self._aux_loss(self.cri_lpips, self.lpips_scales, grid)
+        for value in loss_dict.values():
+            l_total = l_total + value
+        l_total.backward()
+        if self.grad_clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.net_g.parameters(), self.grad_clip_norm)
+        self.optimizer_g.step()
+
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    def test(self) -> None:
+        """Reconstruct ``self.lq`` with ``net_g_ema`` when EMA is on, else ``net_g`` (restored to train mode after)."""
+        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            self.output = net(self.lq, getattr(self, 'gamma', None))
+        net.train(was_training)
