@@ -1,0 +1,256 @@
+#!/usr/bin/env python
+"""Inference cost of one 250×400 reconstruction from 192 spike steps: DeSpike against a TFP→NRKNet cascade.
+
+Both methods run in the same invocation on the same simulated stream and device:
+
+- DeSpike: the ``network_g`` of ``--opt`` (default options/test_despike_dpdd.yml), input the uint8 stream as float;
+- cascade: TFP (41-frame window, through ``rate_to_display``) feeding ``NRKNet(in_channels=1)`` (published widths
+  64/128/256), its finest output.
+
+Reported per method: parameters, FLOPs of one forward (``torch.utils.flop_counter.FlopCounterMode``: convolutions and
+matrix products; FFTs, pooling and element-wise ops are not counted), median latency over ``--repeats`` runs after
+``--warmup`` runs, and peak memory of one reconstruction:
+
+- CPU: each method runs in its own subprocess, which reads its peak resident set size; a baseline
+  subprocess that only imports, builds the network and loads the input is subtracted, leaving the inference's own
+  peak (the stream is simulated once by the parent and handed over as ``.npy``, so the simulator's temporary arrays
+  do not mask it). The peak is ``VmHWM`` from ``/proc/self/status`` on Linux: ``getrusage(RUSAGE_SELF).ru_maxrss``
+  would be wrong there, because Linux carries the parent's high-water mark into a forked-and-exec'd child (both
+  subprocesses would report the parent's ~1 GB); elsewhere ``ru_maxrss`` is used;
+- CUDA: ``torch.cuda.max_memory_allocated`` during the forward minus what was allocated before it (weights + input).
+
+Usage::
+
+    python scripts/bench_inference.py                   # CPU (or --device cuda)
+    python scripts/bench_inference.py --json bench.json # also write the figures as json
+
+Untrained weights: cost does not depend on the values. Numbers vary with the machine and its load; see
+docs/inference.md for figures measured here.
+"""
+import argparse
+import json
+import os.path as osp
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, List, Tuple
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)  # run from a checkout without installing
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+import despike_basicsr  # noqa: E402,F401  (compat first, then the registries)
+from basicsr.archs import build_network  # noqa: E402
+from despike_basicsr.spike import rate_to_display, simulate, tfp  # noqa: E402
+
+METHODS = ('despike', 'cascade')
+LABELS = {'despike': 'DeSpike', 'cascade': 'TFP->NRKNet'}
+TFP_WINDOW = 41
+
+
+def load_network_opt(opt_path: str) -> dict:
+    with open(opt_path, encoding='utf-8') as f:
+        opt = yaml.safe_load(f)
+    if not isinstance(opt, dict) or 'network_g' not in opt:
+        raise SystemExit(f'{opt_path}: expected an options file with a network_g section')
+    return dict(opt['network_g'])
+
+
+def make_stream(height: int, width: int, steps: int, device: torch.device) -> torch.Tensor:
+    """A (1, T, H, W) uint8 stream of a random piecewise-constant scene (cost does not depend on content)."""
+    rng = np.random.default_rng(0)
+    scene = np.full((height, width), 0.4, np.float32)
+    for _ in range(64):
+        y, x = rng.integers(0, height), rng.integers(0, width)
+        scene[y:y + rng.integers(5, 80), x:x + rng.integers(5, 80)] = rng.uniform(0.05, 0.95)
+    return torch.from_numpy(simulate(scene, steps, seed=0))[None].to(device)
+
+
+def build(method: str, args: argparse.Namespace, device: torch.device) -> Tuple[torch.nn.Module, Callable]:
+    """The network of ``method`` (eval mode, on ``device``) and a function stream -> image."""
+    torch.manual_seed(0)
+    if method == 'despike':
+        net = build_network(load_network_opt(args.opt)).to(device).eval()
+
+        def run(spikes: torch.Tensor) -> torch.Tensor:
+            return net(spikes.float())
+    else:
+        net = build_network({'type': 'NRKNet', 'in_channels': 1}).to(device).eval()
+
+        def run(spikes: torch.Tensor) -> torch.Tensor:
+            frame = rate_to_display(tfp(spikes, window=TFP_WINDOW))[:, None]  # (B, 1, H, W) display image
+            return net(frame)[-1]
+    return net, run
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def latency(run: Callable, spikes: torch.Tensor, device: torch.device, warmup: int, repeats: int) -> List[float]:
+    with torch.inference_mode():
+        for _ in range(warmup):
+            run(spikes)
+        _sync(device)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run(spikes)
+            _sync(device)
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def flops(run: Callable, spikes: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        run(spikes)
+    return int(counter.get_total_flops())
+
+
+def cuda_peak(run: Callable, spikes: torch.Tensor, device: torch.device) -> int:
+    """Bytes allocated at the peak of one forward beyond what was allocated before it."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    with torch.inference_mode():
+        run(spikes)
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Subprocess body for CPU peak memory: build (and, unless --worker-baseline, run once); print ru_maxrss."""
+    device = torch.device('cpu')
+    torch.set_num_threads(args.threads)
+    _, run = build(args.worker, args, device)
+    spikes = torch.from_numpy(np.load(args.worker_input))
+    if not args.worker_baseline:
+        with torch.inference_mode():
+            run(spikes)
+    print(json.dumps({'maxrss_bytes': peak_rss_bytes()}))
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size: VmHWM on Linux (per address space), else ru_maxrss."""
+    try:
+        with open('/proc/self/status', encoding='ascii') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    # ru_maxrss: kilobytes on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == 'darwin' else 1024)
+
+
+def cpu_peak(method: str, args: argparse.Namespace, stream_path: str) -> int:
+    """Peak resident memory of one reconstruction: run subprocess minus baseline subprocess, in bytes."""
+    results = {}
+    for baseline in (True, False):
+        cmd = [sys.executable, osp.abspath(__file__), '--worker', method, '--opt', args.opt, '--worker-input',
+               stream_path, '--threads', str(args.threads)]
+        if baseline:
+            cmd.append('--worker-baseline')
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f'memory worker for {method} failed:\n{done.stderr}')
+        results[baseline] = json.loads(done.stdout.strip().splitlines()[-1])['maxrss_bytes']
+    return results[False] - results[True]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--opt', default=osp.join(REPO_ROOT, 'options', 'test_despike_dpdd.yml'),
+                        help='options file whose network_g is DeSpike (default options/test_despike_dpdd.yml)')
+    parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
+    parser.add_argument('--height', type=int, default=250)
+    parser.add_argument('--width', type=int, default=400)
+    parser.add_argument('--steps', type=int, default=192)
+    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--threads', type=int, default=torch.get_num_threads(), help='CPU threads (default: torch)')
+    parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory measurement')
+    parser.add_argument('--json', help='also write the figures to this json file')
+    parser.add_argument('--worker', choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument('--worker-baseline', action='store_true', help=argparse.SUPPRESS)
+    parser.add_argument('--worker-input', help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> Dict[str, dict]:
+    args = parse_args(argv)
+    if args.worker:
+        worker(args)
+        return {}
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        raise SystemExit('--device cuda: no CUDA device available')
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    spikes = make_stream(args.height, args.width, args.steps, device)
+    workdir = tempfile.TemporaryDirectory(prefix='bench_inference_')
+    stream_path = osp.join(workdir.name, 'stream.npy')
+    np.save(stream_path, spikes.cpu().numpy())
+
+    figures = {}
+    for method in METHODS:
+        net, run = build(method, args, device)
+        times = latency(run, spikes, device, args.warmup, args.repeats)
+        entry = {
+            'params': sum(p.numel() for p in net.parameters()),
+            'flops': flops(run, spikes),
+            'latency_ms_median': 1000 * statistics.median(times),
+            'latency_ms_all': [1000 * t for t in times],
+        }
+        if not args.no_memory:
+            entry['peak_memory_bytes'] = cuda_peak(run, spikes, device) if device.type == 'cuda' else cpu_peak(
+                method, args, stream_path)
+        figures[method] = entry
+        del net, run
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
+
+    workdir.cleanup()
+    gpu = f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else f' ({args.threads} threads)'
+    print(f'One {args.height}x{args.width} reconstruction from {args.steps} steps on {args.device}{gpu}, '
+          f'torch {torch.__version__}; median of {args.repeats} after {args.warmup} warm-up run(s)')
+    header = f'{"method":<14}{"params (M)":>12}{"GFLOPs":>10}{"latency (ms)":>14}{"peak mem (MB)":>15}'
+    print(header)
+    print('-' * len(header))
+    for method, entry in figures.items():
+        mem = entry.get('peak_memory_bytes')
+        mem_text = f'{mem / 2**20:>15.1f}' if mem is not None else f'{"-":>15}'
+        print(f'{LABELS[method]:<14}{entry["params"] / 1e6:>12.3f}{entry["flops"] / 1e9:>10.2f}'
+              f'{entry["latency_ms_median"]:>14.1f}{mem_text}')
+    ratios = {
+        key: figures['despike'][key] / figures['cascade'][key]
+        for key in ('params', 'flops', 'latency_ms_median', 'peak_memory_bytes')
+        if figures['cascade'].get(key)
+    }
+    print('DeSpike / cascade: ' + ', '.join(f'{k} x{v:.2f}' for k, v in ratios.items()))
+    result = {
+        'device': args.device + gpu,
+        'torch': torch.__version__,
+        'size': [args.height, args.width],
+        'steps': args.steps,
+        'opt': args.opt,
+        'figures': figures,
+        'ratio_despike_over_cascade': ratios
+    }
+    if args.json:
+        with open(args.json, 'w', encoding='utf-8') as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == '__main__':
+    main()
