@@ -159,7 +159,8 @@ class LPIPSScorer:
             from despike_basicsr.losses.lpips_net import build_lpips_net
             build_lpips_net(pretrained=True, backbone_path=backbone_path)
         except Exception as err:  # missing weights (no internet), missing package...: report, do not fail
-            self.reason = f'LPIPS weights unavailable: {str(err).splitlines()[0][:300]}'
+            first_sentence = str(err).split('. ')[0].splitlines()[0][:200]
+            self.reason = f'n/a: {first_sentence}'
 
     @property
     def available(self) -> bool:

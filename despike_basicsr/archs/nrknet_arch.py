@@ -177,6 +177,9 @@ class NRKNet(nn.Module):
         self.dec1 = res_stage(w1, n1)
         # Each scale's head predicts the RKR weights (N + 1 logits) and a residual image correction.
         self.tails = nn.ModuleList([nn.Conv2d(w, num_kernels + 1 + in_channels, 3, padding=1) for w in (w3, w2, w1)])
+        with torch.no_grad():  # start close to A = I (weight ~0.5 on K_0): the series then barely amplifies noise
+            for tail in self.tails:
+                tail.bias[0] += math.log(num_kernels)
 
     def _scale_output(self, level: int, features: Tensor, blurred: Tensor, start: Tensor) -> Tensor:
         """Neumann partial sum at one scale plus the learned correction."""
