@@ -6,6 +6,8 @@ from os import path as osp
 
 import pytest
 
+import despike_basicsr  # noqa: F401  (applies the compat patches before any test module imports basicsr)
+
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
