@@ -22,10 +22,13 @@ patch                                  why
 ``basicsr.train.EnlargedSampler``,     a resumed run restarted its epoch from the first batch and re-seeded the
 ``BaseModel.save_training_state``      random generators, so it saw other samples and crops than the run it
                                        continues; states now carry RNG states, the sampler resumes mid-epoch
+``basicsr.train.create_train_val_``   epochs estimated with ``ceil`` while the loader drops last batches: runs
+``dataloader``                         ended before ``total_iter`` silently; now counted from the loader
 ``Registry.get``                       an unknown ``type:`` gave "No object named X"; now lists what is registered
 =====================================  ====================================================================
 """
 import collections
+import math
 import os
 import random
 import sys
@@ -37,6 +40,9 @@ _APPLIED = False
 #: Environment variable that overrides the torch.distributed backend (``nccl``, ``gloo``); ``despike_basicsr.train``
 #: sets it from the options' ``dist_params: {backend: ...}``.
 DIST_BACKEND_ENV = 'DESPIKE_DIST_BACKEND'
+#: Process-group timeout in minutes (torch's defaults: 30 for gloo, 10 for NCCL); from ``dist_params: {timeout: ...}``.
+#: Raise it when rank 0's validation takes longer than that, or the other ranks' next collective times out.
+DIST_TIMEOUT_ENV = 'DESPIKE_DIST_TIMEOUT_MIN'
 
 
 class CheckpointError(RuntimeError):
@@ -132,6 +138,9 @@ def choose_dist_backend(requested: Optional[str] = None) -> str:
     import torch
     override = os.environ.get(DIST_BACKEND_ENV)
     if override:
+        if override == 'nccl' and not torch.cuda.is_available():
+            raise RuntimeError(f'{DIST_BACKEND_ENV}=nccl (or dist_params.backend: nccl) needs CUDA, and this machine '
+                               'has none; use gloo')
         return override
     if requested and (requested != 'nccl' or torch.cuda.is_available()):
         return requested
@@ -142,14 +151,18 @@ def _init_dist_pytorch(backend: str = 'nccl', **kwargs: Any) -> None:
     """basicsr <= 1.4.2 ``dist_util._init_dist_pytorch``: ``torch.cuda.set_device(RANK % num_gpus)`` crashes without
     CUDA (division by zero / no driver) and picks the wrong GPU on multi-node runs, where the device index is the
     node-local ``LOCAL_RANK`` that torchrun sets. Here: CUDA only when present, device from ``LOCAL_RANK``, NCCL on CUDA
-    and gloo otherwise (overridable, see :func:`choose_dist_backend`).
+    and gloo otherwise (overridable, see :func:`choose_dist_backend`), and the timeout from ``$DESPIKE_DIST_TIMEOUT_MIN``.
     """
+    import datetime
+
     import torch
     import torch.distributed as dist
     backend = choose_dist_backend(backend)
-    if torch.cuda.is_available() and backend == 'nccl':
+    if torch.cuda.is_available():  # every backend: each process on its own GPU, not all on cuda:0
         local_rank = int(os.environ.get('LOCAL_RANK', os.environ.get('RANK', 0)))
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    if os.environ.get(DIST_TIMEOUT_ENV) and 'timeout' not in kwargs:
+        kwargs['timeout'] = datetime.timedelta(minutes=float(os.environ[DIST_TIMEOUT_ENV]))
     dist.init_process_group(backend=backend, **kwargs)
 
 
@@ -222,7 +235,10 @@ def _load_resume_state(opt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
 # ----------------------------------------------------------------------------------------------------------------------
 def _save_network(self, net, net_label, current_iter, param_key='params'):
     """basicsr <= 1.4.2 ``BaseModel.save_network`` wrote with ``torch.save(obj, final_path)``: a kill mid-write left a
-    truncated ``.pth``. Same file names and contents, written atomically."""
+    truncated ``.pth``. Same file names and contents, written atomically, by rank 0 only (as before)."""
+    from basicsr.utils.dist_util import get_dist_info
+    if get_dist_info()[0] != 0:
+        return
     if current_iter == -1:
         current_iter = 'latest'
     save_path = os.path.join(self.opt['path']['models'], f'{net_label}_{current_iter}.pth')
@@ -360,6 +376,34 @@ def _resumable_sampler_class():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Correct iteration count
+# ----------------------------------------------------------------------------------------------------------------------
+def _make_create_train_val_dataloader(original: Callable) -> Callable:
+
+    def create_train_val_dataloader(opt, logger):
+        """basicsr <= 1.4.2 planned ``ceil(N·ratio / (batch·world))`` iterations per epoch, but its train loader drops
+        the last incomplete batch of each process's ``ceil(N·ratio / world)`` samples, so with sizes that do not divide
+        evenly training ended before ``total_iter`` without a word. Here the epochs come from the loader's real length,
+        and a data set smaller than one batch is an error."""
+        train_loader, train_sampler, val_loaders, total_epochs, total_iters = original(opt, logger)
+        if train_loader is not None:
+            batches = len(train_loader)
+            if batches == 0:
+                dataset_opt = opt['datasets']['train']
+                raise ValueError(f'datasets.train ({dataset_opt.get("name")}): {len(train_loader.dataset)} samples '
+                                 f'per process cannot fill one batch of {dataset_opt["batch_size_per_gpu"]}; lower '
+                                 'batch_size_per_gpu or raise dataset_enlarge_ratio')
+            needed = math.ceil(total_iters / batches)
+            if needed != total_epochs:
+                logger.info(f'Epochs recounted from the loader ({batches} batches per epoch): {needed} '
+                            f'(BasicSR estimated {total_epochs}).')
+            total_epochs = needed
+        return train_loader, train_sampler, val_loaders, total_epochs, total_iters
+
+    return create_train_val_dataloader
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Clearer errors
 # ----------------------------------------------------------------------------------------------------------------------
 def _make_registry_get(original: Callable) -> Callable:
@@ -392,6 +436,8 @@ def apply() -> None:
     base_model.BaseModel.load_network = _load_network
     basicsr.train.load_resume_state = _load_resume_state
     basicsr.train.EnlargedSampler = _resumable_sampler_class()
+    basicsr.train.create_train_val_dataloader = _make_create_train_val_dataloader(
+        basicsr.train.create_train_val_dataloader)
     registry.Registry.get = _make_registry_get(registry.Registry.get)
     _APPLIED = True
 

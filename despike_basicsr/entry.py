@@ -45,9 +45,11 @@ def prepare(argv: Optional[List[str]]) -> str:
     opt_path = option_file_from_argv(sys.argv[1:])
     if opt_path is not None:
         opt = check_options_file(opt_path)
-        backend = (opt.get('dist_params') or {}).get('backend')
-        if backend and not os.environ.get(compat.DIST_BACKEND_ENV):
-            os.environ[compat.DIST_BACKEND_ENV] = backend
+        dist_params = opt.get('dist_params') or {}
+        if dist_params.get('backend') and not os.environ.get(compat.DIST_BACKEND_ENV):
+            os.environ[compat.DIST_BACKEND_ENV] = str(dist_params['backend'])
+        if dist_params.get('timeout') and not os.environ.get(compat.DIST_TIMEOUT_ENV):
+            os.environ[compat.DIST_TIMEOUT_ENV] = str(dist_params['timeout'])
     return project_root()
 
 

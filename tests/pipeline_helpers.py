@@ -24,11 +24,11 @@ def write_pairs(folder: str, count: int = 8, size: int = 24) -> None:
         cv2.imwrite(osp.join(folder, 'lq', f'{i:03d}.png'), lq)
 
 
-def tiny_options(tmp_path, name: str, total_iter: int, image_size: int = 24, **overrides) -> str:
+def tiny_options(tmp_path, name: str, total_iter: int, image_size: int = 24, num_pairs: int = 8, **overrides) -> str:
     """Options for a tiny SRModel run on generated pairs; ``overrides`` maps dotted keys (``'train.total_iter'``)."""
-    data = str(tmp_path / f'pairs{image_size}')
+    data = str(tmp_path / f'pairs{image_size}x{num_pairs}')
     if not osp.isdir(data):
-        write_pairs(data, size=image_size)
+        write_pairs(data, count=num_pairs, size=image_size)
     common = dict(type='PairedImageDataset', dataroot_gt=f'{data}/gt', dataroot_lq=f'{data}/lq',
                   io_backend={'type': 'disk'})
     opt = {

@@ -47,6 +47,16 @@ def test_torchrun_two_processes_on_cpu(tmp_path, subprocess_env, python_exe, rep
     assert (tmp_path / 'experiments' / 'tiny_ddp' / 'models' / 'net_g_latest.pth').is_file()
 
 
+@pytest.mark.slow
+def test_reaches_total_iter_when_batches_do_not_divide_the_data(tmp_path, subprocess_env, python_exe, repo_root):
+    # 3 samples, batch 2: BasicSR planned 2 iterations per epoch but its loader gives 1, and stopped at iteration 4
+    opt = tiny_options(tmp_path, 'tiny_uneven', total_iter=5, num_pairs=3, **{'val.val_freq': 100,
+                                                                               'logger.save_checkpoint_freq': 100})
+    result = run([python_exe, 'despike_basicsr/train.py', '-opt', opt], subprocess_env, repo_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert max(logged_iters(train_log(tmp_path, 'tiny_uneven'))) == 5
+
+
 def test_unregistered_type_lists_registered_names(tmp_path, subprocess_env, python_exe, repo_root):
     opt = tiny_options(tmp_path, 'tiny_bad_arch', total_iter=1, **{'network_g.type': 'SRVGGNetCompactt'})
     result = run([python_exe, 'despike_basicsr/train.py', '-opt', opt], subprocess_env, repo_root)

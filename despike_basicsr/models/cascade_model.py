@@ -134,8 +134,12 @@ class CascadeModel(SRModel):
             self.model_ema(decay=self.ema_decay)
 
     def test(self) -> None:
-        """Run the back end without gradients and keep its finest output."""
-        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
+        """Run the back end without gradients and keep its finest output.
+
+        Evaluates the bare network, not its DDP wrapper: only rank 0 validates, and a DDP forward would broadcast
+        buffers to ranks that never join that collective.
+        """
+        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.get_bare_model(self.net_g)
         was_training = net.training
         net.eval()
         with torch.no_grad():
