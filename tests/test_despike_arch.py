@@ -13,7 +13,8 @@ from torch.nn import functional as F
 from despike_basicsr.archs.despike_arch import (DeSpikeNet, centred_window_bounds, integrate_windows,
                                                 normalise_spike_count)
 from despike_basicsr.archs.despike_blocks import (CandidateAttentionFusion, PhysicalKernelBank, candidate_attention,
-                                                  fft_convolve_bank, gaussian_kernel_2d)
+                                                  fft_convolve_bank, gaussian_kernel_2d,
+                                                  smooth_fft_size)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 OPTION_FILES = sorted(
@@ -231,13 +232,18 @@ def test_kernel_bank_is_initialised_with_gaussians_over_the_sigma_range():
     torch.testing.assert_close(flat, torch.full_like(flat, 0.7), rtol=1e-5, atol=1e-5)
 
 
-def test_fft_bank_equals_direct_convolution():
+@pytest.mark.parametrize('height,width', [(11, 14), (17, 19), (1, 3)])
+def test_fft_bank_equals_direct_convolution(height, width):
     generator = torch.Generator().manual_seed(0)
-    feat = torch.rand(2, 3, 11, 14, generator=generator)
+    feat = torch.rand(2, 3, height, width, generator=generator)
     kernels = torch.rand(4, 5, 5, generator=generator)  # not symmetric: checks the flip (true convolution)
-    padded = F.pad(feat.reshape(6, 1, 11, 14), (2, 2, 2, 2), mode='replicate')
-    direct = F.conv2d(padded, kernels.flip(-1, -2)[:, None]).reshape(2, 3, 4, 11, 14).transpose(1, 2)
+    padded = F.pad(feat.reshape(6, 1, height, width), (2, 2, 2, 2), mode='replicate')
+    direct = F.conv2d(padded, kernels.flip(-1, -2)[:, None]).reshape(2, 3, 4, height, width).transpose(1, 2)
     torch.testing.assert_close(fft_convolve_bank(feat, kernels), direct, rtol=1e-4, atol=1e-5)
+
+
+def test_smooth_fft_sizes_have_only_small_prime_factors():
+    assert [smooth_fft_size(n) for n in (1, 7, 11, 17, 21, 23, 138, 410)] == [1, 8, 12, 18, 24, 24, 144, 432]
 
 
 def test_candidate_attention_picks_the_matching_candidate():

@@ -121,9 +121,24 @@ def fft_convolve_bank(feat: Tensor, kernels: Tensor) -> Tensor:
     """
     radius = kernels.shape[-1] // 2
     padded = F.pad(feat, (radius, radius, radius, radius), mode='replicate')
-    size = padded.shape[-2:]
-    spectrum = torch.fft.rfft2(padded)[:, None] * torch.fft.rfft2(kernels, s=size)[None, :, None]
-    return torch.fft.irfft2(spectrum, s=size)[..., 2 * radius:, 2 * radius:]
+    height, width = padded.shape[-2:]
+    # transform sizes with only small prime factors are several times faster; a larger size adds no wrap-around
+    size = (smooth_fft_size(height), smooth_fft_size(width))
+    spectrum = torch.fft.rfft2(padded, s=size)[:, None] * torch.fft.rfft2(kernels, s=size)[None, :, None]
+    return torch.fft.irfft2(spectrum, s=size)[..., 2 * radius:height, 2 * radius:width]
+
+
+def smooth_fft_size(length: int) -> int:
+    """The smallest n >= ``length`` of the form 2^a·3^b·5^c (fast FFT sizes)."""
+    n = max(int(length), 1)
+    while True:
+        rest = n
+        for prime in (2, 3, 5):
+            while rest % prime == 0:
+                rest //= prime
+        if rest == 1:
+            return n
+        n += 1
 
 
 class LearnedKernelBank(nn.Module):
