@@ -311,10 +311,10 @@ def write_report(out_dir: str, info: dict, rows: List[dict]) -> dict:
     ]
     for m in METHODS:
         lines.append(f'| {METHOD_LABELS[m]} | {_fmt(summary[m]["niqe"], 3)} | {_fmt(summary[m]["rms_contrast"], 4)} |')
-    lines += ['', '## Per centre time', '',
-              '| centre | ' + ' | '.join(f'{METHOD_LABELS[m]} NIQE' for m in METHODS) + ' | ' +
-              ' | '.join(f'{METHOD_LABELS[m]} contrast' for m in METHODS) + ' |',
-              '|---' * (1 + 2 * len(METHODS)) + '|']
+    niqe_columns = ' | '.join(f'{METHOD_LABELS[m]} NIQE' for m in METHODS)
+    contrast_columns = ' | '.join(f'{METHOD_LABELS[m]} contrast' for m in METHODS)
+    lines += ['', '## Per centre time', '', f'| centre | {niqe_columns} | {contrast_columns} |']
+    lines.append('|---' * (1 + 2 * len(METHODS)) + '|')
     for r in rows:
         lines.append(f'| {r["centre"]} | ' + ' | '.join(_fmt(r[m]['niqe'], 3) for m in METHODS) + ' | ' +
                      ' | '.join(_fmt(r[m]['rms_contrast'], 4) for m in METHODS) + ' |')
@@ -330,15 +330,22 @@ def build_parser() -> argparse.ArgumentParser:
         description='Reconstruct sharp frames from a spike-camera recording (.dat or .npz) with a trained DeSpike '
         'network; optionally an MP4 and a no-reference quality report (NIQE, RMS contrast) against TFP and TFI.')
     parser.add_argument('--weights', required=True, help='trained weights (.pth, BasicSR layout)')
-    parser.add_argument('--opt', help='options file whose network_g built the weights (default: network_g stored in '
-                        'the checkpoint, else options/test_despike_dpdd.yml)')
-    parser.add_argument('--param-key', help="checkpoint key of the weights (default: 'params_ema', else 'params', "
-                        'else a bare state dict)')
+    parser.add_argument(
+        '--opt',
+        help='options file whose network_g built the weights (default: network_g stored in '
+        'the checkpoint, else options/test_despike_dpdd.yml)')
+    parser.add_argument(
+        '--param-key',
+        help="checkpoint key of the weights (default: 'params_ema', else 'params', "
+        'else a bare state dict)')
     parser.add_argument('--input', required=True, help='recording: .dat (headerless bits) or .npz (spk/arr_0/seq)')
     parser.add_argument('--height', type=int, help=f'.dat frame height (default {DEFAULT_HEIGHT}); checked for .npz')
     parser.add_argument('--width', type=int, help=f'.dat frame width (default {DEFAULT_WIDTH}); checked for .npz')
-    parser.add_argument('--flipud', action=argparse.BooleanOptionalAction, default=True,
-                        help='.dat rows are stored upside down (default: flip them back)')
+    parser.add_argument(
+        '--flipud',
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help='.dat rows are stored upside down (default: flip them back)')
     parser.add_argument('--head', action='store_true', help='.dat rows carry the 16-column head of raw camera output')
     parser.add_argument('--key', help='.npz key (default: spk, arr_0 or seq, whichever is present)')
     parser.add_argument('--fpn', help='FPN calibration .npz from despike-calibrate-fpn (gamma per pixel)')
@@ -346,19 +353,29 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument('--center', type=int, help='reconstruct this frame (default: the middle of the recording)')
     when.add_argument('--centers', help='comma-separated frames, e.g. 200,400,600')
     when.add_argument('--sliding', type=int, metavar='STRIDE', help='every STRIDE frames over the whole recording')
-    parser.add_argument('--window-len', type=int, help='frames fed to the network per reconstruction (default: the '
-                        'longest window the network reads, 192 for the paper setting)')
+    parser.add_argument(
+        '--window-len',
+        type=int,
+        help='frames fed to the network per reconstruction (default: the '
+        'longest window the network reads, 192 for the paper setting)')
     parser.add_argument('--video', action='store_true', help='also write DIR/<stem>_despike.mp4 (mp4v)')
     parser.add_argument('--fps', type=float, default=25.0, help='frame rate of the MP4 (default 25)')
     parser.add_argument('--tile', type=int, default=256, help='tile size in pixels, 0 = whole frame (default 256)')
     parser.add_argument('--tile-overlap', type=int, default=32, help='overlap of neighbouring tiles (default 32)')
     parser.add_argument('--device', choices=('cpu', 'cuda'), help='default: cuda when available, else cpu')
-    parser.add_argument('--report', action='store_true', help='TFP/TFI/side-by-side PNGs and a NIQE + RMS contrast '
-                        'table (report.md, report.json)')
+    parser.add_argument(
+        '--report',
+        action='store_true',
+        help='TFP/TFI/side-by-side PNGs and a NIQE + RMS contrast '
+        'table (report.md, report.json)')
     parser.add_argument('--tfp-window', type=int, default=41, help='TFP window in frames for --report (default 41)')
     parser.add_argument('--eta', type=float, default=1.0, help='photo-electric rate η for TFP/TFI display (default 1)')
-    parser.add_argument('--threshold', type=float, default=2.0, help='firing threshold θ for TFP/TFI display '
-                        '(default 2, the simulator\'s)')
+    parser.add_argument(
+        '--threshold',
+        type=float,
+        default=2.0,
+        help='firing threshold θ for TFP/TFI display '
+        '(default 2, the simulator\'s)')
     parser.add_argument('--out', required=True, help='output folder')
     parser.add_argument('--overwrite', action='store_true', help='replace existing outputs in --out')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
@@ -441,8 +458,12 @@ def run(args: argparse.Namespace) -> dict:
             window = rec.read(start, stop)
             spikes = torch.from_numpy(np.ascontiguousarray(window))[None]
             with torch.inference_mode():
-                image = tiled_apply(run_tile, [spikes, gamma], tile=args.tile, overlap=args.tile_overlap,
-                                    size_multiple=int(getattr(net, 'size_multiple', 1)), progress=bar.update)
+                image = tiled_apply(
+                    run_tile, [spikes, gamma],
+                    tile=args.tile,
+                    overlap=args.tile_overlap,
+                    size_multiple=int(getattr(net, 'size_multiple', 1)),
+                    progress=bar.update)
             despike_u8 = to_uint8(image[0, 0].cpu().numpy())
             name = f'{stem}_t{centre:06d}.png'
             write_png(osp.join(args.out, 'despike', name), despike_u8)
@@ -458,18 +479,29 @@ def run(args: argparse.Namespace) -> dict:
                         rate = rate * gamma[0, 0].numpy()  # γ = R_ref / R: the rate the reference pixel would fire at
                     images[m] = to_uint8(rate_to_display(rate, eta=args.eta, threshold=args.threshold))
                     write_png(osp.join(args.out, m, name), images[m])
-                write_png(osp.join(args.out, 'side_by_side', name),
-                          side_by_side([images[m] for m in METHODS], [METHOD_LABELS[m] for m in METHODS]))
+                write_png(
+                    osp.join(args.out, 'side_by_side', name),
+                    side_by_side([images[m] for m in METHODS], [METHOD_LABELS[m] for m in METHODS]))
                 rows.append(dict(centre=centre, window=[start, stop], **{m: measure(images[m]) for m in METHODS}))
     finally:
         bar.close()
         if writer is not None:
             writer.release()
 
-    info = dict(input=args.input, weights=args.weights, network=network_opt.get('type'), network_source=source,
-                height=rec.height, width=rec.width, frames=rec.frames, window_len=window_len,
-                tfp_window=args.tfp_window, fpn=args.fpn, tile=args.tile, tile_overlap=args.tile_overlap,
-                centres=centres)
+    info = dict(
+        input=args.input,
+        weights=args.weights,
+        network=network_opt.get('type'),
+        network_source=source,
+        height=rec.height,
+        width=rec.width,
+        frames=rec.frames,
+        window_len=window_len,
+        tfp_window=args.tfp_window,
+        fpn=args.fpn,
+        tile=args.tile,
+        tile_overlap=args.tile_overlap,
+        centres=centres)
     if args.report:
         info = write_report(args.out, info, rows)
     return info

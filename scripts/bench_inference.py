@@ -47,7 +47,6 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 import despike_basicsr  # noqa: E402,F401  (compat first, then the registries)
-from basicsr.archs import build_network  # noqa: E402
 from despike_basicsr.spike import rate_to_display, simulate, tfp  # noqa: E402
 
 METHODS = ('despike', 'cascade')
@@ -75,6 +74,7 @@ def make_stream(height: int, width: int, steps: int, device: torch.device) -> to
 
 def build(method: str, args: argparse.Namespace, device: torch.device) -> Tuple[torch.nn.Module, Callable]:
     """The network of ``method`` (eval mode, on ``device``) and a function stream -> image."""
+    from basicsr.archs import build_network  # after despike_basicsr: its compat shim must load before basicsr
     torch.manual_seed(0)
     if method == 'despike':
         net = build_network(load_network_opt(args.opt)).to(device).eval()
@@ -87,6 +87,7 @@ def build(method: str, args: argparse.Namespace, device: torch.device) -> Tuple[
         def run(spikes: torch.Tensor) -> torch.Tensor:
             frame = rate_to_display(tfp(spikes, window=TFP_WINDOW))[:, None]  # (B, 1, H, W) display image
             return net(frame)[-1]
+
     return net, run
 
 
@@ -157,8 +158,11 @@ def cpu_peak(method: str, args: argparse.Namespace, stream_path: str) -> int:
     """Peak resident memory of one reconstruction: run subprocess minus baseline subprocess, in bytes."""
     results = {}
     for baseline in (True, False):
-        cmd = [sys.executable, osp.abspath(__file__), '--worker', method, '--opt', args.opt, '--worker-input',
-               stream_path, '--threads', str(args.threads)]
+        cmd = [
+            sys.executable,
+            osp.abspath(__file__), '--worker', method, '--opt', args.opt, '--worker-input', stream_path, '--threads',
+            str(args.threads)
+        ]
         if baseline:
             cmd.append('--worker-baseline')
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -170,8 +174,10 @@ def cpu_peak(method: str, args: argparse.Namespace, stream_path: str) -> int:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--opt', default=osp.join(REPO_ROOT, 'options', 'test_despike_dpdd.yml'),
-                        help='options file whose network_g is DeSpike (default options/test_despike_dpdd.yml)')
+    parser.add_argument(
+        '--opt',
+        default=osp.join(REPO_ROOT, 'options', 'test_despike_dpdd.yml'),
+        help='options file whose network_g is DeSpike (default options/test_despike_dpdd.yml)')
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
     parser.add_argument('--height', type=int, default=250)
     parser.add_argument('--width', type=int, default=400)
@@ -233,8 +239,7 @@ def main(argv=None) -> Dict[str, dict]:
               f'{entry["latency_ms_median"]:>14.1f}{mem_text}')
     ratios = {
         key: figures['despike'][key] / figures['cascade'][key]
-        for key in ('params', 'flops', 'latency_ms_median', 'peak_memory_bytes')
-        if figures['cascade'].get(key)
+        for key in ('params', 'flops', 'latency_ms_median', 'peak_memory_bytes') if figures['cascade'].get(key)
     }
     print('DeSpike / cascade: ' + ', '.join(f'{k} x{v:.2f}' for k, v in ratios.items()))
     result = {

@@ -23,8 +23,15 @@ from despike_basicsr.metrics.noref_metric import calculate_niqe_gray, calculate_
 from despike_basicsr.spike import rate_to_display, read_dat, simulate, tfp, write_dat, write_npz
 from despike_basicsr.tiling import count_tiles
 
-TINY_NET = dict(type='DeSpikeNet', num_feat=4, windows=[16, 32], num_kernels=2, kernel_size=3, num_scales=2,
-                num_blocks=1, num_heads=1)
+TINY_NET = dict(
+    type='DeSpikeNet',
+    num_feat=4,
+    windows=[16, 32],
+    num_kernels=2,
+    kernel_size=3,
+    num_scales=2,
+    num_blocks=1,
+    num_heads=1)
 
 
 class InferStandInNet(nn.Module):
@@ -157,8 +164,11 @@ def test_report_on_default_size_dat_with_side_by_side(stand_in, tmp_path):
     spikes = _stream(250, 400, 60, seed=1)
     write_dat(tmp_path / 'real.dat', spikes)
     out = tmp_path / 'out'
-    assert main(['--weights', weights, '--opt', opt, '--input', str(tmp_path / 'real.dat'), '--centers', '20,35',
-                 '--report', '--quiet', '--out', str(out)]) == 0
+    assert main([
+        '--weights', weights, '--opt', opt, '--input',
+        str(tmp_path / 'real.dat'), '--centers', '20,35', '--report', '--quiet', '--out',
+        str(out)
+    ]) == 0
     report = json.loads((out / 'report.json').read_text())
     assert report['height'] == 250 and report['width'] == 400 and report['frames'] == 60
     assert [r['centre'] for r in report['per_centre']] == [20, 35]
@@ -202,8 +212,11 @@ def test_video_has_one_frame_per_sliding_centre(stand_in, tmp_path):
     height, width, steps = 61, 83, 100  # odd sizes: the video pads to even
     write_npz(tmp_path / 'clip.npz', _stream(height, width, steps, seed=2))
     out = tmp_path / 'out'
-    assert main(['--weights', weights, '--opt', opt, '--input', str(tmp_path / 'clip.npz'), '--sliding', '10',
-                 '--video', '--quiet', '--out', str(out)]) == 0
+    assert main([
+        '--weights', weights, '--opt', opt, '--input',
+        str(tmp_path / 'clip.npz'), '--sliding', '10', '--video', '--quiet', '--out',
+        str(out)
+    ]) == 0
     centres = list(range(8, steps - 8 + 1, 10))  # full 16-frame windows only
     pngs = sorted(os.listdir(out / 'despike'))
     assert pngs == [f'clip_t{c:06d}.png' for c in centres]
@@ -248,9 +261,13 @@ def test_1000x1000_stream_runs_tiled_with_bounded_tiles(tmp_path, monkeypatch):
 
     monkeypatch.setattr(DeSpikeNet, 'forward', recording_forward)
     out = tmp_path / 'out'
-    assert main(['--weights', str(tmp_path / 'mini.pth'), '--opt', opt, '--input', str(tmp_path / 'sps.dat'),
-                 '--height', '1000', '--width', '1000', '--tile', '256', '--tile-overlap', '32', '--quiet', '--out',
-                 str(out)]) == 0
+    assert main([
+        '--weights',
+        str(tmp_path / 'mini.pth'), '--opt', opt, '--input',
+        str(tmp_path / 'sps.dat'), '--height', '1000', '--width', '1000', '--tile', '256', '--tile-overlap', '32',
+        '--quiet', '--out',
+        str(out)
+    ]) == 0
     assert len(seen) == count_tiles(1000, 1000, 256, 32) == 25
     assert max(s[2] for s in seen) <= 256 and max(s[3] for s in seen) <= 256
     assert all(s[1] == 16 for s in seen)  # the network's longest window, read from the file window by window
@@ -269,8 +286,8 @@ def test_fpn_gamma_scales_input_and_classical_reconstructions(stand_in, tmp_path
     assert main(base + ['--out', str(tmp_path / 'plain')]) == 0
     assert main(base + ['--fpn', str(tmp_path / 'fpn.npz'), '--out', str(tmp_path / 'fpn')]) == 0
     rate = spikes[12:28].mean(0)
-    np.testing.assert_array_equal(_png(tmp_path / 'fpn' / 'despike' / 'cam_t000020.png'),
-                                  infer.to_uint8(2 * rate * gamma))
+    np.testing.assert_array_equal(
+        _png(tmp_path / 'fpn' / 'despike' / 'cam_t000020.png'), infer.to_uint8(2 * rate * gamma))
     expected_tfp = infer.to_uint8(rate_to_display(tfp(spikes[12:28], center=8) * gamma))
     np.testing.assert_array_equal(_png(tmp_path / 'fpn' / 'tfp' / 'cam_t000020.png'), expected_tfp)
     assert not np.array_equal(_png(tmp_path / 'plain' / 'tfp' / 'cam_t000020.png'), expected_tfp)
@@ -298,8 +315,10 @@ def test_checkpoint_layouts_and_network_sources(tiny, tmp_path, monkeypatch):
                         ('params', ['--opt', opt, '--param-key', 'params'])):
         ckpt = tmp_path / ('ema.pth' if name == 'params' else f'{name}.pth')
         out = tmp_path / f'out_{name}'
-        assert main(['--weights', str(ckpt), '--input', str(tmp_path / 's.npz'), '--quiet', '--out', str(out)] +
-                    extra) == 0
+        assert main(
+            ['--weights', str(ckpt), '--input',
+             str(tmp_path / 's.npz'), '--quiet', '--out',
+             str(out)] + extra) == 0
         outputs[name] = _png(out / 'despike' / 's_t000020.png')
     np.testing.assert_array_equal(outputs['ema'], outputs['bare'])
     np.testing.assert_array_equal(outputs['self'], outputs['bare'])
@@ -307,16 +326,23 @@ def test_checkpoint_layouts_and_network_sources(tiny, tmp_path, monkeypatch):
 
     # without --opt and network_g the default options file is used
     monkeypatch.setattr(infer, 'DEFAULT_OPT', opt)
-    assert main(['--weights', str(tmp_path / 'bare.pth'), '--input', str(tmp_path / 's.npz'), '--quiet', '--out',
-                 str(tmp_path / 'out_default')]) == 0
+    assert main([
+        '--weights',
+        str(tmp_path / 'bare.pth'), '--input',
+        str(tmp_path / 's.npz'), '--quiet', '--out',
+        str(tmp_path / 'out_default')
+    ]) == 0
     np.testing.assert_array_equal(_png(tmp_path / 'out_default' / 'despike' / 's_t000020.png'), outputs['bare'])
 
 
 def test_refuses_to_overwrite_outputs(stand_in, tmp_path, capsys):
     opt, weights = stand_in
     write_npz(tmp_path / 'o.npz', _stream(24, 24, 30, seed=7))
-    argv = ['--weights', weights, '--opt', opt, '--input', str(tmp_path / 'o.npz'), '--quiet', '--out',
-            str(tmp_path / 'out')]
+    argv = [
+        '--weights', weights, '--opt', opt, '--input',
+        str(tmp_path / 'o.npz'), '--quiet', '--out',
+        str(tmp_path / 'out')
+    ]
     assert main(argv) == 0
     line = _run_error(capsys, argv)
     assert 'o_t000015.png' in line and '--overwrite' in line
@@ -337,8 +363,12 @@ def test_bad_inputs_give_one_line_errors_naming_the_file(tiny, stand_in, tmp_pat
     write_npz(tmp_path / 'short.npz', good[:10])
 
     def run(weights_path, input_path, *extra):
-        return _run_error(capsys, ['--weights', str(weights_path), '--opt', opt, '--input', str(input_path), '--quiet',
-                                   '--out', str(tmp_path / 'out')] + list(extra))
+        return _run_error(capsys, [
+            '--weights',
+            str(weights_path), '--opt', opt, '--input',
+            str(input_path), '--quiet', '--out',
+            str(tmp_path / 'out')
+        ] + list(extra))
 
     line = run(weights, tmp_path / 'truncated.dat')
     assert 'truncated.dat' in line and 'not a whole number of frames' in line and '12500' in line
@@ -367,8 +397,11 @@ def test_bad_inputs_give_one_line_errors_naming_the_file(tiny, stand_in, tmp_pat
 def test_module_entry_runs_in_a_subprocess(tiny, tmp_path):
     opt, weights, _ = tiny
     write_npz(tmp_path / 'sub.npz', _stream(32, 48, 40, seed=9), layout='seq')
-    cmd = [sys.executable, '-m', 'despike_basicsr.infer', '--weights', weights, '--opt', opt, '--input',
-           str(tmp_path / 'sub.npz'), '--centers', '18,22', '--out', str(tmp_path / 'out')]
+    cmd = [
+        sys.executable, '-m', 'despike_basicsr.infer', '--weights', weights, '--opt', opt, '--input',
+        str(tmp_path / 'sub.npz'), '--centers', '18,22', '--out',
+        str(tmp_path / 'out')
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert sorted(os.listdir(tmp_path / 'out' / 'despike')) == ['sub_t000018.png', 'sub_t000022.png']

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from despike_basicsr.tiling import (blend_weights, count_tiles, reflect_pad_to_multiple, tile_starts, tiled_apply)
+from despike_basicsr.tiling import blend_weights, count_tiles, reflect_pad_to_multiple, tile_starts, tiled_apply
 
 
 @given(length=st.integers(1, 400), tile=st.integers(1, 300), data=st.data())
