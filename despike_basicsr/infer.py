@@ -239,6 +239,24 @@ def choose_centres(args: argparse.Namespace, frames: int, window_len: int, min_l
     return centres
 
 
+def load_gamma(path: str, shape: Tuple[int, int]) -> np.ndarray:
+    """γ map (H, W) float32 from a calibration ``.npz`` (``spike.fpn.load_fpn``) or a bare ``.npy`` array."""
+    if osp.splitext(path)[1].lower() != '.npy':
+        return load_fpn(path, shape)
+    if not osp.isfile(path):
+        raise InferError(f'{path}: no such FPN file (--fpn)')
+    try:
+        gamma = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise InferError(f'{path}: not a readable .npy array ({type(err).__name__}: {err})') from err
+    if gamma.shape != tuple(shape) or not np.issubdtype(gamma.dtype, np.floating):
+        raise InferError(f'{path}: expected a float γ map of shape {tuple(shape)}, found {gamma.dtype} {gamma.shape}')
+    if not np.all(np.isfinite(gamma)) or np.any(gamma <= 0):
+        raise InferError(f'{path}: γ must be finite and positive, found min {np.nanmin(gamma)}, '
+                         f'{int((~np.isfinite(gamma)).sum())} NaN/inf values')
+    return gamma.astype(np.float32)
+
+
 # ------------------------------------------------------------------------------------------------------------ images
 def to_uint8(img: np.ndarray) -> np.ndarray:
     """[0, 1] float image → uint8 (rounded, clipped), as BasicSR's tensor2img does."""
@@ -348,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
         help='.dat rows are stored upside down (default: flip them back)')
     parser.add_argument('--head', action='store_true', help='.dat rows carry the 16-column head of raw camera output')
     parser.add_argument('--key', help='.npz key (default: spk, arr_0 or seq, whichever is present)')
-    parser.add_argument('--fpn', help='FPN calibration .npz from despike-calibrate-fpn (gamma per pixel)')
+    parser.add_argument('--fpn', help='FPN calibration .npz from despike-calibrate-fpn, or a bare γ map .npy (H, W)')
     when = parser.add_mutually_exclusive_group()
     when.add_argument('--center', type=int, help='reconstruct this frame (default: the middle of the recording)')
     when.add_argument('--centers', help='comma-separated frames, e.g. 200,400,600')
@@ -423,7 +441,7 @@ def run(args: argparse.Namespace) -> dict:
     centres = choose_centres(args, rec.frames, window_len, min_len, args.input)
     gamma = None
     if args.fpn:
-        gamma = torch.from_numpy(load_fpn(args.fpn, (rec.height, rec.width)))[None, None]
+        gamma = torch.from_numpy(load_gamma(args.fpn, (rec.height, rec.width)))[None, None]
 
     stem = osp.splitext(osp.basename(args.input))[0]
     outputs = planned_outputs(args.out, stem, centres, args.video, args.report)

@@ -296,6 +296,15 @@ def test_fpn_gamma_scales_input_and_classical_reconstructions(stand_in, tmp_path
     assert report['summary']['despike']['niqe'] is None and report['summary']['despike']['rms_contrast'] > 0
     assert report['fpn'] == str(tmp_path / 'fpn.npz')
 
+    # a bare γ map (.npy) works the same as the calibration file
+    np.save(tmp_path / 'gamma.npy', gamma)
+    assert main(base + ['--fpn', str(tmp_path / 'gamma.npy'), '--out', str(tmp_path / 'npy')]) == 0
+    np.testing.assert_array_equal(
+        _png(tmp_path / 'npy' / 'despike' / 'cam_t000020.png'), _png(tmp_path / 'fpn' / 'despike' / 'cam_t000020.png'))
+    np.save(tmp_path / 'bad.npy', -gamma)
+    line = _run_error(capsys, base + ['--fpn', str(tmp_path / 'bad.npy'), '--out', str(tmp_path / 'b')])
+    assert 'bad.npy' in line and 'finite and positive' in line
+
     np.savez(tmp_path / 'wrong.npz', gamma=np.ones((10, 10), np.float32))
     line = _run_error(capsys, base + ['--fpn', str(tmp_path / 'wrong.npz'), '--out', str(tmp_path / 'w')])
     assert 'wrong.npz' in line and '(10, 10)' in line and '(48, 64)' in line
