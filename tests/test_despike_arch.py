@@ -13,8 +13,7 @@ from torch.nn import functional as F
 from despike_basicsr.archs.despike_arch import (DeSpikeNet, centred_window_bounds, integrate_windows,
                                                 normalise_spike_count)
 from despike_basicsr.archs.despike_blocks import (CandidateAttentionFusion, PhysicalKernelBank, candidate_attention,
-                                                  fft_convolve_bank, gaussian_kernel_2d,
-                                                  smooth_fft_size)
+                                                  fft_convolve_bank, gaussian_kernel_2d, smooth_fft_size)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 OPTION_FILES = sorted(
@@ -37,8 +36,10 @@ def test_every_despike_options_file_is_found():
     names = {osp.basename(p) for p in OPTION_FILES}
     assert {'train_despike_dpdd.yml', 'test_despike_dpdd.yml', 'train_despike_demo.yml',
             'test_despike_demo.yml'} <= names
-    assert {f'train_despike_dpdd_wo_{tag}.yml' for tag in ('multi_temporal', 'multi_spatial', 'fpn', 'transformer',
-                                                           'physical_kernels')} <= names
+    assert {
+        f'train_despike_dpdd_wo_{tag}.yml'
+        for tag in ('multi_temporal', 'multi_spatial', 'fpn', 'transformer', 'physical_kernels')
+    } <= names
 
 
 @pytest.mark.parametrize('path', OPTION_FILES, ids=osp.basename)

@@ -31,8 +31,13 @@ class TinySpikeDataset(Dataset):
             stream = torch.zeros(MAX_LEN, SIZE, SIZE)
             start = MAX_LEN // 2 - length // 2
             stream[start:start + length] = (torch.rand(length, SIZE, SIZE, generator=generator) < sharp * 0.5).float()
-            item = {'lq': stream, 'gt': sharp, 'lq_path': f'tiny_{index:02d}', 'gt_path': f'tiny_{index:02d}',
-                    'lq_len': length}
+            item = {
+                'lq': stream,
+                'gt': sharp,
+                'lq_path': f'tiny_{index:02d}',
+                'gt_path': f'tiny_{index:02d}',
+                'lq_len': length
+            }
             if with_gamma:
                 item['gamma'] = 1 + 0.05 * torch.randn(1, SIZE, SIZE, generator=generator)
             self.items.append(item)
@@ -47,13 +52,33 @@ class TinySpikeDataset(Dataset):
 def model_options(tmp_path, **train_overrides) -> dict:
     train = {
         'ema_decay': 0,
-        'optim_g': {'type': 'Adam', 'lr': 1e-3, 'betas': [0.9, 0.99]},
-        'scheduler': {'type': 'MultiStepLR', 'milestones': [1000], 'gamma': 0.5},
+        'optim_g': {
+            'type': 'Adam',
+            'lr': 1e-3,
+            'betas': [0.9, 0.99]
+        },
+        'scheduler': {
+            'type': 'MultiStepLR',
+            'milestones': [1000],
+            'gamma': 0.5
+        },
         'total_iter': 10,
         'warmup_iter': -1,
-        'pixel_opt': {'type': 'HierarchicalMSELoss', 'loss_weight': 1.0, 'temporal_weights': [0.5, 1.0]},
-        'fft_opt': {'type': 'FFTLoss', 'loss_weight': 0.2, 'norm': 'ortho'},
-        'lpips_opt': {'type': 'LPIPSLoss', 'loss_weight': 0.2, 'pretrained': False},
+        'pixel_opt': {
+            'type': 'HierarchicalMSELoss',
+            'loss_weight': 1.0,
+            'temporal_weights': [0.5, 1.0]
+        },
+        'fft_opt': {
+            'type': 'FFTLoss',
+            'loss_weight': 0.2,
+            'norm': 'ortho'
+        },
+        'lpips_opt': {
+            'type': 'LPIPSLoss',
+            'loss_weight': 0.2,
+            'pretrained': False
+        },
     }
     train.update(train_overrides)
     train = {k: v for k, v in train.items() if v is not None}
@@ -67,18 +92,49 @@ def model_options(tmp_path, **train_overrides) -> dict:
         'rank': 0,
         'world_size': 1,
         'manual_seed': 0,
-        'network_g': {'type': 'DeSpikeNet', 'num_feat': 8, 'windows': [16, 24], 'num_kernels': 3, 'kernel_size': 5,
-                      'num_blocks': 1, 'num_heads': 2},
-        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None,
-                 'experiments_root': str(tmp_path), 'models': str(tmp_path / 'models'),
-                 'training_states': str(tmp_path / 'training_states'), 'log': str(tmp_path),
-                 'visualization': str(tmp_path / 'visualization')},
+        'network_g': {
+            'type': 'DeSpikeNet',
+            'num_feat': 8,
+            'windows': [16, 24],
+            'num_kernels': 3,
+            'kernel_size': 5,
+            'num_blocks': 1,
+            'num_heads': 2
+        },
+        'path': {
+            'pretrain_network_g': None,
+            'strict_load_g': True,
+            'resume_state': None,
+            'experiments_root': str(tmp_path),
+            'models': str(tmp_path / 'models'),
+            'training_states': str(tmp_path / 'training_states'),
+            'log': str(tmp_path),
+            'visualization': str(tmp_path / 'visualization')
+        },
         'train': train,
-        'val': {'val_freq': 1, 'save_img': True, 'suffix': None,
-                'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
-                            'ssim': {'type': 'calculate_ssim', 'crop_border': 0, 'test_y_channel': False},
-                            'lpips': {'type': 'calculate_lpips', 'crop_border': 0, 'pretrained': False,
-                                      'better': 'lower'}}},
+        'val': {
+            'val_freq': 1,
+            'save_img': True,
+            'suffix': None,
+            'metrics': {
+                'psnr': {
+                    'type': 'calculate_psnr',
+                    'crop_border': 0,
+                    'test_y_channel': False
+                },
+                'ssim': {
+                    'type': 'calculate_ssim',
+                    'crop_border': 0,
+                    'test_y_channel': False
+                },
+                'lpips': {
+                    'type': 'calculate_lpips',
+                    'crop_border': 0,
+                    'pretrained': False,
+                    'better': 'lower'
+                }
+            }
+        },
     }
 
 

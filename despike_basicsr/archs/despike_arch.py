@@ -122,7 +122,10 @@ class RefinementLevel(nn.Module):
         self.body = nn.Sequential(*[ResBlock(num_feat) for _ in range(num_blocks)])
         self.head = nn.Conv2d(num_feat, 1, 3, padding=1)
 
-    def forward(self, feat: Tensor, candidates: Tensor, prev_feat: Optional[Tensor] = None,
+    def forward(self,
+                feat: Tensor,
+                candidates: Tensor,
+                prev_feat: Optional[Tensor] = None,
                 prev_img: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """Rec_j = M(T(F), Rec_{j−1}↑ ⊗ ∪_p k_p * F).
 

@@ -154,8 +154,13 @@ class LearnedKernelBank(nn.Module):
 
     def __init__(self, channels: int, num_kernels: int = 8, kernel_size: int = 11) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels * num_kernels, kernel_size, padding=kernel_size // 2,
-                              padding_mode='replicate', groups=channels)
+        self.conv = nn.Conv2d(
+            channels,
+            channels * num_kernels,
+            kernel_size,
+            padding=kernel_size // 2,
+            padding_mode='replicate',
+            groups=channels)
         self.num_kernels = num_kernels
 
     def forward(self, feat: Tensor) -> Tensor:
@@ -232,8 +237,8 @@ class CandidateAttentionFusion(nn.Module):
         keys = self._tokens(self.to_k(flat))
         values = self.to_v(flat).reshape(b, m, c, h, w)
         q = self._tokens(self.to_q(self.norm_q(query)))
-        fused = query + self.proj(candidate_attention(q, keys.reshape(b, m, c, *keys.shape[-2:]), values,
-                                                      self.num_heads))
+        fused = query + self.proj(
+            candidate_attention(q, keys.reshape(b, m, c, *keys.shape[-2:]), values, self.num_heads))
         return fused + self.ffn(self.norm_ffn(fused))
 
 

@@ -37,8 +37,8 @@ def hierarchical_mse(grid: Sequence[Sequence[Tensor]], target: Tensor, weights: 
         for s, output in enumerate(row):
             size = tuple(output.shape[-2:])
             if size not in targets:
-                targets[size] = target if size == tuple(target.shape[-2:]) else F.interpolate(target, size=size,
-                                                                                              mode='area')
+                targets[size] = target if size == tuple(target.shape[-2:]) else F.interpolate(
+                    target, size=size, mode='area')
             total = total + float(weights[i, s]) * F.mse_loss(output, targets[size])
     return total
 
@@ -56,7 +56,9 @@ class HierarchicalMSELoss(nn.Module):
         scale_weights: w_s per spatial scale (coarsest first), or ``None`` for all ones.
     """
 
-    def __init__(self, loss_weight: float = 1.0, temporal_weights: Optional[Sequence[float]] = None,
+    def __init__(self,
+                 loss_weight: float = 1.0,
+                 temporal_weights: Optional[Sequence[float]] = None,
                  scale_weights: Optional[Sequence[float]] = None) -> None:
         super().__init__()
         self.loss_weight = loss_weight

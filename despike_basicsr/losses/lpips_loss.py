@@ -21,7 +21,10 @@ class LPIPSLoss(nn.Module):
         backbone_path: Explicit AlexNet weights file, else torchvision's cache (``$TORCH_HOME/hub/checkpoints``).
     """
 
-    def __init__(self, loss_weight: float = 1.0, reduction: str = 'mean', pretrained: bool = True,
+    def __init__(self,
+                 loss_weight: float = 1.0,
+                 reduction: str = 'mean',
+                 pretrained: bool = True,
                  backbone_path: Optional[str] = None) -> None:
         super().__init__()
         if reduction not in _REDUCTIONS:
