@@ -282,11 +282,6 @@ def test_validation_on_rank0_every_iteration_does_not_hang_the_other_rank(tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    'DeSpikeModel.test() evaluates through the DDP wrapper; DeSpikeNet has a buffer (bank.init_sigmas), so the first '
-    'eval forward on rank 0 issues DDP\'s buffer broadcast, a collective the other ranks never join: gloo aborts with '
-    '"collective mismatch" (NCCL would hang until its watchdog). Fix: evaluate get_bare_model(self.net_g) in test(). '
-    'Remove this marker when fixed.'))
 def test_despike_validation_on_rank0_between_steps_does_not_break_the_other_rank(tmp_path, subprocess_env, repo_root):
     if not _despike_model_available():
         pytest.skip('DeSpikeModel / DeSpikeNet are not registered yet')

@@ -122,8 +122,12 @@ class DeSpikeModel(SRModel):
             self.model_ema(decay=self.ema_decay)
 
     def test(self) -> None:
-        """Reconstruct ``self.lq`` with ``net_g_ema`` when EMA is on, else ``net_g`` (restored to train mode after)."""
-        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
+        """Reconstruct ``self.lq`` with ``net_g_ema`` when EMA is on, else ``net_g`` (restored to train mode after).
+
+        Evaluates the bare network, not its DDP wrapper: only rank 0 validates, and a DDP forward would broadcast
+        DeSpikeNet's buffers to ranks that never join that collective (gloo aborts, NCCL hangs).
+        """
+        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.get_bare_model(self.net_g)
         was_training = net.training
         net.eval()
         with torch.no_grad():
