@@ -27,13 +27,20 @@ patch                                  why
 ``Registry.get``                       an unknown ``type:`` gave "No object named X"; now lists what is registered
 =====================================  ====================================================================
 """
-import collections
 import math
 import os
 import random
 import sys
 import types
 from typing import Any, Callable, Dict, Optional
+
+from despike_basicsr.checkpoint import (CheckpointError, atomic_torch_save, check_fits, safe_torch_load,
+                                        state_dict_from_checkpoint)
+
+__all__ = [
+    'apply', 'CheckpointError', 'atomic_torch_save', 'safe_torch_load', 'find_latest_state', 'capture_rng_state',
+    'restore_rng_state', 'choose_dist_backend'
+]
 
 _APPLIED = False
 
@@ -43,10 +50,6 @@ DIST_BACKEND_ENV = 'DESPIKE_DIST_BACKEND'
 #: Process-group timeout in minutes (torch's defaults: 30 for gloo, 10 for NCCL); from ``dist_params: {timeout: ...}``.
 #: Raise it when rank 0's validation takes longer than that, or the other ranks' next collective times out.
 DIST_TIMEOUT_ENV = 'DESPIKE_DIST_TIMEOUT_MIN'
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint or training state that cannot be used (missing, truncated, or made for another network)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -73,60 +76,6 @@ def _install_functional_tensor_alias() -> None:
     sys.modules[name] = shim
 
 
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save`` to ``path`` through a temporary file in the same folder and an atomic rename.
-
-    A process killed mid-write leaves ``path`` as it was (the previous checkpoint, or nothing) and at most a stray
-    ``*.tmp-<pid>`` file, which no loader looks at.
-    """
-    import torch
-    tmp_path = f'{path}.tmp-{os.getpid()}'
-    try:
-        with open(tmp_path, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-
-
-def safe_torch_load(path: str, map_location: Any = 'cpu', what: str = 'checkpoint') -> Any:
-    """Load a checkpoint with ``weights_only=True`` and turn every failure into a :class:`CheckpointError` naming it.
-
-    BasicSR's training states hold the schedulers' ``collections.Counter`` milestones, which are allowed here.
-    """
-    import torch
-    if not os.path.isfile(path):
-        raise CheckpointError(f'{what} not found: {path}')
-    if os.path.getsize(path) == 0:
-        raise CheckpointError(f'{what} is empty (0 bytes): {path}')
-    try:
-        with torch.serialization.safe_globals([collections.Counter, collections.OrderedDict]):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises many types for truncated/corrupt archives
-        raise CheckpointError(f'cannot read {what} {path}: it is truncated, corrupt or not a torch checkpoint '
-                              f'({type(error).__name__}: {str(error).splitlines()[0][:200]})') from error
-
-
-def describe_state_dict_mismatch(expected: Dict[str, Any], found: Dict[str, Any], limit: int = 20) -> str:
-    """List the keys missing from / unexpected in ``found`` and the keys whose shapes differ, for error messages."""
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    shapes = sorted(k for k in set(expected) & set(found) if tuple(expected[k].shape) != tuple(found[k].shape))
-    lines = []
-    for title, keys in (('missing in checkpoint', missing), ('unexpected in checkpoint', unexpected)):
-        if keys:
-            shown = ', '.join(keys[:limit]) + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
-            lines.append(f'{title} ({len(keys)}): {shown}')
-    if shapes:
-        shown = '; '.join(f'{k}: network {tuple(expected[k].shape)} vs checkpoint {tuple(found[k].shape)}'
-                          for k in shapes[:limit])
-        lines.append(f'shape mismatch ({len(shapes)}): {shown}')
-    return '\n  '.join(lines)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # CPU and distributed
 # ----------------------------------------------------------------------------------------------------------------------
@@ -151,7 +100,7 @@ def _init_dist_pytorch(backend: str = 'nccl', **kwargs: Any) -> None:
     """basicsr <= 1.4.2 ``dist_util._init_dist_pytorch``: ``torch.cuda.set_device(RANK % num_gpus)`` crashes without
     CUDA (division by zero / no driver) and picks the wrong GPU on multi-node runs, where the device index is the
     node-local ``LOCAL_RANK`` that torchrun sets. Here: CUDA only when present, device from ``LOCAL_RANK``, NCCL on CUDA
-    and gloo otherwise (overridable, see :func:`choose_dist_backend`), and the timeout from ``$DESPIKE_DIST_TIMEOUT_MIN``.
+    and gloo otherwise (overridable, see :func:`choose_dist_backend`), timeout from ``$DESPIKE_DIST_TIMEOUT_MIN``.
     """
     import datetime
 
@@ -221,8 +170,11 @@ def _load_resume_state(opt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     train_opt = (opt.get('datasets') or {}).get('train') or {}
     multiplier = 1 if opt.get('dist') else max(1, int(opt.get('num_gpu') or 0))
     _PENDING_RESUME.clear()
-    _PENDING_RESUME.update(epoch=state['epoch'], iter=state['iter'], rng=state.get('rng'),
-                           batch_size=int(train_opt.get('batch_size_per_gpu', 1)) * multiplier)
+    _PENDING_RESUME.update(
+        epoch=state['epoch'],
+        iter=state['iter'],
+        rng=state.get('rng'),
+        batch_size=int(train_opt.get('batch_size_per_gpu', 1)) * multiplier)
     for name, value in opt['path'].items():
         if name.startswith('pretrain_network') and value and not os.path.isfile(value):
             raise CheckpointError(f'training state {path} (iter {state["iter"]}) needs the network file {value}, '
@@ -278,22 +230,13 @@ def _load_network(self, net, load_path, strict=True, param_key='params'):
     logger = get_root_logger()
     net = self.get_bare_model(net)
     loaded = safe_torch_load(load_path, what='network checkpoint')
-    if param_key is not None and isinstance(loaded, dict):
-        if param_key not in loaded and 'params' in loaded:
-            logger.info(f'Loading: {param_key} does not exist in {load_path}, use params.')
-            param_key = 'params'
-        if param_key not in loaded:
-            raise CheckpointError(f'network checkpoint {load_path} has no {param_key!r} entry '
-                                  f'(found: {", ".join(map(str, loaded.keys()))})')
-        loaded = loaded[param_key]
-    state_dict = {(k[7:] if k.startswith('module.') else k): v for k, v in loaded.items()}
-    expected = net.state_dict()
+    if param_key is not None and param_key not in loaded and 'params' in loaded:
+        logger.info(f'Loading: {param_key} does not exist in {load_path}, use params.')
+    state_dict = state_dict_from_checkpoint(loaded, load_path, param_key)
     if strict:
-        mismatch = describe_state_dict_mismatch(expected, state_dict)
-        if mismatch:
-            raise CheckpointError(f'network checkpoint {load_path} does not fit {net.__class__.__name__} '
-                                  f'(another arch or other options?):\n  {mismatch}')
+        check_fits(net, state_dict, load_path)
     else:
+        expected = net.state_dict()
         for key in [k for k in state_dict if k in expected and expected[k].shape != state_dict[k].shape]:
             logger.warning(f'Size differs, ignored [{key}]: network {tuple(expected[key].shape)}; '
                            f'checkpoint {tuple(state_dict[key].shape)}')
@@ -317,8 +260,13 @@ def capture_rng_state() -> Dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         'python': random.getstate(),
-        'numpy': {'kind': kind, 'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
-                  'has_gauss': int(has_gauss), 'cached_gaussian': float(cached)},
+        'numpy': {
+            'kind': kind,
+            'keys': torch.from_numpy(keys.astype(np.int64)),
+            'pos': int(pos),
+            'has_gauss': int(has_gauss),
+            'cached_gaussian': float(cached)
+        },
         'torch': torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():

@@ -57,10 +57,10 @@ def run_pipeline(kind: str, argv: Optional[List[str]] = None) -> None:
     """Run BasicSR's ``train_pipeline`` or ``test_pipeline`` (``kind``), turning our input errors into one line.
 
     Options and checkpoint problems (:class:`~despike_basicsr.options.OptionsError`,
-    :class:`~despike_basicsr.compat.CheckpointError`) end the process with exit code 2 and a message naming the file;
-    anything else is a bug and keeps its traceback.
+    :class:`~despike_basicsr.checkpoint.CheckpointError`) end the process with exit code 2 and a message naming the
+    file; anything else is a bug and keeps its traceback.
     """
-    from despike_basicsr.compat import CheckpointError
+    from despike_basicsr.checkpoint import CheckpointError
     from despike_basicsr.options import OptionsError
     try:
         root = prepare(argv)

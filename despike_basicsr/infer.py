@@ -34,6 +34,7 @@ import yaml
 from basicsr.archs import build_network
 from tqdm import tqdm
 
+from despike_basicsr.checkpoint import CheckpointError, check_fits, safe_torch_load, state_dict_from_checkpoint
 from despike_basicsr.metrics.noref_metric import NIQE_BLOCK, calculate_niqe_gray, calculate_rms_contrast
 from despike_basicsr.spike.fpn import load_fpn
 from despike_basicsr.spike.io import DEFAULT_HEIGHT, DEFAULT_WIDTH, SpikeFileError, frame_bytes, load_spikes
@@ -46,7 +47,6 @@ DEFAULT_OPT = osp.join(REPO_ROOT, 'options', 'test_despike_dpdd.yml')
 DEFAULT_WINDOW = 192  # the paper's longest integration window, for networks that do not say what they need
 METHODS = ('tfp', 'tfi', 'despike')
 METHOD_LABELS = {'tfp': 'TFP', 'tfi': 'TFI', 'despike': 'DeSpike'}
-MAX_LISTED_KEYS = 5
 
 
 class InferError(Exception):
@@ -54,69 +54,6 @@ class InferError(Exception):
 
 
 # ----------------------------------------------------------------------------------------------------------- network
-def load_checkpoint(path: str) -> object:
-    """``torch.load(path, weights_only=True)`` on CPU, with one-line errors for a missing or unreadable file."""
-    if not osp.isfile(path):
-        raise InferError(f'{path}: no such weights file (--weights)')
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # pickle, zip and EOF errors all mean the same thing to the user
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else ''
-        raise InferError(f'{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {detail[:200]})') from err
-
-
-def extract_state_dict(checkpoint: object, path: str, param_key: Optional[str] = None) -> Dict[str, torch.Tensor]:
-    """The network weights inside a checkpoint.
-
-    Accepts BasicSR's ``{'params': state_dict}`` / ``{'params_ema': state_dict}`` layout (``params_ema`` preferred
-    when both are present, as EMA weights are the ones BasicSR validates with) and a bare state dict.
-    DistributedDataParallel's ``module.`` prefixes are removed.
-    """
-    if not isinstance(checkpoint, dict):
-        raise InferError(f'{path}: expected a dict of weights (BasicSR .pth), found {type(checkpoint).__name__}')
-    if param_key is not None:
-        if param_key not in checkpoint:
-            raise InferError(f'{path}: no key {param_key!r} (--param-key) in the checkpoint, found keys '
-                             f'{sorted(checkpoint)[:MAX_LISTED_KEYS]}')
-        state = checkpoint[param_key]
-    elif 'params_ema' in checkpoint:
-        state = checkpoint['params_ema']
-    elif 'params' in checkpoint:
-        state = checkpoint['params']
-    else:
-        state = checkpoint
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InferError(f"{path}: expected a state dict of tensors (bare or under 'params'/'params_ema'), found keys "
-                         f'{sorted(map(str, checkpoint))[:MAX_LISTED_KEYS]}')
-    return {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state.items()}
-
-
-def _listed(items: Sequence[str]) -> str:
-    shown = ', '.join(items[:MAX_LISTED_KEYS])
-    return shown + (f', ... (+{len(items) - MAX_LISTED_KEYS})' if len(items) > MAX_LISTED_KEYS else '')
-
-
-def check_state_dict(net: torch.nn.Module, state: Dict[str, torch.Tensor], path: str, source: str) -> None:
-    """Raise one line listing missing keys, unexpected keys and shape mismatches between ``state`` and ``net``."""
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [
-        f'{k}: checkpoint {tuple(state[k].shape)} vs network {tuple(v.shape)}' for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if not (missing or unexpected or shapes):
-        return
-    parts = []
-    if missing:
-        parts.append(f'{len(missing)} missing keys ({_listed(missing)})')
-    if unexpected:
-        parts.append(f'{len(unexpected)} unexpected keys ({_listed(unexpected)})')
-    if shapes:
-        parts.append(f'{len(shapes)} shape mismatches ({_listed(shapes)})')
-    raise InferError(f'{path}: checkpoint does not fit {type(net).__name__} built from {source}: ' + '; '.join(parts))
-
-
 def resolve_network_options(opt_path: Optional[str], checkpoint: object, weights_path: str) -> Tuple[dict, str]:
     """Pick ``network_g``: ``--opt`` file, else a ``network_g`` dict in the checkpoint, else the default options file.
 
@@ -150,7 +87,7 @@ def build_and_load(network_opt: dict, source: str, state: Dict[str, torch.Tensor
     except (KeyError, TypeError, ValueError) as err:
         raise InferError(f'{source}: cannot build network_g {network_opt.get("type")!r} ({type(err).__name__}: '
                          f'{err})') from err
-    check_state_dict(net, state, weights_path, source)
+    check_fits(net, state, weights_path, source)
     net.load_state_dict(state, strict=True)
     return net.to(device).eval()
 
@@ -428,8 +365,10 @@ def run(args: argparse.Namespace) -> dict:
         raise InferError(f'--tile-overlap ({args.tile_overlap}) must be smaller than --tile ({args.tile})')
     device = _select_device(args.device)
 
-    checkpoint = load_checkpoint(args.weights)
-    state = extract_state_dict(checkpoint, args.weights, args.param_key)
+    if not osp.isfile(args.weights):
+        raise InferError(f'{args.weights}: no such weights file (--weights)')
+    checkpoint = safe_torch_load(args.weights, what='weights file (--weights)')
+    state = state_dict_from_checkpoint(checkpoint, args.weights, args.param_key, require_key=args.param_key is not None)
     network_opt, source = resolve_network_options(args.opt, checkpoint, args.weights)
     net = build_and_load(network_opt, source, state, args.weights, device)
     min_len = int(getattr(net, 'min_stream_len', 1))
@@ -530,7 +469,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (InferError, SpikeFileError, FileNotFoundError) as err:
+    except (InferError, CheckpointError, SpikeFileError, FileNotFoundError) as err:
         print(f'{PROG}: error: {err}', file=sys.stderr)
         return 2
     return 0

@@ -46,7 +46,8 @@ def _check_registered(where: str, name: Any, registry) -> Any:
         raise OptionsError(f'{where} must be a registered name, found {name!r}')
     if name not in registry and f'{name}_basicsr' not in registry:  # BasicSR's own suffix fallback
         names = _registry_names(registry)
-        raise OptionsError(f'{where}: {name!r} is not registered{_suggest(name, names)}. Registered: {", ".join(names)}')
+        raise OptionsError(
+            f'{where}: {name!r} is not registered{_suggest(name, names)}. Registered: {", ".join(names)}')
     return registry.get(name)
 
 
@@ -75,8 +76,9 @@ def check_options(opt: Dict[str, Any], source: str = '<options>') -> Dict[str, A
     Raises:
         OptionsError: naming ``source`` and the offending key.
     """
-    import despike_basicsr  # noqa: F401  (fills the registries)
     from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
+
+    import despike_basicsr  # noqa: F401  (fills the registries)
 
     if not isinstance(opt, dict):
         raise OptionsError(f'{source}: expected a mapping of options, found {type(opt).__name__}')

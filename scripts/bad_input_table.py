@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from despike_basicsr.compat import CheckpointError, safe_torch_load  # noqa: E402
+from despike_basicsr.checkpoint import CheckpointError, check_fits, load_network_weights, safe_torch_load  # noqa: E402
 from despike_basicsr.data.preparation import ImageReadError, PairingError, read_depth, read_image  # noqa: E402
 from despike_basicsr.data.spike_lmdb import LMDBKeyError, SpikeLMDBError, SpikeLMDBReader  # noqa: E402
 from despike_basicsr.options import OptionsError, check_options_file  # noqa: E402
@@ -74,8 +74,11 @@ def _tiny_lmdb(folder: str) -> str:
     path = osp.join(folder, 'tiny.lmdb')
     rng = np.random.default_rng(0)
     with SpikeLMDBWriter(path) as writer:
-        writer.add('scene_0', gt=(rng.random((8, 8)) * 255).astype(np.uint8), params={'T': 16},
-                   spikes=(rng.random((16, 8, 8)) < 0.3).astype(np.uint8))
+        writer.add(
+            'scene_0',
+            gt=(rng.random((8, 8)) * 255).astype(np.uint8),
+            params={'T': 16},
+            spikes=(rng.random((16, 8, 8)) < 0.3).astype(np.uint8))
     return path
 
 
@@ -111,13 +114,8 @@ def _checkpoint_of_other_arch(folder: str) -> str:
 def _load_despike_checkpoint(path: str) -> None:
     """What ``despike-test``/``despike-infer`` do with ``--weights``: weights-only load, then a strict key check."""
     from basicsr.utils.registry import ARCH_REGISTRY
-
-    from despike_basicsr.compat import describe_state_dict_mismatch
     net = ARCH_REGISTRY.get('DeSpikeNet')(num_feat=8, windows=[16], num_scales=1, num_blocks=1)
-    state = safe_torch_load(path, what='network checkpoint')['params']
-    mismatch = describe_state_dict_mismatch(net.state_dict(), state)
-    if mismatch:
-        raise CheckpointError(f'network checkpoint {path} does not fit DeSpikeNet:\n  {mismatch}')
+    check_fits(net, load_network_weights(path), path)
 
 
 def _set(opt: dict, dotted: str, value) -> None:
@@ -143,14 +141,13 @@ def build_cases() -> List[Case]:
              lambda p: load_spikes(p)),
         Case('spike file', '`.npz` with non-binary values', lambda d: _npz(d, 'counts.npz', spk=bits + 2),
              lambda p: load_spikes(p)),
-        Case('spike file', '`.npz` with a float array', lambda d: _npz(d, 'float.npz', spk=bits.astype(np.float32) + .5),
-             lambda p: load_spikes(p)),
+        Case('spike file', '`.npz` with a float array',
+             lambda d: _npz(d, 'float.npz', spk=bits.astype(np.float32) + .5), lambda p: load_spikes(p)),
         Case('spike file', '`.npz` that is not a zip archive', lambda d: _write(d, 'broken.npz', b'not a zip'),
              lambda p: load_spikes(p)),
         Case('image', 'unreadable image (not an image format)', lambda d: _write(d, 'photo.png', b'\x89PNG garbage'),
              read_image),
-        Case('image', 'image of an unsupported bit depth (32-bit int TIFF)',
-             lambda d: _tiff_int32(d), read_image),
+        Case('image', 'image of an unsupported bit depth (32-bit int TIFF)', lambda d: _tiff_int32(d), read_image),
         Case('image', 'depth map holding NaN', lambda d: _npy(d, 'depth.npy', np.full((4, 4), np.nan, np.float32)),
              read_depth),
         Case('LMDB', 'missing key', _tiny_lmdb, lambda p: SpikeLMDBReader(p).read_sample('scene_9', 0, 4, 0, 4, 0, 4),
@@ -163,9 +160,8 @@ def build_cases() -> List[Case]:
         Case('options', 'wrong type (`batch_size_per_gpu: "2"`)',
              lambda d: _options(d, lambda o: _set(o, 'datasets.train.batch_size_per_gpu', '2')), check_options_file,
              lambda p: 'batch_size_per_gpu'),
-        Case('options', 'unknown network argument',
-             lambda d: _options(d, lambda o: _set(o, 'network_g.num_feats', 8)), check_options_file,
-             lambda p: 'num_feats'),
+        Case('options', 'unknown network argument', lambda d: _options(d, lambda o: _set(o, 'network_g.num_feats', 8)),
+             check_options_file, lambda p: 'num_feats'),
         Case('options', 'unregistered `type:`', lambda d: _options(d, lambda o: _set(o, 'network_g.type', 'DeSpike')),
              check_options_file, lambda p: 'DeSpike'),
         Case('options', 'streams shorter than the smallest window',
@@ -207,8 +203,13 @@ def _tiff_int32(folder: str) -> str:
 
 def _fpn(folder: str, gamma: np.ndarray) -> str:
     path = osp.join(folder, 'fpn.npz')
-    np.savez(path, gamma=gamma, response=np.ones_like(gamma), dark=np.zeros_like(gamma), bad=np.zeros(gamma.shape, bool),
-             ref=np.float32(1.0))
+    np.savez(
+        path,
+        gamma=gamma,
+        response=np.ones_like(gamma),
+        dark=np.zeros_like(gamma),
+        bad=np.zeros(gamma.shape, bool),
+        ref=np.float32(1.0))
     return path
 
 
@@ -267,14 +268,17 @@ def run_cases() -> List[Outcome]:
 
 
 def markdown(outcomes: List[Outcome]) -> str:
-    lines = ['| input | bad input | what the user sees | names it | file unchanged |', '| --- | --- | --- | --- | --- |']
+    lines = [
+        '| input | bad input | what the user sees | names it | file unchanged |', '| --- | --- | --- | --- | --- |'
+    ]
     for o in outcomes:
         first = ' '.join(o.message.split())
         first = first if len(first) <= 320 else first[:317] + '...'
         first = first.replace(tempfile.gettempdir(), '/tmp').replace('|', '\\|')
         for part in first.split():  # shorten temporary folders to their file names
             if part.startswith('/tmp/despike-bad-'):
-                first = first.replace(part, '…/' + osp.basename(part.rstrip(':,.;)')) + part[len(part.rstrip(':,.;)')):])
+                first = first.replace(part,
+                                      '…/' + osp.basename(part.rstrip(':,.;)')) + part[len(part.rstrip(':,.;)')):])
         lines.append(f'| {o.case.group} | {o.case.what} | `{o.error_type}`: {first} | '
                      f'{"yes" if o.names_input else "no"} | {"yes" if o.unchanged else "no"} |')
     return '\n'.join(lines)

@@ -39,6 +39,7 @@ from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils.data import DataLoader
 
+from despike_basicsr.checkpoint import load_network_weights
 from despike_basicsr.data.spike_lmdb import SpikeLMDBReader
 from despike_basicsr.spike.reconstruct import rate_to_display, tfi, tfp
 
@@ -79,22 +80,11 @@ def load_options(path: str) -> Dict[str, Any]:
 
 
 def load_state_dict(path: str, param_key: Optional[str] = None) -> Dict[str, torch.Tensor]:
-    """Network weights from a checkpoint: a plain state dict or BasicSR's ``{'params'/'params_ema': ...}``.
-
-    ``torch.load(weights_only=True)``: a checkpoint is data, never code. ``param_key`` (the options'
-    ``path.param_key_g``) is used when present; otherwise ``params_ema`` is preferred over ``params``.
-    """
+    """Network weights from a checkpoint (weights-only load; ``param_key``, else ``params_ema``, else ``params``)."""
     if not osp.isfile(path):
         raise FileNotFoundError(f'weights file {path} does not exist (train the method first, or pass '
                                 f'NAME:OPTIONS.yml:WEIGHTS.pth)')
-    state = torch.load(path, map_location='cpu', weights_only=True)
-    if isinstance(state, dict) and any(k in state for k in ('params', 'params_ema')):
-        keys = [param_key] if param_key in state else []
-        keys += [k for k in ('params_ema', 'params') if k in state]
-        state = state[keys[0]]
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise ValueError(f'{path} holds no state dict (expected tensors, or {{"params": ...}} as BasicSR saves)')
-    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    return load_network_weights(path, param_key)
 
 
 def build_method_model(method: Method, device: torch.device):

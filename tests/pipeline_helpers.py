@@ -29,8 +29,8 @@ def tiny_options(tmp_path, name: str, total_iter: int, image_size: int = 24, num
     data = str(tmp_path / f'pairs{image_size}x{num_pairs}')
     if not osp.isdir(data):
         write_pairs(data, count=num_pairs, size=image_size)
-    common = dict(type='PairedImageDataset', dataroot_gt=f'{data}/gt', dataroot_lq=f'{data}/lq',
-                  io_backend={'type': 'disk'})
+    common = dict(
+        type='PairedImageDataset', dataroot_gt=f'{data}/gt', dataroot_lq=f'{data}/lq', io_backend={'type': 'disk'})
     opt = {
         'name': name,
         'model_type': 'SRModel',
@@ -38,23 +38,74 @@ def tiny_options(tmp_path, name: str, total_iter: int, image_size: int = 24, num
         'num_gpu': 'auto',
         'manual_seed': 10,
         'datasets': {
-            'train': dict(common, name='pairs', gt_size=16, use_hflip=True, use_rot=True, num_worker_per_gpu=0,
-                          batch_size_per_gpu=2, dataset_enlarge_ratio=1, prefetch_mode=None),
-            'val': dict(common, name='pairs_val'),
+            'train':
+            dict(
+                common,
+                name='pairs',
+                gt_size=16,
+                use_hflip=True,
+                use_rot=True,
+                num_worker_per_gpu=0,
+                batch_size_per_gpu=2,
+                dataset_enlarge_ratio=1,
+                prefetch_mode=None),
+            'val':
+            dict(common, name='pairs_val'),
         },
-        'network_g': {'type': 'SRVGGNetCompact', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_conv': 2,
-                      'upscale': 1, 'act_type': 'prelu'},
-        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
+        'network_g': {
+            'type': 'SRVGGNetCompact',
+            'num_in_ch': 3,
+            'num_out_ch': 3,
+            'num_feat': 8,
+            'num_conv': 2,
+            'upscale': 1,
+            'act_type': 'prelu'
+        },
+        'path': {
+            'pretrain_network_g': None,
+            'strict_load_g': True,
+            'resume_state': None
+        },
         'train': {
-            'optim_g': {'type': 'Adam', 'lr': 1e-3, 'betas': [0.9, 0.99]},
-            'scheduler': {'type': 'MultiStepLR', 'milestones': [3], 'gamma': 0.5},
-            'total_iter': total_iter, 'warmup_iter': -1,
-            'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'},
+            'optim_g': {
+                'type': 'Adam',
+                'lr': 1e-3,
+                'betas': [0.9, 0.99]
+            },
+            'scheduler': {
+                'type': 'MultiStepLR',
+                'milestones': [3],
+                'gamma': 0.5
+            },
+            'total_iter': total_iter,
+            'warmup_iter': -1,
+            'pixel_opt': {
+                'type': 'L1Loss',
+                'loss_weight': 1.0,
+                'reduction': 'mean'
+            },
         },
-        'val': {'val_freq': 2, 'save_img': False, 'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0,
-                                                                         'test_y_channel': False}}},
-        'logger': {'print_freq': 1, 'save_checkpoint_freq': 2, 'use_tb_logger': True, 'wandb': None},
-        'dist_params': {'backend': 'gloo', 'port': 29500},
+        'val': {
+            'val_freq': 2,
+            'save_img': False,
+            'metrics': {
+                'psnr': {
+                    'type': 'calculate_psnr',
+                    'crop_border': 0,
+                    'test_y_channel': False
+                }
+            }
+        },
+        'logger': {
+            'print_freq': 1,
+            'save_checkpoint_freq': 2,
+            'use_tb_logger': True,
+            'wandb': None
+        },
+        'dist_params': {
+            'backend': 'gloo',
+            'port': 29500
+        },
     }
     for dotted, value in overrides.items():
         node = opt

@@ -15,6 +15,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from scipy import ndimage
 
 from conftest import REPO_ROOT
+from despike_basicsr.checkpoint import CheckpointError
 from despike_basicsr.data.spike_lmdb import SpikeLMDBWriter
 from despike_basicsr.spike.camera import simulate
 from despike_basicsr.spike.optics import display_to_linear
@@ -147,5 +148,5 @@ def test_method_specs_and_checkpoint_layouts(tmp_path):
     torch.save({'module.w': torch.ones(2)}, tmp_path / 'ddp.pth')
     assert list(benchmark.load_state_dict(str(tmp_path / 'ddp.pth'))) == ['w']
     torch.save({'params': 3}, tmp_path / 'bad.pth')
-    with pytest.raises(ValueError, match='holds no state dict'):
+    with pytest.raises(CheckpointError, match='bad.pth: expected a state dict of tensors'):
         benchmark.load_state_dict(str(tmp_path / 'bad.pth'))

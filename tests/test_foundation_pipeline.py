@@ -1,7 +1,6 @@
-"""BasicSR's own train/test pipelines through our entries on CPU: train, validate, save, auto-resume, torchrun, errors."""
+"""BasicSR's train/test pipelines through our entries on CPU: train, validate, save, resume, torchrun, errors."""
 import pytest
 import torch
-
 from conftest import free_port
 from pipeline_helpers import logged_iters, run, tiny_options, train_log
 
@@ -18,8 +17,9 @@ def test_train_validate_save_and_auto_resume(tmp_path, subprocess_env, python_ex
     assert list((tmp_path / 'tb_logger' / 'tiny_resume').glob('events.out.tfevents.*')), 'no tensorboard events'
 
     # continue to iteration 8 from the saved state, via `python -m`
-    second = run([python_exe, '-m', 'despike_basicsr.train', '-opt', opt, '--auto_resume', '--force_yml',
-                   'train:total_iter=8'], subprocess_env, repo_root)
+    second = run(
+        [python_exe, '-m', 'despike_basicsr.train', '-opt', opt, '--auto_resume', '--force_yml', 'train:total_iter=8'],
+        subprocess_env, repo_root)
     assert second.returncode == 0, second.stderr[-3000:]
     log = train_log(tmp_path, 'tiny_resume')
     assert 'Resuming training from epoch' in log and 'iter: 4.' in log
@@ -38,8 +38,10 @@ def test_train_validate_save_and_auto_resume(tmp_path, subprocess_env, python_ex
 @pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(tmp_path, subprocess_env, python_exe, repo_root):
     opt = tiny_options(tmp_path, 'tiny_ddp', total_iter=2)
-    cmd = [python_exe, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}',
-           'despike_basicsr/train.py', '-opt', opt, '--launcher', 'pytorch']
+    cmd = [
+        python_exe, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}',
+        'despike_basicsr/train.py', '-opt', opt, '--launcher', 'pytorch'
+    ]
     result = run(cmd, subprocess_env, repo_root)
     assert result.returncode == 0, result.stderr[-3000:]
     log = train_log(tmp_path, 'tiny_ddp')
@@ -50,8 +52,11 @@ def test_torchrun_two_processes_on_cpu(tmp_path, subprocess_env, python_exe, rep
 @pytest.mark.slow
 def test_reaches_total_iter_when_batches_do_not_divide_the_data(tmp_path, subprocess_env, python_exe, repo_root):
     # 3 samples, batch 2: BasicSR planned 2 iterations per epoch but its loader gives 1, and stopped at iteration 4
-    opt = tiny_options(tmp_path, 'tiny_uneven', total_iter=5, num_pairs=3, **{'val.val_freq': 100,
-                                                                               'logger.save_checkpoint_freq': 100})
+    opt = tiny_options(
+        tmp_path, 'tiny_uneven', total_iter=5, num_pairs=3, **{
+            'val.val_freq': 100,
+            'logger.save_checkpoint_freq': 100
+        })
     result = run([python_exe, 'despike_basicsr/train.py', '-opt', opt], subprocess_env, repo_root)
     assert result.returncode == 0, result.stderr[-3000:]
     assert max(logged_iters(train_log(tmp_path, 'tiny_uneven'))) == 5
@@ -82,11 +87,11 @@ def test_corrupt_resume_state_names_the_file(tmp_path, subprocess_env, python_ex
 
 
 def test_compat_makes_basicsr_importable_and_cpu_safe():
-    import despike_basicsr  # noqa: F401
     import basicsr.data.degradations as degradations
     from basicsr.models.base_model import BaseModel
     from basicsr.utils import dist_util
 
+    import despike_basicsr  # noqa: F401
     from despike_basicsr import compat
     assert degradations.rgb_to_grayscale is not None
     assert dist_util._init_dist_pytorch is compat._init_dist_pytorch

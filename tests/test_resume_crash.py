@@ -6,16 +6,20 @@ import time
 
 import pytest
 import torch
-
 from pipeline_helpers import run, tiny_options, train_log
 
 from despike_basicsr import compat
+from despike_basicsr.checkpoint import atomic_torch_save, safe_torch_load
 
 
 def _options(tmp_path, name):
     # 8 pairs, batch 2: 4 iterations per epoch, states every 3 iterations, so most states fall mid-epoch
     return tiny_options(
-        tmp_path, name, total_iter=30, image_size=48, **{
+        tmp_path,
+        name,
+        total_iter=30,
+        image_size=48,
+        **{
             'datasets.train.gt_size': 40,
             'network_g.num_feat': 24,
             'network_g.num_conv': 6,
@@ -28,14 +32,17 @@ def _options(tmp_path, name):
 
 @pytest.mark.slow
 def test_sigkill_then_auto_resume_matches_uninterrupted_run(tmp_path, subprocess_env, python_exe, repo_root):
-    straight = run([python_exe, 'despike_basicsr/train.py', '-opt', _options(tmp_path, 'straight')], subprocess_env,
-                   repo_root)
+    straight = run([python_exe, 'despike_basicsr/train.py', '-opt',
+                    _options(tmp_path, 'straight')], subprocess_env, repo_root)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     opt = _options(tmp_path, 'killed')
     states = tmp_path / 'experiments' / 'killed' / 'training_states'
-    proc = subprocess.Popen([python_exe, 'despike_basicsr/train.py', '-opt', opt], env=subprocess_env, cwd=repo_root,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([python_exe, 'despike_basicsr/train.py', '-opt', opt],
+                            env=subprocess_env,
+                            cwd=repo_root,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None and not list(states.glob('*.state')):
         time.sleep(0.01)
@@ -57,8 +64,8 @@ def test_sigkill_then_auto_resume_matches_uninterrupted_run(tmp_path, subprocess
     for key, value in reference['params'].items():
         assert torch.equal(value, continued['params'][key]), key
     final_state = torch.load(states / '30.state', weights_only=False)
-    reference_state = torch.load(tmp_path / 'experiments' / 'straight' / 'training_states' / '30.state',
-                                 weights_only=False)
+    reference_state = torch.load(
+        tmp_path / 'experiments' / 'straight' / 'training_states' / '30.state', weights_only=False)
     assert final_state['schedulers'][0]['_last_lr'] == reference_state['schedulers'][0]['_last_lr']
     exp_avg = final_state['optimizers'][0]['state'][0]['exp_avg']
     assert torch.equal(exp_avg, reference_state['optimizers'][0]['state'][0]['exp_avg'])
@@ -66,7 +73,7 @@ def test_sigkill_then_auto_resume_matches_uninterrupted_run(tmp_path, subprocess
 
 def test_kill_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / 'net_g_latest.pth'
-    compat.atomic_torch_save({'params': {'w': torch.ones(3)}}, str(path))
+    atomic_torch_save({'params': {'w': torch.ones(3)}}, str(path))
     before = path.read_bytes()
 
     def dies_half_way(obj, f, *args, **kwargs):
@@ -75,7 +82,7 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, 'save', dies_half_way)
     with pytest.raises(KeyboardInterrupt):
-        compat.atomic_torch_save({'params': {'w': torch.zeros(3)}}, str(path))
+        atomic_torch_save({'params': {'w': torch.zeros(3)}}, str(path))
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ['net_g_latest.pth'], 'no temporary file is left behind'
 
@@ -93,8 +100,8 @@ def test_rng_state_round_trip_through_weights_only_load(tmp_path):
     import numpy as np
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     state = compat.capture_rng_state()
-    compat.atomic_torch_save({'rng': state}, str(tmp_path / 's.state'))
+    atomic_torch_save({'rng': state}, str(tmp_path / 's.state'))
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
-    compat.restore_rng_state(compat.safe_torch_load(str(tmp_path / 's.state'))['rng'])
+    compat.restore_rng_state(safe_torch_load(str(tmp_path / 's.state'))['rng'])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
