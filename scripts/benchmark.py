@@ -54,20 +54,24 @@ class Method:
     kind: str  # 'tfp', 'tfi' or 'model'
     options: Optional[str] = None
     weights: Optional[str] = None
+    window: Optional[int] = None  # TFP window of this entry (``tfp:191``); None: --tfp-window
     result: Dict[str, Any] = field(default_factory=dict)
 
 
 def parse_method(spec: str) -> Method:
-    """``tfp`` | ``tfi`` | ``NAME:OPTIONS.yml[:WEIGHTS]``.
+    """``tfp`` | ``tfp:WINDOW`` | ``tfi`` | ``NAME:OPTIONS.yml[:WEIGHTS]``.
 
     Raises:
         ValueError: Naming the accepted forms and what was found.
     """
     if spec.lower() in CLASSICAL:
         return Method(name=spec.lower(), kind=spec.lower())
+    head, _, window = spec.partition(':')
+    if head.lower() == 'tfp' and window.isdigit() and int(window) > 0:
+        return Method(name=f'tfp{window}', kind='tfp', window=int(window))
     parts = spec.split(':', 2)
     if len(parts) < 2 or not parts[0] or not parts[1].endswith(('.yml', '.yaml')):
-        raise ValueError(f"method {spec!r}: expected 'tfp', 'tfi' or 'NAME:OPTIONS.yml[:WEIGHTS.pth]'")
+        raise ValueError(f"method {spec!r}: expected 'tfp', 'tfp:WINDOW', 'tfi' or 'NAME:OPTIONS.yml[:WEIGHTS.pth]'")
     return Method(name=parts[0], kind='model', options=parts[1], weights=parts[2] if len(parts) == 3 else None)
 
 
@@ -175,7 +179,7 @@ def evaluate(method: Method, dataset, device: torch.device, args, lpips: LPIPSSc
             start = time.perf_counter()
             if model is None:
                 on_device = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-                output = classical_image(method.kind, on_device, reader.meta(key), args.tfp_window)
+                output = classical_image(method.kind, on_device, reader.meta(key), method.window or args.tfp_window)
             else:
                 model.feed_data(batch)
                 model.test()
@@ -267,7 +271,7 @@ def markdown_table(report: Dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument('--methods', nargs='+', required=True, help="'tfp', 'tfi' or NAME:OPTIONS.yml[:WEIGHTS]")
+    parser.add_argument('--methods', nargs='+', required=True, help="'tfp', 'tfp:WINDOW', 'tfi' or NAME:OPTIONS.yml[:WEIGHTS]")
     parser.add_argument('--lmdb', required=True, help='test spike LMDB (a .lmdb folder)')
     parser.add_argument('--out-dir', default='results', help='where benchmark.md/.json/.png go')
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job end to end on the built-in default, on a CPU, in about ten minutes:
 #   install → generate demo scenes and their defocused spike streams → train a small DeSpike →
-#   reconstruct the held-out streams → results/quickstart/{comparison.png, benchmark.md, benchmark.json}
+#   reconstruct the held-out streams → results/quickstart/{benchmark.png, benchmark.md, benchmark.json}
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
@@ -21,6 +21,6 @@ name=$("$py" -c "import yaml; print(yaml.safe_load(open('options/train_despike_d
 weights=experiments/$name/models/net_g_latest.pth
 echo "[quickstart] reconstructing the held-out streams with TFP, TFI and DeSpike ($weights)"
 "$py" scripts/benchmark.py --lmdb datasets/demo/demo_val.lmdb --out-dir results/quickstart --device cpu \
-  --methods tfp tfi "despike:options/test_despike_demo.yml:$weights"
-echo "[quickstart] done: results/quickstart/comparison.png and results/quickstart/benchmark.md"
+  --methods tfp tfp:191 tfi "despike:options/test_despike_demo.yml:$weights"
+echo "[quickstart] done: results/quickstart/benchmark.png and results/quickstart/benchmark.md"
 cat results/quickstart/benchmark.md

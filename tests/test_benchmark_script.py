@@ -138,7 +138,9 @@ def test_method_specs_and_checkpoint_layouts(tmp_path):
     method = benchmark.parse_method('despike:options/test_despike_demo.yml:exp/net_g_latest.pth')
     assert (method.name, method.kind, method.options, method.weights) == (
         'despike', 'model', 'options/test_despike_demo.yml', 'exp/net_g_latest.pth')
-    with pytest.raises(ValueError, match=r"method 'rsir': expected 'tfp', 'tfi' or 'NAME:OPTIONS.yml"):
+    long_tfp = benchmark.parse_method('tfp:191')
+    assert (long_tfp.name, long_tfp.kind, long_tfp.window) == ('tfp191', 'tfp', 191)
+    with pytest.raises(ValueError, match=r"method 'rsir': expected 'tfp', 'tfp:WINDOW', 'tfi' or 'NAME:OPTIONS.yml"):
         benchmark.parse_method('rsir')
 
     state = {'w': torch.ones(2)}
