@@ -8,7 +8,8 @@ unexplained traceback, a message that does not name the file or key, or a modifi
 
 Usage::
 
-    python scripts/bad_input_table.py            # markdown table on stdout
+    python scripts/bad_input_table.py                    # markdown table on stdout
+    python scripts/bad_input_table.py --max-chars 110    # messages shortened (the README's copy)
 """
 import hashlib
 import json
@@ -267,18 +268,18 @@ def run_cases() -> List[Outcome]:
     return outcomes
 
 
-def markdown(outcomes: List[Outcome]) -> str:
+def markdown(outcomes: List[Outcome], max_chars: int = 320) -> str:
     lines = [
         '| input | bad input | what the user sees | names it | file unchanged |', '| --- | --- | --- | --- | --- |'
     ]
     for o in outcomes:
         first = ' '.join(o.message.split())
-        first = first if len(first) <= 320 else first[:317] + '...'
         first = first.replace(tempfile.gettempdir(), '/tmp').replace('|', '\\|')
         for part in first.split():  # shorten temporary folders to their file names
             if part.startswith('/tmp/despike-bad-'):
                 first = first.replace(part,
                                       '…/' + osp.basename(part.rstrip(':,.;)')) + part[len(part.rstrip(':,.;)')):])
+        first = first if len(first) <= max_chars else first[:max_chars - 3].rstrip() + '...'
         lines.append(f'| {o.case.group} | {o.case.what} | `{o.error_type}`: {first} | '
                      f'{"yes" if o.names_input else "no"} | {"yes" if o.unchanged else "no"} |')
     return '\n'.join(lines)
@@ -289,7 +290,8 @@ def main() -> int:
     if '--json' in sys.argv:
         print(json.dumps([dict(what=o.case.what, error=o.error_type, message=o.message) for o in outcomes], indent=1))
     else:
-        print(markdown(outcomes))
+        max_chars = int(sys.argv[sys.argv.index('--max-chars') + 1]) if '--max-chars' in sys.argv else 320
+        print(markdown(outcomes, max_chars))
     return 0 if all(o.clear and o.names_input and o.unchanged for o in outcomes) else 1
 
 
