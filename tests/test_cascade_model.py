@@ -15,7 +15,8 @@ from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 
 from despike_basicsr.data.spike_lmdb import SpikeLMDBWriter
-from despike_basicsr.models.cascade_model import crop_center_frames, parse_front_end
+from despike_basicsr.models.cascade_model import parse_front_end
+from despike_basicsr.models.spike_base import crop_center_frames
 from despike_basicsr.spike.camera import simulate
 from despike_basicsr.spike.optics import display_to_linear
 from despike_basicsr.spike.reconstruct import rate_to_display, tfi, tfp

@@ -11,7 +11,8 @@ from basicsr.models import build_model
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch.utils.data import DataLoader, Dataset
 
-from despike_basicsr.models.despike_model import DeSpikeModel, crop_to_common_length
+from despike_basicsr.models.despike_model import DeSpikeModel
+from despike_basicsr.models.spike_base import crop_center_frames
 
 SIZE = 32  # LPIPS's AlexNet needs at least 31 pixels
 MAX_LEN = 40
@@ -153,12 +154,12 @@ def test_model_is_registered():
 
 def test_crop_keeps_the_centre_min_length_frames():
     lq = torch.arange(10.0)[None, :, None, None].expand(2, 10, 1, 1)
-    cropped = crop_to_common_length(lq, torch.tensor([6, 4]))
+    cropped = crop_center_frames(lq, torch.tensor([6, 4]))
     assert cropped[0, :, 0, 0].tolist() == [3.0, 4.0, 5.0, 6.0]  # frame 10 // 2 = 5 lands at 4 // 2 = 2
-    assert crop_to_common_length(lq, torch.tensor([10, 10])) is lq
-    assert crop_to_common_length(lq, None) is lq
-    with pytest.raises(ValueError, match='lq_len must be >= 1, got 0'):
-        crop_to_common_length(lq, torch.tensor([0, 3]))
+    assert crop_center_frames(lq, torch.tensor([10, 10])) is lq
+    assert crop_center_frames(lq, None) is lq
+    with pytest.raises(ValueError, match=r'lq_len must lie in \[1, 10\].*found 0'):
+        crop_center_frames(lq, torch.tensor([0, 3]))
 
 
 def test_feed_data_crops_the_batch_and_keeps_gamma(tmp_path):

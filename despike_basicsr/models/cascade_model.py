@@ -14,10 +14,10 @@ from typing import Any, Dict, List, Sequence, Union
 
 import torch
 from basicsr.losses import build_loss
-from basicsr.models.sr_model import SRModel
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch import Tensor
 
+from despike_basicsr.models.spike_base import SpikeSRModel, crop_center_frames
 from despike_basicsr.spike.reconstruct import rate_to_display, tfi, tfp
 
 FRONT_END_TYPES = ('tfp', 'tfi')
@@ -57,29 +57,13 @@ def classical_reconstruction(spikes: Tensor, front_end: Dict[str, Any]) -> Tenso
     return image.unsqueeze(1).float()
 
 
-def crop_center_frames(spikes: Tensor, lengths: Union[Tensor, Sequence[int], None]) -> Tensor:
-    """Keep the centre ``min(lengths)`` frames of a ``(B, T, H, W)`` batch (frames ``T//2 - L//2 ... + L``).
-
-    Each sample's window is centred on its target frame (docs/architecture.md), so the centre frames are valid for
-    every sample of the batch.
-    """
-    if lengths is None:
-        return spikes
-    shortest = int(torch.as_tensor(lengths).min())
-    total = spikes.shape[1]
-    if not 1 <= shortest <= total:
-        raise ValueError(f'lq_len must lie in [1, {total}] (the frames in lq), found {shortest}')
-    start = total // 2 - shortest // 2
-    return spikes[:, start:start + shortest]
-
-
 def as_output_list(outputs: Union[Tensor, Sequence[Tensor]]) -> List[Tensor]:
     """Networks return a coarse-to-fine list; a single tensor is a one-element list."""
     return [outputs] if torch.is_tensor(outputs) else list(outputs)
 
 
 @MODEL_REGISTRY.register()
-class CascadeModel(SRModel):
+class CascadeModel(SpikeSRModel):
     """TFP/TFI front end + registered deblurring back end, with BasicSR's training and validation loop.
 
     ``feed_data`` takes the same batch as DeSpikeModel (``lq`` spikes ``(B, T, H, W)``, ``gt`` ``(B, 1, H, W)``,
@@ -115,31 +99,15 @@ class CascadeModel(SRModel):
         self.output = outputs[-1]
 
         loss_dict = OrderedDict()
-        l_total = 0
         if self.cri_pix:
-            l_pix = self.cri_pix(outputs if len(outputs) > 1 else outputs[0], self.gt)
-            l_total = l_total + l_pix
-            loss_dict['l_pix'] = l_pix
+            loss_dict['l_pix'] = self.cri_pix(outputs if len(outputs) > 1 else outputs[0], self.gt)
         if self.cri_fft:
-            l_fft = self.cri_fft(outputs[-1], self.gt)
-            l_total = l_total + l_fft
-            loss_dict['l_fft'] = l_fft
-        l_total.backward()
-        if self.grad_clip_norm:
-            torch.nn.utils.clip_grad_norm_(self.net_g.parameters(), self.grad_clip_norm)
-        self.optimizer_g.step()
-        self.log_dict = self.reduce_loss_dict(loss_dict)
-
-        if self.ema_decay > 0:
-            self.model_ema(decay=self.ema_decay)
+            loss_dict['l_fft'] = self.cri_fft(outputs[-1], self.gt)
+        self.apply_losses(loss_dict)
 
     def test(self) -> None:
-        """Run the back end without gradients and keep its finest output.
-
-        Evaluates the bare network, not its DDP wrapper: only rank 0 validates, and a DDP forward would broadcast
-        buffers to ranks that never join that collective.
-        """
-        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.get_bare_model(self.net_g)
+        """Run the back end (:meth:`evaluation_network`) without gradients and keep its finest output."""
+        net = self.evaluation_network()
         was_training = net.training
         net.eval()
         with torch.no_grad():

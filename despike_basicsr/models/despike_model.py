@@ -9,35 +9,18 @@ from typing import Any, Dict, List, Optional
 import torch
 from basicsr.archs import build_network
 from basicsr.losses import build_loss
-from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch import Tensor
 from torch.nn import functional as F
 
+from despike_basicsr.models.spike_base import SpikeSRModel, crop_center_frames
+
 _AUX_SCALES = ('final', 'all')
 
 
-def crop_to_common_length(lq: Tensor, lq_len: Optional[Any]) -> Tensor:
-    """Keep the centre ``min(lq_len)`` frames of a ``(B, T, H, W)`` batch.
-
-    Every item holds T frames whose own ``lq_len`` frames are centred on the target frame ``T // 2``; cropping with
-    ``start = T // 2 − n // 2`` keeps the target at the network's centre ``n // 2``.
-    """
-    if lq_len is None:
-        return lq
-    length = int(torch.as_tensor(lq_len).min())
-    total = lq.shape[1]
-    if length >= total:
-        return lq
-    if length < 1:
-        raise ValueError(f'lq_len must be >= 1, got {length}')
-    start = total // 2 - length // 2
-    return lq[:, start:start + length]
-
-
 @MODEL_REGISTRY.register()
-class DeSpikeModel(SRModel):
+class DeSpikeModel(SpikeSRModel):
     """BasicSR model for DeSpikeNet (single-channel output, variable-length spike streams, optional FPN γ).
 
     Options read beyond SRModel's: ``train.pixel_opt`` (HierarchicalMSELoss), ``train.fft_opt``, ``train.lpips_opt``,
@@ -82,7 +65,7 @@ class DeSpikeModel(SRModel):
 
     def feed_data(self, data: Dict[str, Any]) -> None:
         """``lq`` ``(B, T, H, W)`` cropped to the centre ``min(lq_len)`` frames; ``gt`` and ``gamma`` when given."""
-        self.lq = crop_to_common_length(data['lq'], data.get('lq_len')).to(self.device)
+        self.lq = crop_center_frames(data['lq'], data.get('lq_len')).to(self.device)
         self.gamma = data['gamma'].to(self.device) if data.get('gamma') is not None else None
         if 'gt' in data:
             self.gt = data['gt'].to(self.device)
@@ -102,7 +85,6 @@ class DeSpikeModel(SRModel):
         self.optimizer_g.zero_grad()
         self.output, grid = self.net_g(self.lq, self.gamma, return_intermediates=True)
 
-        l_total = 0
         loss_dict = OrderedDict()
         if self.cri_grid is not None:
             loss_dict['l_grid'] = self.cri_grid(grid, self.gt)
@@ -110,24 +92,11 @@ class DeSpikeModel(SRModel):
             loss_dict['l_fft'] = self._aux_loss(self.cri_fft, self.fft_scales, grid)
         if self.cri_lpips is not None:
             loss_dict['l_lpips'] = self._aux_loss(self.cri_lpips, self.lpips_scales, grid)
-        for value in loss_dict.values():
-            l_total = l_total + value
-        l_total.backward()
-        if self.grad_clip_norm:
-            torch.nn.utils.clip_grad_norm_(self.net_g.parameters(), self.grad_clip_norm)
-        self.optimizer_g.step()
-
-        self.log_dict = self.reduce_loss_dict(loss_dict)
-        if self.ema_decay > 0:
-            self.model_ema(decay=self.ema_decay)
+        self.apply_losses(loss_dict)
 
     def test(self) -> None:
-        """Reconstruct ``self.lq`` with ``net_g_ema`` when EMA is on, else ``net_g`` (restored to train mode after).
-
-        Evaluates the bare network, not its DDP wrapper: only rank 0 validates, and a DDP forward would broadcast
-        DeSpikeNet's buffers to ranks that never join that collective (gloo aborts, NCCL hangs).
-        """
-        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.get_bare_model(self.net_g)
+        """Reconstruct ``self.lq`` with :meth:`evaluation_network` (restored to its mode after)."""
+        net = self.evaluation_network()
         was_training = net.training
         net.eval()
         with torch.no_grad():
