@@ -172,10 +172,13 @@ def _simulate_numpy(intensity, steps, threshold, eta, gain, dark, shot_noise, rn
             # closed form: X(t0 + k) = X(t0) + k·ρ (mod 2**32); spike <=> carry <=> X < ρ
             n = min(_BLOCK, steps - t0)
             np.add(offsets, x, out=phase)
-            np.less(phase, rho, out=fired)
+            # uint8 output: compare straight into the output frames (one pass fewer than via ``fired``)
+            target = fired if packed or n < _BLOCK else out[t0:t0 + n].view(np.bool_)
+            np.less(phase, rho, out=target)
             if saturated is not None:
-                fired |= saturated
-            _emit_numpy(out, fired, t0, n, packed)
+                target |= saturated
+            if target is fired:
+                _emit_numpy(out, fired, t0, n, packed)
             x += block_step
             if bar is not None and (t0 // _BLOCK) % 64 == 63:
                 bar.update(64 * _BLOCK)
