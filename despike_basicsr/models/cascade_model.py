@@ -107,9 +107,4 @@ class CascadeModel(SpikeSRModel):
 
     def test(self) -> None:
         """Run the back end (:meth:`evaluation_network`) without gradients and keep its finest output."""
-        net = self.evaluation_network()
-        was_training = net.training
-        net.eval()
-        with torch.no_grad():
-            self.output = as_output_list(net(self.lq))[-1]
-        net.train(was_training)
+        self.output = self.evaluate(lambda net: as_output_list(net(self.lq))[-1])

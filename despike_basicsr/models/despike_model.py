@@ -96,9 +96,4 @@ class DeSpikeModel(SpikeSRModel):
 
     def test(self) -> None:
         """Reconstruct ``self.lq`` with :meth:`evaluation_network` (restored to its mode after)."""
-        net = self.evaluation_network()
-        was_training = net.training
-        net.eval()
-        with torch.no_grad():
-            self.output = net(self.lq, getattr(self, 'gamma', None))
-        net.train(was_training)
+        self.output = self.evaluate(lambda net: net(self.lq, getattr(self, 'gamma', None)))

@@ -1,5 +1,5 @@
 """What DeSpikeModel and CascadeModel share: variable-length batches, the optimiser step, and evaluation."""
-from typing import Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence, Union
 
 import torch
 from basicsr.models.sr_model import SRModel
@@ -51,3 +51,13 @@ class SpikeSRModel(SRModel):
         that never join that collective (gloo aborts, NCCL hangs).
         """
         return self.net_g_ema if hasattr(self, 'net_g_ema') else self.get_bare_model(self.net_g)
+
+    def evaluate(self, forward: Callable[[torch.nn.Module], Tensor]) -> Tensor:
+        """``forward(net)`` on :meth:`evaluation_network` in eval mode without gradients; the mode is restored."""
+        net = self.evaluation_network()
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            result = forward(net)
+        net.train(was_training)
+        return result
