@@ -17,13 +17,11 @@ import time
 from os import path as osp
 from typing import Dict, List
 
-import cv2
 import numpy as np
 import pytest
 import torch
-import yaml
-
 from conftest import free_port
+from pipeline_helpers import tiny_options
 
 WORKERS = osp.join(osp.dirname(osp.abspath(__file__)), 'dist_workers')
 WORLD_SIZE = 2
@@ -72,8 +70,9 @@ def _max_rel_diff(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> flo
 
 
 def _despike_model_available() -> bool:
-    import despike_basicsr  # noqa: F401
     from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
+
+    import despike_basicsr  # noqa: F401
     return 'DeSpikeModel' in MODEL_REGISTRY and 'DeSpikeNet' in ARCH_REGISTRY
 
 
@@ -215,49 +214,17 @@ def test_two_rank_batches_join_to_the_single_process_double_batch():
 # ----------------------------------------------------------------------------------------------------------------------
 # 3. validation on rank 0 does not hang the other ranks
 # ----------------------------------------------------------------------------------------------------------------------
-def _write_pairs(folder: str, count: int, size: int = 24) -> None:
-    rng = np.random.default_rng(1)
-    for sub in ('gt', 'lq'):
-        os.makedirs(osp.join(folder, sub), exist_ok=True)
-    for i in range(count):
-        gt = (rng.random((size, size, 3)) * 255).astype(np.uint8)
-        cv2.imwrite(osp.join(folder, 'gt', f'{i:03d}.png'), gt)
-        cv2.imwrite(osp.join(folder, 'lq', f'{i:03d}.png'), cv2.GaussianBlur(gt, (5, 5), 1.0))
-
-
 def _validation_options(tmp_path, name: str, total_iter: int) -> str:
-    data = str(tmp_path / 'pairs')
-    _write_pairs(data, count=8)
-    common = dict(type='PairedImageDataset', dataroot_gt=f'{data}/gt', dataroot_lq=f'{data}/lq',
-                  io_backend={'type': 'disk'})
-    opt = {
-        'name': name,
-        'model_type': 'SRModel',
-        'scale': 1,
-        'num_gpu': 'auto',
-        'manual_seed': 3,
-        'datasets': {
-            'train': dict(common, name='pairs', gt_size=16, use_hflip=True, use_rot=False, num_worker_per_gpu=0,
-                          batch_size_per_gpu=2, dataset_enlarge_ratio=1, prefetch_mode=None),
-            'val': dict(common, name='pairs_val'),
-        },
-        'network_g': {'type': 'SRVGGNetCompact', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_conv': 2,
-                      'upscale': 1, 'act_type': 'prelu'},
-        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
-        'train': {
-            'optim_g': {'type': 'Adam', 'lr': 1e-3, 'betas': [0.9, 0.99]},
-            'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5},
-            'total_iter': total_iter, 'warmup_iter': -1,
-            'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'},
-        },
-        'val': {'val_freq': 1, 'save_img': False,
-                'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False}}},
-        'logger': {'print_freq': 1, 'save_checkpoint_freq': 100, 'use_tb_logger': False, 'wandb': None},
-        'dist_params': {'backend': 'gloo', 'port': 29500},
-    }
-    path = tmp_path / f'{name}.yml'
-    path.write_text(yaml.safe_dump(opt, sort_keys=False))
-    return str(path)
+    """A tiny SRModel run that validates at every iteration (rank 0 only, as BasicSR does)."""
+    return tiny_options(
+        tmp_path, name, total_iter, **{
+            'manual_seed': 3,
+            'datasets.train.use_rot': False,
+            'train.scheduler.milestones': [100],
+            'val.val_freq': 1,
+            'logger.save_checkpoint_freq': 100,
+            'logger.use_tb_logger': False,
+        })
 
 
 @pytest.mark.slow
