@@ -1,15 +1,23 @@
 #!/usr/bin/env python
-"""Benchmark: training samples/s from SpikeLMDBDataset vs the same crops read from uint8 .npy files.
+"""Benchmark: training samples/s from SpikeLMDBDataset (uint8 items) vs the old float32 path and uint8 .npy files.
 
-Builds a small temporary set of simulated streams (procedural scenes, the real simulator), stores it once as a
-bit-packed spike LMDB and once as one uint8 (T, H, W) ``.npy`` per sample (plus a PNG ground truth), then draws
-training items (random 256x256 crop, a 192-frame window, flips/rotations, float tensors as the model gets them) with
-0 and 2 DataLoader workers. Prints samples/s, bytes on disk per sample, and the LMDB/npy ratios. Both formats are read
-from the page cache after the first pass (warm reads), which is the steady state of a training run whose data fits in
-memory; cold disk reads favour the 8x smaller LMDB further.
+Builds a small temporary set of simulated streams (procedural scenes, the real simulator) and stores it three ways:
+as a bit-packed spike LMDB with raw ground truth (today's layout), as the same LMDB with PNG ground truth (the earlier
+layout), and as one uint8 (T, H, W) ``.npy`` per sample plus a PNG. It then draws training items (random 256x256
+crop, a 192-frame window, flips/rotations) with 0 and 2 DataLoader workers:
+
+- ``lmdb``: ``SpikeLMDBDataset`` as it is: crop and flip the packed bits, unpack, ``lq`` uint8, raw ground truth;
+- ``lmdb-float``: the path the dataset took before (PNG ground truth decoded whole, unpack, flip the frames, ``lq``
+  converted to float32), kept here as a reference;
+- ``npy``: a memory-mapped uint8 ``.npy`` cropped the same way, ``lq`` uint8.
+
+Prints samples/s, the ratios against ``lmdb-float`` and ``npy``, bytes on disk per sample, and a profile-free split of
+one LMDB item. The main process uses ``--threads`` torch threads (1 by default, so 0 workers means one core; each
+DataLoader worker uses one thread anyway). Both formats are read from the page cache after the first pass (warm
+reads), the steady state of a training run whose data fits in memory; cold reads favour the 8x smaller LMDB further.
 
 Example:
-    python scripts/bench_dataset.py --num-samples 6 --size 384 --steps 256 --iters 24
+    python scripts/bench_dataset.py --num-samples 6 --size 384 --steps 256 --iters 48
 """
 import argparse
 import os
@@ -19,10 +27,11 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import cv2
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from despike_basicsr.data import preparation as prep
@@ -56,20 +65,44 @@ class NpyCropDataset(Dataset):
         return make_item(spikes, crop.astype(np.float32) / 255.0, key, lq_len)
 
 
+class LegacyFloatLMDBDataset(SpikeLMDBDataset):
+    """SpikeLMDBDataset's training item as it was built before uint8 items (kept to measure the difference).
+
+    Unpacks the crop first, flips/rotates the unpacked frames, decodes the (PNG) ground truth whole, and hands out
+    ``lq`` as float32.
+    """
+
+    def __getitem__(self, index: int) -> Dict:
+        key = self.keys[index]
+        meta = self.reader.meta(key)
+        length, height, width = meta['T'], meta['H'], meta['W']
+        lq_len = random.randint(*self.temporal_len)
+        t0, t1 = train_window(length, int(meta.get('center', length // 2)), self.temporal_len[1], self.temporal_shift)
+        y0, y1, x0, x1 = random_crop_box(height, width, self.gt_size, key)
+        spikes, gt = self.reader.read_sample(key, t0, t1, y0, y1, x0, x1)
+        flips = draw_augmentation(self.use_flip, self.use_rot)
+        spikes, gt = apply_augmentation(spikes, *flips), apply_augmentation(gt, *flips)
+        item = make_item(spikes, gt.astype(np.float32) / 255.0, key, lq_len)
+        item['lq'] = item['lq'].float()
+        return item
+
+
 def disk_bytes(paths: List[str]) -> int:
     """Bytes the files occupy on disk (allocated blocks, so a sparse LMDB map is not over-counted)."""
     return sum(os.stat(p).st_blocks * 512 for p in paths)
 
 
-def samples_per_second(dataset: Dataset, workers: int, iters: int) -> float:
-    loader = DataLoader(dataset, batch_size=1, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
+def samples_per_second(dataset: Dataset, workers: int, iters: int, batch_size: int = 1) -> float:
+    """Items per second through a DataLoader (default collate) after a short warm-up."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
+                        persistent_workers=workers > 0)
     batches = iter(loader)
-    for _ in range(min(2, len(dataset))):  # warm-up: worker start-up, page cache, LMDB open
+    for _ in range(min(2, len(loader))):  # warm-up: worker start-up, page cache, LMDB open
         next(batches)
     start, count = time.perf_counter(), 0
     while count < iters:
         for _ in batches:
-            count += 1
+            count += batch_size
             if count >= iters:
                 break
         else:
@@ -77,18 +110,30 @@ def samples_per_second(dataset: Dataset, workers: int, iters: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def reads_per_second(dataset: Dataset, iters: int) -> float:
-    """Crops read per second: the storage part alone (LMDB: crop packed bytes + unpack; npy: crop the memory map)."""
-    crop, window = 256 if dataset.gt_size is None else dataset.gt_size, dataset.temporal_len[1]
+def mean_ms(fn: Callable[[], object], iters: int) -> float:
+    """Mean wall time of ``fn()`` in milliseconds (one untimed warm-up call first)."""
+    fn()
     start = time.perf_counter()
-    for i in range(iters):
-        key = dataset.keys[i % len(dataset.keys)]
-        if isinstance(dataset, SpikeLMDBDataset):
-            dataset.reader.read_sample(key, 0, window, 0, crop, 0, crop)
-        else:
-            stream = np.load(osp.join(dataset.folder, f'{key}.npy'), mmap_mode='r')
-            np.ascontiguousarray(stream[0:window, 0:crop, 0:crop])
-    return iters / (time.perf_counter() - start)
+    for _ in range(iters):
+        fn()
+    return (time.perf_counter() - start) / iters * 1e3
+
+
+def item_split(dataset: SpikeLMDBDataset, iters: int) -> Dict[str, float]:
+    """Milliseconds of the parts of one LMDB training item: read (crop packed bits + gt), flip packed, unpack."""
+    key, window = dataset.keys[0], dataset.temporal_len[1]
+    crop = dataset.gt_size
+    packed, _ = dataset.reader.read_packed(key, 0, window, 0, crop, 0, crop)
+    flips = (True, True, True)
+    flipped = packed._replace(planes=apply_augmentation(packed.planes, *flips))
+    read = lambda: dataset.reader.read_packed(key, 0, window, 0, crop, 0, crop)  # noqa: E731
+    return {
+        'read packed crop + raw gt': mean_ms(read, iters),
+        'flip/transpose packed': mean_ms(lambda: apply_augmentation(packed.planes, *flips), iters),
+        'unpack': mean_ms(flipped.unpack, iters),
+        'old: flip/transpose unpacked': mean_ms(lambda: apply_augmentation(packed.unpack(), *flips), iters),
+        'old: lq to float32': mean_ms(lambda: torch.from_numpy(packed.unpack()).float(), iters),
+    }
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -98,23 +143,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--steps', type=int, default=256, help='stored stream length')
     parser.add_argument('--crop', type=int, default=256, help='training crop (gt_size)')
     parser.add_argument('--window', type=int, default=192, help='training window (temporal_len max)')
-    parser.add_argument('--iters', type=int, default=24, help='samples timed per measurement')
+    parser.add_argument('--iters', type=int, default=48, help='samples timed per measurement')
     parser.add_argument('--workers', type=int, nargs='+', default=[0, 2])
+    parser.add_argument('--threads', type=int, default=1, help='torch threads of the main process')
+    parser.add_argument('--batch-size', type=int, default=1, help='DataLoader batch size (collated as in training)')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
     if args.crop > args.size or args.window > args.steps:
         raise ValueError(f'crop {args.crop} / window {args.window} exceed the stored {args.size} px / '
                          f'{args.steps} steps')
+    torch.set_num_threads(args.threads)
 
     random.seed(args.seed)
     work = tempfile.mkdtemp(prefix='bench_dataset_')
     try:
-        lmdb_path, npy_dir = osp.join(work, 'bench.lmdb'), osp.join(work, 'npy')
+        lmdb_path, png_path, npy_dir = (osp.join(work, n) for n in ('bench.lmdb', 'bench_png.lmdb', 'npy'))
         os.makedirs(npy_dir)
         config = prep.SimulationConfig(mode='thinlens', steps=args.steps, sigma_range=(2.0, 2.0), seed=args.seed)
         keys = []
         start = time.perf_counter()
-        with SpikeLMDBWriter(lmdb_path) as writer:
+        with SpikeLMDBWriter(lmdb_path) as writer, SpikeLMDBWriter(png_path, gt_format='png') as png_writer:
             for index in range(args.num_samples):
                 key = f'{index:04d}'
                 intensity, _ = generate_scene(args.size, args.size, prep.sample_seed(args.seed, 'bench', index))
@@ -122,32 +170,39 @@ def main(argv: Optional[List[str]] = None) -> int:
                 packed = prep.simulate_packed(blurred, config, seed=index)
                 gt = prep.to_display_uint8(intensity)
                 writer.add(key, gt, params, packed=packed, length=args.steps)
+                png_writer.add(key, gt, params, packed=packed, length=args.steps)
                 np.save(osp.join(npy_dir, f'{key}.npy'), unpack_time(packed, args.steps))
                 cv2.imwrite(osp.join(npy_dir, f'{key}.png'), gt)
                 keys.append(key)
         print(f'built {args.num_samples} samples of {args.size}x{args.size}x{args.steps} in '
-              f'{time.perf_counter() - start:.1f} s under {work}')
+              f'{time.perf_counter() - start:.1f} s under {work}; torch threads in the main process: {args.threads}')
 
         lmdb_bytes = disk_bytes([osp.join(lmdb_path, n) for n in os.listdir(lmdb_path)]) / args.num_samples
         npy_bytes = disk_bytes([osp.join(npy_dir, n) for n in os.listdir(npy_dir)]) / args.num_samples
         temporal_len = [args.window // 2, args.window]
-        lmdb_set = SpikeLMDBDataset({'dataroot': lmdb_path, 'phase': 'train', 'gt_size': args.crop,
-                                     'temporal_len': temporal_len, 'use_flip': True, 'use_rot': True})
-        npy_set = NpyCropDataset(npy_dir, keys, args.crop, temporal_len)
-        print(f'training item: lq {args.window}x{args.crop}x{args.crop} float32, gt 1x{args.crop}x{args.crop}')
-        print(f'{"format":<8} {"workers":>7} {"samples/s":>10}')
+        train_opt = {'phase': 'train', 'gt_size': args.crop, 'temporal_len': temporal_len, 'use_flip': True,
+                     'use_rot': True}
+        datasets = {
+            'lmdb': SpikeLMDBDataset(dict(train_opt, dataroot=lmdb_path)),
+            'lmdb-float': LegacyFloatLMDBDataset(dict(train_opt, dataroot=png_path)),
+            'npy': NpyCropDataset(npy_dir, keys, args.crop, temporal_len),
+        }
+        print(f'training item: lq {args.window}x{args.crop}x{args.crop} (uint8; lmdb-float: float32), '
+              f'gt 1x{args.crop}x{args.crop} float32, batch size {args.batch_size}')
+        print(f'{"format":<11} {"workers":>7} {"samples/s":>10}')
         rates = {}
         for workers in args.workers:
-            for name, dataset in (('lmdb', lmdb_set), ('npy', npy_set)):
-                rates[name, workers] = samples_per_second(dataset, workers, args.iters)
-                print(f'{name:<8} {workers:>7} {rates[name, workers]:>10.1f}')
-        raw = {name: reads_per_second(dataset, args.iters) for name, dataset in (('lmdb', lmdb_set), ('npy', npy_set))}
-        print(f'crop read only (no augmentation, no float conversion), reads/s: lmdb {raw["lmdb"]:.1f}, '
-              f'npy {raw["npy"]:.1f}, ratio lmdb/npy {raw["lmdb"] / raw["npy"]:.2f}')
+            for name, dataset in datasets.items():
+                rates[name, workers] = samples_per_second(dataset, workers, args.iters, args.batch_size)
+                print(f'{name:<11} {workers:>7} {rates[name, workers]:>10.1f}')
         for workers in args.workers:
-            print(f'speed ratio lmdb/npy, {workers} workers: {rates["lmdb", workers] / rates["npy", workers]:.2f}')
+            lmdb_rate = rates['lmdb', workers]
+            print(f'{workers} workers: lmdb/lmdb-float {lmdb_rate / rates["lmdb-float", workers]:.2f}x, '
+                  f'lmdb/npy {lmdb_rate / rates["npy", workers]:.2f}x')
         print(f'bytes on disk per sample: lmdb {lmdb_bytes / 1e6:.2f} MB, npy {npy_bytes / 1e6:.2f} MB, '
               f'ratio npy/lmdb {npy_bytes / lmdb_bytes:.2f}')
+        print('one lmdb item, ms: ' + ', '.join(f'{part} {ms:.2f}'
+                                                for part, ms in item_split(datasets['lmdb'], args.iters).items()))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -35,7 +35,7 @@ def _sample(seed: int, frames: int = 48) -> dict:
     sharp = (sharp - sharp.min()) / (sharp.max() - sharp.min())
     blurred_linear = ndimage.gaussian_filter(display_to_linear(sharp), 1.5) * 0.9 + 0.05
     spikes = simulate(blurred_linear, frames, threshold=2.0, eta=1.0, seed=seed)
-    return {'lq': torch.from_numpy(spikes).float(), 'gt': torch.from_numpy(sharp).float()[None],
+    return {'lq': torch.from_numpy(spikes.astype(np.uint8)), 'gt': torch.from_numpy(sharp).float()[None],
             'lq_path': f'sample_{seed}', 'gt_path': f'sample_{seed}', 'lq_len': frames}
 
 
@@ -119,7 +119,8 @@ def test_front_end_is_the_classical_reconstruction(kind):
     model = _model(SMALL_NETS['GKMNet'], front_end=front_end)
     batch = _batch()
     model.feed_data(batch)
-    rate = tfp(batch['lq'], window=9) if kind == 'tfp' else tfi(batch['lq'])
+    assert batch['lq'].dtype == torch.uint8  # the datasets' contract
+    rate = tfp(batch['lq'].float(), window=9) if kind == 'tfp' else tfi(batch['lq'].float())
     assert torch.allclose(model.lq, rate_to_display(rate, eta=1.0, threshold=2.0)[:, None])
     assert model.lq.shape == (2, 1) + SIZE
     assert float((model.lq - model.gt).abs().mean()) < 0.3  # the front end already resembles the scene

@@ -67,10 +67,10 @@ def test_train_items_have_contract_shapes(depth_lmdb):
     for index in range(3):
         for _ in range(4):
             item = dataset[index]
-            assert item['lq'].shape == (64, 32, 32) and item['lq'].dtype == torch.float32
+            assert item['lq'].shape == (64, 32, 32) and item['lq'].dtype == torch.uint8  # float inside the network
             assert item['gt'].shape == (1, 32, 32) and item['gt'].dtype == torch.float32
             assert item['gamma'].shape == (1, 32, 32)
-            assert set(torch.unique(item['lq']).tolist()) <= {0.0, 1.0}
+            assert set(torch.unique(item['lq']).tolist()) <= {0, 1}
             assert 0.0 <= float(item['gt'].min()) and float(item['gt'].max()) <= 1.0
             assert item['lq_path'] == item['gt_path'] == f's{index}'
             assert 40 <= item['lq_len'] <= 64
@@ -83,6 +83,7 @@ def test_batches_collate_with_the_default_collate(depth_lmdb):
     loader = DataLoader(SpikeLMDBDataset(_train_opt(depth_lmdb)), batch_size=2, num_workers=0)
     batch = next(iter(loader))
     assert batch['lq'].shape == (2, 64, 32, 32) and batch['gt'].shape == (2, 1, 32, 32)
+    assert batch['lq'].dtype == torch.uint8 and batch['gt'].dtype == torch.float32
     assert batch['lq_len'].shape == (2, )
 
 
@@ -220,6 +221,7 @@ def test_simulated_items_have_contract_shapes(image_folder, sources):
     assert isinstance(dataset, SimulatedSpikeDataset) and dataset.config.mode == sources and len(dataset) == 2
     item = dataset[1]
     assert item['lq'].shape == (64, 32, 32) and item['gt'].shape == (1, 32, 32) and item['gamma'].shape == (1, 32, 32)
+    assert item['lq'].dtype == torch.uint8 and set(torch.unique(item['lq']).tolist()) <= {0, 1}
     assert 40 <= item['lq_len'] <= 64 and item['lq_path'].startswith('0001_')
     val = SimulatedSpikeDataset(_sim_opt(image_folder, phase='val', val_len=24, **extra))[0]
     assert val['lq'].shape == (24, SIZE, SIZE + 8) and val['lq_len'] == 24

@@ -3,6 +3,7 @@ import json
 import os
 import pickle
 
+import lmdb
 import numpy as np
 import pytest
 
@@ -206,3 +207,55 @@ def test_malformed_meta_info_line(small_lmdb):
         f.write('broken 12x13\n')
     with pytest.raises(MetaInfoError, match=r'meta_info.txt line 4: expected "<key> <T>,<H>,<W> <json>"'):
         SpikeLMDBReader(path)
+
+
+def test_ground_truth_is_stored_raw_and_png_lmdbs_still_read(tmp_path):
+    rng = np.random.default_rng(3)
+    spikes, gt = _random_sample(rng, length=20, height=9, width=11)
+    for gt_format in ('raw', 'png'):
+        path = str(tmp_path / f'{gt_format}.lmdb')
+        with SpikeLMDBWriter(path, gt_format=gt_format) as writer:
+            writer.add('a', gt, {}, spikes=spikes)
+        reader = SpikeLMDBReader(path)
+        with reader._txn() as txn:
+            stored = txn.get(b'a/gt')
+        assert (stored == gt.tobytes()) == (gt_format == 'raw')
+        assert stored.startswith(b'\x89PNG') == (gt_format == 'png')
+        got_spikes, got_gt = reader.read_sample('a', 3, 17, 2, 7, 1, 10)
+        np.testing.assert_array_equal(got_spikes, spikes[3:17, 2:7, 1:10])
+        np.testing.assert_array_equal(got_gt, gt[2:7, 1:10])
+    with pytest.raises(ValueError, match=r"gt_format must be one of \('raw', 'png'\), got 'jpg'"):
+        SpikeLMDBWriter(str(tmp_path / 'j.lmdb'), gt_format='jpg')
+
+
+def test_raw_ground_truth_that_looks_like_a_png_is_stored_as_png(tmp_path):
+    spikes, gt = _random_sample(np.random.default_rng(4), length=8, height=4, width=4)
+    gt.reshape(-1)[:8] = np.frombuffer(b'\x89PNG\r\n\x1a\n', np.uint8)
+    with SpikeLMDBWriter(str(tmp_path / 'sig.lmdb')) as writer:
+        writer.add('a', gt, {}, spikes=spikes)
+    np.testing.assert_array_equal(SpikeLMDBReader(str(tmp_path / 'sig.lmdb')).read_sample('a')[1], gt)
+
+
+def test_packed_window_unpacks_to_the_crop_and_commutes_with_flips(small_lmdb):
+    path, samples = small_lmdb
+    reader = SpikeLMDBReader(path)
+    spikes, gt = samples['s2']  # 39 frames: the window starts and ends inside byte planes
+    window, gt_crop = reader.read_packed('s2', 11, 30, 1, 12, 2, 15)
+    assert window.planes.shape == (3, 11, 13) and window.planes.dtype == np.uint8  # planes 1..3 only
+    np.testing.assert_array_equal(window.unpack(), spikes[11:30, 1:12, 2:15])
+    np.testing.assert_array_equal(gt_crop, gt[1:12, 2:15])
+    flipped = window._replace(planes=np.ascontiguousarray(np.swapaxes(window.planes[:, ::-1], -1, -2)))
+    np.testing.assert_array_equal(flipped.unpack(), np.swapaxes(spikes[11:30, 1:12, 2:15][:, ::-1], -1, -2))
+
+
+def test_undecodable_ground_truth_names_the_key(tmp_path):
+    spikes, gt = _random_sample(np.random.default_rng(5), length=8, height=4, width=4)
+    path = str(tmp_path / 'bad.lmdb')
+    with SpikeLMDBWriter(path) as writer:
+        writer.add('a', gt, {}, spikes=spikes)
+    env = lmdb.open(path)
+    with env.begin(write=True) as txn:
+        txn.put(b'a/gt', b'short')
+    env.close()
+    with pytest.raises(MetaInfoError, match=r"key 'a' says H,W = 4,4 but the stored a/gt has 5 bytes, neither raw"):
+        SpikeLMDBReader(path).read_sample('a')

@@ -29,9 +29,9 @@ class TinySpikeDataset(Dataset):
         for index in range(count):
             sharp = (0.2 + 0.6 * ((xx * (3 + index) + yy * 2) % 1 > 0.5).float())[None]
             length = lengths[index % len(lengths)]
-            stream = torch.zeros(MAX_LEN, SIZE, SIZE)
+            stream = torch.zeros(MAX_LEN, SIZE, SIZE, dtype=torch.uint8)  # the datasets' contract: uint8 0/1 spikes
             start = MAX_LEN // 2 - length // 2
-            stream[start:start + length] = (torch.rand(length, SIZE, SIZE, generator=generator) < sharp * 0.5).float()
+            stream[start:start + length] = (torch.rand(length, SIZE, SIZE, generator=generator) < sharp * 0.5)
             item = {
                 'lq': stream,
                 'gt': sharp,
@@ -171,6 +171,20 @@ def test_feed_data_crops_the_batch_and_keeps_gamma(tmp_path):
     assert model.lq[0].sum() > 0 and model.gamma.shape == (2, 1, SIZE, SIZE)
     model.feed_data({k: v for k, v in batch.items() if k != 'gamma'})
     assert model.gamma is None
+
+
+def test_uint8_spikes_train_and_test_as_their_float_copy(tmp_path):
+    batch = train_batch()
+    assert batch['lq'].dtype == torch.uint8
+    results = []
+    for spikes in (batch['lq'], batch['lq'].float()):
+        model = make_model(tmp_path, lpips_opt=None)
+        model.feed_data(dict(batch, lq=spikes))
+        model.optimize_parameters(1)
+        model.test()
+        results.append((model.get_current_log(), model.output))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    torch.testing.assert_close(results[0][1], results[1][1])
 
 
 def test_optimize_parameters_logs_each_term_and_learns(tmp_path):
