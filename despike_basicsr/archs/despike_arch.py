@@ -21,7 +21,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from despike_basicsr.archs.despike_blocks import (CandidateAttentionFusion, ConcatConvFusion, LearnedKernelBank,
-                                                  PhysicalKernelBank, ResBlock, pad_to_multiple, upsample_to)
+                                                  PhysicalKernelBank, ResBlock, pad_to_multiple, psf_candidates,
+                                                  upsample_to)
 
 PAPER_WINDOWS = (64, 96, 128, 160, 192)
 
@@ -82,17 +83,41 @@ def normalise_spike_count(potential: Tensor, bounds: Sequence[Tuple[int, int]]) 
     return potential / lengths[None, :, None, None]
 
 
-def psf_candidates(feat: Tensor, bank: nn.Module) -> Tensor:
-    """Physical discrete PSF prior: D_{i,j} = k_j * F_i for every kernel k_j of the bank (depthwise).
+def exposure_level(rates: Tensor, floor: float = 1e-4) -> Tensor:
+    """The stream's exposure ℓ = mean_{x,y} r(x, y), a robust statistic of the firing rate r of the longest window.
+
+    A pixel's rate is r = η·g·I/θ: the scene's light and the camera's η, θ are unknown to the network and only scale
+    r. Dividing every rate by ℓ removes that scale (ℓ is homogeneous of degree one: ℓ(c·r) = c·ℓ(r)); the mean of
+    all pixels is the statistic least disturbed by shot noise and spike quantisation at low light.
 
     Args:
-        feat: ``(B, C, H, W)`` features F_i (at any spatial scale).
-        bank: :class:`PhysicalKernelBank` (Gaussian-initialised, shared over channels) or its ablation.
+        rates: ``(B, H, W)`` or ``(B, 1, H, W)`` firing rates.
+        floor: Smallest level returned (a stream without spikes would divide by zero).
 
     Returns:
-        ``(B, m, C, H, W)`` candidates, one per defocus level.
+        ``(B, 1, 1, 1)`` levels ℓ.
     """
-    return bank(feat)
+    return rates.reshape(rates.shape[0], -1).mean(1).clamp_min(floor)[:, None, None, None]
+
+
+def display_scale(level: Tensor, reference_rate: float, display_gamma: float) -> Tensor:
+    """Scale back to the stream's brightness: out = y · (ℓ / ρ_ref)^(1/γ).
+
+    The network reconstructs y from exposure-normalised rates r / ℓ. A display-referred image of linear intensity
+    I is I^(1/γ), so a scene c times brighter is c^(1/γ) times brighter on the display; multiplying y by
+    (ℓ / ρ_ref)^(1/γ) gives the image as the reference camera (ρ_ref spikes per step per unit intensity, η/θ = 1/2 for
+    θ = 2, η = 1) would display it. The same scene at c times less light therefore gives the same image up to the
+    display scale c^(−1/γ).
+
+    Args:
+        level: ``(B, 1, 1, 1)`` exposure levels ℓ from :func:`exposure_level`.
+        reference_rate: ρ_ref.
+        display_gamma: γ of the display-referred ground truth.
+
+    Returns:
+        ``(B, 1, 1, 1)`` factors.
+    """
+    return (level / reference_rate).pow(1.0 / display_gamma)
 
 
 class RefinementLevel(nn.Module):
@@ -106,10 +131,12 @@ class RefinementLevel(nn.Module):
         transformer_fusion: Attention fusion T (True) or the plain concat + conv ablation (False).
         num_heads: Attention heads.
         region_size: Attention token size in pixels (1 = per pixel).
+        unshuffle: Space-to-depth factor u of the features: the head predicts u² channels that a pixel shuffle puts
+            back on a u-times finer grid.
     """
 
     def __init__(self, num_feat: int, num_kernels: int, num_blocks: int, first: bool, transformer_fusion: bool,
-                 num_heads: int, region_size: int) -> None:
+                 num_heads: int, region_size: int, unshuffle: int = 1) -> None:
         super().__init__()
         self.first = first
         if not first:
@@ -120,11 +147,11 @@ class RefinementLevel(nn.Module):
         else:
             self.fusion = ConcatConvFusion(num_feat, num_kernels)
         self.body = nn.Sequential(*[ResBlock(num_feat) for _ in range(num_blocks)])
-        self.head = nn.Conv2d(num_feat, 1, 3, padding=1)
+        self.head = nn.Sequential(nn.Conv2d(num_feat, unshuffle**2, 3, padding=1), nn.PixelShuffle(unshuffle))
 
     def forward(self,
                 feat: Tensor,
-                candidates: Tensor,
+                bank: nn.Module,
                 prev_feat: Optional[Tensor] = None,
                 prev_img: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """Rec_j = M(T(F), Rec_{j−1}↑ ⊗ ∪_p k_p * F).
@@ -135,24 +162,24 @@ class RefinementLevel(nn.Module):
 
         Args:
             feat: ``(B, C, h, w)`` features F at this level.
-            candidates: ``(B, m, C, h, w)`` = ∪_p k_p * F.
+            bank: The PSF kernel bank giving the candidates ∪_p k_p * F (:func:`psf_candidates`).
             prev_feat: Reconstruction features of the coarser level (``None`` at the coarsest).
             prev_img: Image of the coarser level (``None`` at the coarsest).
 
         Returns:
-            ``(features, image)`` of this level, ``(B, C, h, w)`` and ``(B, 1, h, w)``.
+            ``(features, image)`` of this level, ``(B, C, h, w)`` and ``(B, 1, u·h, u·w)``.
         """
         size = feat.shape[-2:]
         if self.first:
-            rec = self.fusion(feat, candidates)
+            rec = self.fusion(feat, feat, bank)
         else:
             prev_up = upsample_to(prev_feat, size)
             query = self.query_merge(torch.cat([feat, prev_up], dim=1))
-            rec = self.merge(torch.cat([self.fusion(query, candidates), prev_up], dim=1))
+            rec = self.merge(torch.cat([self.fusion(query, feat, bank), prev_up], dim=1))
         rec = self.body(rec)
         img = self.head(rec)
         if prev_img is not None:
-            img = img + upsample_to(prev_img, size)
+            img = img + upsample_to(prev_img, img.shape[-2:])
         return rec, img
 
 
@@ -166,11 +193,20 @@ class DeSpikeNet(nn.Module):
         windows: Integration window lengths |T_i| (frames), centred on the target frame ``T // 2``.
         num_kernels: m, kernels in the PSF bank.
         kernel_size: Odd side length of every kernel.
-        sigma_range: (σ_min, σ_max) of the Gaussian initialisation, in pixels.
+        sigma_range: (σ_min, σ_max) of the Gaussian initialisation, in pixels of the feature grid (``unshuffle``
+            times the image's pixels).
         num_scales: Spatial refinement levels (3 in the paper).
         num_blocks: Residual blocks per refinement level.
         num_heads: Attention heads (must divide ``num_feat``).
         region_size: Attention token size in pixels (1 = per-pixel tokens).
+        unshuffle: Space-to-depth factor u: the rates enter as u² channels on a grid u times coarser (pixel
+            unshuffle) and every level's image leaves through a pixel shuffle, so no information is lost and the
+            finest level costs 1/u² of a full-resolution pass (1 = features at full resolution).
+        exposure_norm: Divide the rates by the stream's exposure level and scale the image back
+            (:func:`exposure_level`, :func:`display_scale`), so the output does not depend on the unknown light level
+            and camera sensitivity beyond its display scale. False feeds the rates as they are.
+        reference_rate: ρ_ref, firing rate per unit intensity of the camera whose display scale the output uses.
+        display_gamma: γ of the display-referred ground truth.
         multi_temporal: False keeps one window (``single_window``) — the "w/o multi-temporal scale" ablation.
         single_window: The window kept when ``multi_temporal`` is False; default the largest of ``windows``.
         multi_spatial: False uses one full-resolution level — the "w/o multi-spatial scale" ablation.
@@ -190,6 +226,10 @@ class DeSpikeNet(nn.Module):
                  num_blocks: int = 2,
                  num_heads: int = 2,
                  region_size: int = 1,
+                 unshuffle: int = 2,
+                 exposure_norm: bool = True,
+                 reference_rate: float = 0.5,
+                 display_gamma: float = 2.2,
                  multi_temporal: bool = True,
                  single_window: Optional[int] = None,
                  multi_spatial: bool = True,
@@ -202,12 +242,22 @@ class DeSpikeNet(nn.Module):
             raise ValueError(f'windows must be a non-empty list of positive frame counts, got {windows}')
         if num_scales < 1:
             raise ValueError(f'num_scales must be >= 1, got {num_scales}')
+        if unshuffle < 1:
+            raise ValueError(f'unshuffle must be >= 1, got {unshuffle}')
+        if reference_rate <= 0 or display_gamma <= 0:
+            raise ValueError(
+                f'reference_rate and display_gamma must be positive, got {reference_rate}, {display_gamma}')
         self.min_stream_len = min(windows)
         self.windows = sorted(windows) if multi_temporal else [int(single_window or max(windows))]
         self.num_scales = num_scales if multi_spatial else 1
         self.fpn_compensation = fpn_compensation
+        self.unshuffle = unshuffle
+        self.exposure_norm = exposure_norm
+        self.reference_rate = float(reference_rate)
+        self.display_gamma = float(display_gamma)
 
-        self.lift = nn.Sequential(nn.Conv2d(1, num_feat, 3, padding=1), ResBlock(num_feat))
+        self.lift = nn.Sequential(
+            nn.PixelUnshuffle(unshuffle), nn.Conv2d(unshuffle**2, num_feat, 3, padding=1), ResBlock(num_feat))
         if len(self.windows) > 1:
             self.temporal_merge = nn.Conv2d(2 * num_feat, num_feat, 1)
         if physical_kernels:
@@ -215,8 +265,8 @@ class DeSpikeNet(nn.Module):
         else:
             self.bank = LearnedKernelBank(num_feat, num_kernels, kernel_size)
         self.levels = nn.ModuleList([
-            RefinementLevel(num_feat, num_kernels, num_blocks, s == 0, transformer_fusion, num_heads, region_size)
-            for s in range(self.num_scales)
+            RefinementLevel(num_feat, num_kernels, num_blocks, s == 0, transformer_fusion, num_heads, region_size,
+                            unshuffle) for s in range(self.num_scales)
         ])
 
     @property
@@ -224,9 +274,21 @@ class DeSpikeNet(nn.Module):
         """Frames around the target that the network reads (the longest window); more are ignored."""
         return max(self.windows)
 
+    @property
+    def size_multiple(self) -> int:
+        """Inputs are padded internally to a multiple of this (tiles of such a size avoid the padding)."""
+        return self.unshuffle * 2**(self.num_scales - 1)
+
     def window_bounds(self, length: int) -> List[Tuple[int, int]]:
         """The ``[start, end)`` frames each temporal scale integrates, for a stream of ``length`` steps."""
         return centred_window_bounds(length, self.windows)
+
+    def stream_exposure(self, spikes: Tensor, gamma: Optional[Tensor] = None) -> Tensor:
+        """``(B, 1, 1, 1)`` exposure levels ℓ of a stream (its longest window): pass them to :meth:`forward` when a
+        frame is reconstructed tile by tile, so that every tile uses the level of the whole frame."""
+        bounds = self.window_bounds(spikes.shape[1])[-1:]
+        gamma = gamma.to(spikes.device).float() if (gamma is not None and self.fpn_compensation) else None
+        return exposure_level(normalise_spike_count(integrate_windows(spikes, bounds, gamma), bounds))
 
     def _check_inputs(self, spikes: Tensor, gamma: Optional[Tensor]) -> None:
         if spikes.dim() != 4:
@@ -244,13 +306,16 @@ class DeSpikeNet(nn.Module):
     def forward(self,
                 spikes: Tensor,
                 gamma: Optional[Tensor] = None,
-                return_intermediates: bool = False) -> Union[Tensor, Tuple[Tensor, List[List[Tensor]]]]:
+                return_intermediates: bool = False,
+                exposure: Optional[Tensor] = None) -> Union[Tensor, Tuple[Tensor, List[List[Tensor]]]]:
         """Reconstruct the frame at ``T // 2``.
 
         Args:
-            spikes: ``(B, T, H, W)`` 0/1 stream (float, uint8 or bool).
+            spikes: ``(B, T, H, W)`` 0/1 stream (uint8, bool or float; converted here, on the stream's device).
             gamma: ``(B or 1, 1, H, W)`` FPN factor, or ``None`` (identity).
             return_intermediates: Also return ``grid[i][s]``.
+            exposure: ``(B, 1, 1, 1)`` exposure levels ℓ to use instead of this input's own
+                (:meth:`stream_exposure` of the whole frame when ``spikes`` is one tile of it).
 
         Returns:
             ``(B, 1, H, W)`` image, or ``(image, grid)`` with ``grid[i][s]`` shaped ``(B, 1, ⌈H/2^(S−1−s)⌉,
@@ -261,11 +326,16 @@ class DeSpikeNet(nn.Module):
         bounds = self.window_bounds(length)
         gamma = gamma.to(spikes.device).float() if (gamma is not None and self.fpn_compensation) else None
         rates = normalise_spike_count(integrate_windows(spikes, bounds, gamma), bounds)
-        rates = pad_to_multiple(rates, 2**(self.num_scales - 1))
+        scale = None
+        if self.exposure_norm:
+            level = exposure_level(rates[:, -1]) if exposure is None else exposure.reshape(-1, 1, 1, 1).to(rates)
+            rates = rates / level
+            scale = display_scale(level, self.reference_rate, self.display_gamma)
+        rates = pad_to_multiple(rates, self.size_multiple)
 
         num_windows = len(bounds)
         lifted = self.lift(rates.reshape(b * num_windows, 1, *rates.shape[-2:]))
-        lifted = lifted.reshape(b, num_windows, -1, *rates.shape[-2:])
+        lifted = lifted.reshape(b, num_windows, -1, *lifted.shape[-2:])
         grid, hidden = [], None
         for i in range(num_windows):
             feat = lifted[:, i]
@@ -275,10 +345,11 @@ class DeSpikeNet(nn.Module):
             for _ in range(self.num_scales - 1):
                 pyramid.insert(0, F.avg_pool2d(pyramid[0], 2))
             rec, img, row = None, None, []
-            for s, level in enumerate(self.levels):
-                rec, img = level(pyramid[s], psf_candidates(pyramid[s], self.bank), rec, img)
+            for s, level_net in enumerate(self.levels):
+                rec, img = level_net(pyramid[s], self.bank, rec, img)
                 factor = 2**(self.num_scales - 1 - s)
-                row.append(img[..., :-(-h // factor), :-(-w // factor)])
+                out = img[..., :-(-h // factor), :-(-w // factor)]
+                row.append(out if scale is None else out * scale)
             grid.append(row)
             hidden = rec
         final = grid[-1][-1]

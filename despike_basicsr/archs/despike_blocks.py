@@ -169,6 +169,22 @@ class LearnedKernelBank(nn.Module):
         return self.conv(feat).reshape(b, c, self.num_kernels, h, w).transpose(1, 2)
 
 
+def psf_candidates(feat: Tensor, bank: nn.Module) -> Tensor:
+    """Physical discrete PSF prior: D_{i,j} = k_j * F_i for every kernel k_j of the bank (depthwise).
+
+    The fusion modules call it on the features, or on their key/value projections, which is the
+    same up to the projection (:class:`CandidateAttentionFusion`).
+
+    Args:
+        feat: ``(B, C, H, W)`` features F_i (at any spatial scale).
+        bank: :class:`PhysicalKernelBank` (Gaussian-initialised, shared over channels) or its ablation.
+
+    Returns:
+        ``(B, m, C, H, W)`` candidates, one per defocus level.
+    """
+    return bank(feat)
+
+
 def candidate_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: int) -> Tensor:
     """Per-token softmax attention across the m candidates: A_j = softmax_j(q·k_j / √d), out = Σ_j A_j v_j.
 
@@ -199,8 +215,12 @@ def candidate_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: 
 
 
 class CandidateAttentionFusion(nn.Module):
-    """Transformer-style fusion of m candidates: pre-norm cross-attention (query = features, keys/values =
-    candidates) with a residual, then a pre-norm feed-forward block with a residual.
+    """Transformer-style fusion of m candidates: pre-norm cross-attention (query = features, keys/values = the m
+    defocus candidates) with a residual, then a pre-norm feed-forward block with a residual.
+
+    The candidates are formed in key/value space: a 1×1 projection commutes with a depthwise spatial kernel,
+    W·(k_j * F) = k_j * (W·F), so the bank blurs the projected keys and values K = W_k·LN(F), V = W_v·LN(F) (2C
+    channels) instead of projecting m blurred copies of F (2m 1×1 convolutions and m LayerNorms over C channels).
 
     Args:
         channels: Number of feature channels C.
@@ -218,8 +238,7 @@ class CandidateAttentionFusion(nn.Module):
         self.norm_q = LayerNorm2d(channels)
         self.norm_kv = LayerNorm2d(channels)
         self.to_q = nn.Conv2d(channels, channels, 1)
-        self.to_k = nn.Conv2d(channels, channels, 1)
-        self.to_v = nn.Conv2d(channels, channels, 1)
+        self.to_kv = nn.Conv2d(channels, 2 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
         self.norm_ffn = LayerNorm2d(channels)
         self.ffn = nn.Sequential(
@@ -230,12 +249,13 @@ class CandidateAttentionFusion(nn.Module):
             return x
         return F.avg_pool2d(x, self.region_size, ceil_mode=True)
 
-    def forward(self, query: Tensor, candidates: Tensor) -> Tensor:
-        """``query`` ``(B, C, H, W)``, ``candidates`` ``(B, m, C, H, W)`` → ``(B, C, H, W)``."""
-        b, m, c, h, w = candidates.shape
-        flat = self.norm_kv(candidates.reshape(b * m, c, h, w))
-        keys = self._tokens(self.to_k(flat))
-        values = self.to_v(flat).reshape(b, m, c, h, w)
+    def forward(self, query: Tensor, feat: Tensor, bank: nn.Module) -> Tensor:
+        """``query`` and ``feat`` ``(B, C, H, W)``, ``bank`` the PSF kernel bank → ``(B, C, H, W)``."""
+        b, c, h, w = feat.shape
+        keys, values = self.to_kv(self.norm_kv(feat)).chunk(2, dim=1)
+        keys, values = psf_candidates(keys, bank), psf_candidates(values, bank)  # (B, m, C, H, W): k_j * K, k_j * V
+        m = keys.shape[1]
+        keys = self._tokens(keys.reshape(b * m, c, h, w))
         q = self._tokens(self.to_q(self.norm_q(query)))
         fused = query + self.proj(
             candidate_attention(q, keys.reshape(b, m, c, *keys.shape[-2:]), values, self.num_heads))
@@ -243,7 +263,8 @@ class CandidateAttentionFusion(nn.Module):
 
 
 class ConcatConvFusion(nn.Module):
-    """Ablation of :class:`CandidateAttentionFusion`: concatenate the query and the m candidates, then a 1×1 conv.
+    """Ablation of :class:`CandidateAttentionFusion`: concatenate the query and the m candidates k_j * F, then a
+    1×1 conv.
 
     Args:
         channels: Number of feature channels C.
@@ -254,7 +275,8 @@ class ConcatConvFusion(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels * (num_kernels + 1), channels, 1)
 
-    def forward(self, query: Tensor, candidates: Tensor) -> Tensor:
+    def forward(self, query: Tensor, feat: Tensor, bank: nn.Module) -> Tensor:
+        candidates = psf_candidates(feat, bank)
         b, m, c, h, w = candidates.shape
         return query + self.conv(torch.cat([query, candidates.reshape(b, m * c, h, w)], dim=1))
 
