@@ -135,7 +135,8 @@ def _check_windows_fit(where: str, network_opt: Dict[str, Any], dataset_opt: Dic
     smallest = min(windows)
     lengths = []
     if dataset_opt.get('temporal_len'):
-        lengths.append(('temporal_len', min(dataset_opt['temporal_len'])))
+        temporal_len = dataset_opt['temporal_len']
+        lengths.append(('temporal_len', min(temporal_len) if isinstance(temporal_len, (list, tuple)) else temporal_len))
     if dataset_opt.get('val_len'):
         lengths.append(('val_len', dataset_opt['val_len']))
     for key, length in lengths:

@@ -204,3 +204,37 @@ def generate_scene(height: int, width: int, seed: int, config: SceneConfig = Non
     intensity = np.power(np.clip(display, 0.0, 1.0), DISPLAY_GAMMA) * brightness
     intensity = np.clip(intensity, MIN_INTENSITY, 1.0).astype(np.float32)
     return intensity, depth.astype(np.float32)
+
+
+def synthetic_depth_map(height: int, width: int, rng: np.random.Generator, depth_range: Tuple[float, float] = (1.0, 8.0),
+                        max_objects: int = 3) -> np.ndarray:
+    """A plausible random depth map for a natural photograph that has none (meters).
+
+    A ground-plane ramp (depth growing towards the top of the frame, at a random tilt) plus low-frequency noise gives
+    smooth depth variation; up to ``max_objects`` elliptic objects at their own nearer depth give occlusion edges.
+    Depth is log-spaced over ``depth_range``, as distances in real scenes are.
+
+    Args:
+        height: Rows.
+        width: Columns.
+        rng: Random generator (the map is a deterministic function of its state).
+        depth_range: Nearest and farthest depth in meters.
+        max_objects: Largest number of foreground objects.
+
+    Returns:
+        ``(height, width)`` float32 depth in meters.
+    """
+    near, far = depth_range
+    if not 0 < near < far:
+        raise ValueError(f'synthetic_depth_map: need 0 < near < far, got {depth_range}')
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle = rng.uniform(-0.6, 0.6)
+    ramp = (np.cos(angle) * (height - 1 - yy) / max(height - 1, 1) + np.sin(angle) * (xx / max(width - 1, 1) - 0.5))
+    position = rng.uniform(0.3, 1.0) * ramp + rng.uniform(0.2, 0.7) * _smooth_noise(rng, height, width, octaves=2)
+    position = (position - position.min()) / max(float(np.ptp(position)), 1e-6)
+    for _ in range(int(rng.integers(0, max_objects + 1))):
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        ry, rx = rng.uniform(0.1, 0.4) * height, rng.uniform(0.1, 0.4) * width
+        inside = ((yy - cy) / ry)**2 + ((xx - cx) / rx)**2 <= 1.0
+        position[inside] = np.minimum(position[inside], rng.uniform(0.0, 0.5))
+    return (near * (far / near)**position).astype(np.float32)

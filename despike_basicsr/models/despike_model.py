@@ -64,11 +64,29 @@ class DeSpikeModel(SpikeSRModel):
         return value
 
     def feed_data(self, data: Dict[str, Any]) -> None:
-        """``lq`` ``(B, T, H, W)`` cropped to the centre ``min(lq_len)`` frames; ``gt`` and ``gamma`` when given."""
+        """``lq`` ``(B, T, H, W)`` cropped to the centre ``min(lq_len)`` frames; ``gt``, ``gamma`` and
+        ``rate_per_unit`` (the simulated exposure, see :meth:`exposure_correction`) when given."""
         self.lq = crop_center_frames(data['lq'], data.get('lq_len')).to(self.device)
         self.gamma = data['gamma'].to(self.device) if data.get('gamma') is not None else None
         if 'gt' in data:
             self.gt = data['gt'].to(self.device)
+        rate = data.get('rate_per_unit')
+        self.rate_per_unit = None if rate is None else torch.as_tensor(rate, dtype=torch.float32, device=self.device)
+
+    def exposure_correction(self) -> Optional[Tensor]:
+        """``(B, 1, 1, 1)`` factors e^(−1/γ) that bring an output to the ground truth's display scale, or ``None``.
+
+        A simulated item fired at ``rate_per_unit`` spikes per step per unit intensity; relative to the network's
+        reference camera its exposure is e = rate_per_unit / ρ_ref, and the network (which cannot know e) shows the
+        scene e^(1/γ) times brighter than the ground truth, as that camera would. Losses and validation compare
+        output·e^(−1/γ) with the ground truth. Items without ``rate_per_unit`` (LMDB data of the reference camera) and
+        networks without an exposure model need no correction.
+        """
+        net = self.get_bare_model(self.net_g)
+        if self.rate_per_unit is None or not getattr(net, 'exposure_norm', False):
+            return None
+        exposure = self.rate_per_unit.reshape(-1, 1, 1, 1) / net.reference_rate
+        return exposure.pow(-1.0 / net.display_gamma)
 
     def _aux_loss(self, criterion: torch.nn.Module, scales: str, grid: List[List[Tensor]]) -> Tensor:
         """A loss on the final image, or summed over every spatial scale of the last temporal scale."""
@@ -84,6 +102,10 @@ class DeSpikeModel(SpikeSRModel):
     def optimize_parameters(self, current_iter: int) -> None:
         self.optimizer_g.zero_grad()
         self.output, grid = self.net_g(self.lq, self.gamma, return_intermediates=True)
+        correction = self.exposure_correction()
+        if correction is not None:
+            self.output = self.output * correction
+            grid = [[image * correction for image in row] for row in grid]
 
         loss_dict = OrderedDict()
         if self.cri_grid is not None:
@@ -97,3 +119,6 @@ class DeSpikeModel(SpikeSRModel):
     def test(self) -> None:
         """Reconstruct ``self.lq`` with :meth:`evaluation_network` (restored to its mode after)."""
         self.output = self.evaluate(lambda net: net(self.lq, getattr(self, 'gamma', None)))
+        correction = self.exposure_correction() if hasattr(self, 'rate_per_unit') else None
+        if correction is not None:
+            self.output = self.output * correction

@@ -405,3 +405,30 @@ def simulate(intensity: Intensity,
     rng = np.random.default_rng(seed)
     return _simulate_numpy(intensity, steps, threshold, eta, gain, dark, shot_noise, rng, packed, chunk_steps,
                            initial_potential, progress)
+
+
+def light_for_mean_rate(intensity: np.ndarray, mean_rate: float, threshold: float = 2.0, eta: float = 1.0,
+                        max_rate: float = 0.95, percentile: float = 99.5) -> float:
+    """The light level L that makes a scene fire at ``mean_rate`` spikes per step on average.
+
+    The rate of a pixel of linear intensity I under light L is η·L·I/θ, so ``L = mean_rate·θ / (η·mean(I))``. L is
+    lowered where that would drive the ``percentile`` brightest pixels above ``max_rate`` (a real exposure keeps
+    highlights below saturation), so the realised mean rate can fall short of ``mean_rate`` in high-contrast scenes.
+
+    Args:
+        intensity: ``(H, W)`` linear intensity (the defocused scene).
+        mean_rate: Wanted mean firing rate per step, in (0, 1).
+        threshold: θ.
+        eta: η.
+        max_rate: Rate the bright pixels may reach.
+        percentile: Which pixels count as the bright ones.
+
+    Returns:
+        The light factor L (multiply the intensity by it before :func:`simulate`).
+    """
+    if not 0 < mean_rate < 1:
+        raise ValueError(f'light_for_mean_rate: mean_rate must lie in (0, 1), got {mean_rate}')
+    image = np.asarray(intensity, dtype=np.float64)
+    mean = max(float(image.mean()), 1e-6)
+    bright = max(float(np.percentile(image, percentile)), mean)
+    return min(mean_rate * threshold / (eta * mean), max_rate * threshold / (eta * bright))

@@ -1,0 +1,201 @@
+"""NaturalSpikeDataset: defocused spike streams from natural photographs, with a new camera at every draw.
+
+Training for data nobody tuned for: every draw picks a crop of a natural photograph and either its real lens-defocused
+twin (DPDD ``source``) or a thin-lens rendering of its sharp version over a random depth map (spatially varying blur),
+then simulates a spike camera whose light level, threshold θ, conversion η, fixed-pattern gain spread, dark current and
+shot noise are all drawn from ranges that cover real cameras (docs/data.md lists the defaults). Evaluation items are
+deterministic per (``seed``, index) at one fixed light level and sensor.
+
+Every item also carries ``rate_per_unit`` = η·L/θ, the spikes per step that a unit linear intensity fires at the
+drawn light L; the model uses it to compare the reconstruction with the ground truth at the right display scale
+(docs/despike.md, "Exposure").
+"""
+import math
+import random
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from basicsr.utils.registry import DATASET_REGISTRY
+from torch.utils import data
+
+from despike_basicsr.data.preparation import (dpdd_pairs, fit_thin_lens, list_images, read_linear_intensity,
+                                              sample_seed, to_display_uint8)
+from despike_basicsr.data.scenes import synthetic_depth_map
+from despike_basicsr.data.spike_lmdb_dataset import apply_augmentation, draw_augmentation, make_item, random_crop_box
+from despike_basicsr.spike import camera, optics
+
+#: Default sensor ranges (training draws); every one is an option of the same name.
+DEFAULT_RANGES: Dict[str, Tuple[float, float]] = {
+    'rate_range': (0.02, 0.6),  # mean firing rate per step (log-uniform): dim indoor to bright outdoor
+    'threshold_range': (1.0, 4.0),  # θ
+    'eta_range': (0.5, 1.0),  # η
+    'gain_std_range': (0.0, 0.08),  # fixed-pattern gain spread (real cameras: about 0.05-0.06)
+    'dark_rate_range': (0.0, 0.005),  # dark-current spikes per step
+    'electrons_range': (200.0, 2000.0),  # photo-electrons per unit potential (log-uniform; fewer = more shot noise)
+    'sigma_far_range': (1.5, 5.0),  # blur σ (px) at the far end of a synthetic depth map
+    'sigma_near_range': (0.0, 1.0),  # blur σ (px) at the near end
+}
+#: The one sensor of evaluation items (and of ``phase: val``): a first-generation camera at a mid light level.
+DEFAULT_EVAL_SENSOR: Dict[str, float] = {
+    'mean_rate': 0.15, 'threshold': 2.0, 'eta': 1.0, 'gain_std': 0.05, 'dark_rate': 0.0, 'electrons': 500.0
+}
+SOURCES = ('dpdd', 'depth')
+
+
+def _uniform(rng: np.random.Generator, bounds: Sequence[float], log: bool = False) -> float:
+    lo, hi = float(bounds[0]), float(bounds[1])
+    if log and lo > 0:
+        return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+    return float(rng.uniform(lo, hi))
+
+
+def draw_sensor(rng: np.random.Generator, ranges: Dict[str, Sequence[float]]) -> Dict[str, float]:
+    """One random camera and light level from ``ranges`` (keys of :data:`DEFAULT_RANGES`)."""
+    return {
+        'mean_rate': _uniform(rng, ranges['rate_range'], log=True),
+        'threshold': _uniform(rng, ranges['threshold_range']),
+        'eta': _uniform(rng, ranges['eta_range']),
+        'gain_std': _uniform(rng, ranges['gain_std_range']),
+        'dark_rate': _uniform(rng, ranges['dark_rate_range']),
+        'electrons': _uniform(rng, ranges['electrons_range'], log=True),
+    }
+
+
+def simulate_sensor(intensity: np.ndarray, sensor: Dict[str, float], steps: int,
+                    seed: int) -> Tuple[np.ndarray, np.ndarray, float]:
+    """Spikes of a static defocused scene seen by ``sensor`` (:func:`draw_sensor`'s keys).
+
+    Returns:
+        ``(spikes (T, H, W) uint8, gain (H, W), rate_per_unit)``, ``rate_per_unit`` = η·L/θ.
+    """
+    threshold, eta = sensor['threshold'], sensor['eta']
+    light = camera.light_for_mean_rate(intensity, sensor['mean_rate'], threshold, eta)
+    dark_potential = sensor['dark_rate'] * threshold
+    gain, dark = camera.sample_fpn(intensity.shape, sensor['gain_std'], dark_potential, 0.5 * dark_potential,
+                                   seed=seed + 1)
+    spikes = camera.simulate((intensity * light).astype(np.float32), steps, threshold=threshold, eta=eta, gain=gain,
+                             dark=dark, shot_noise=sensor['electrons'], seed=seed)
+    return spikes, gain, eta * light / threshold
+
+
+@DATASET_REGISTRY.register()
+class NaturalSpikeDataset(data.Dataset):
+    """Spike streams simulated at every draw from natural photographs, over ranges of cameras and light levels.
+
+    Sources (one or both):
+        dpdd_root (str) + split (str): DPDD layout ``{root}/{split}_c/{source,target}`` (real defocus, sharp).
+        dataroot_gt (str): a folder of sharp natural images (used with synthetic depth only).
+
+    Options:
+        source_mix (dict): Probability of each source per draw, ``{dpdd: p, depth: 1 − p}`` (default 0.5/0.5;
+            ``depth`` only where no blurred twin exists). ``dpdd``: spikes from the real defocused photograph;
+            ``depth``: thin-lens layered defocus of the sharp photograph over :func:`synthetic_depth_map`, the lens
+            fitted per draw to blur from ``sigma_near_range`` to ``sigma_far_range``.
+        rate_range, threshold_range, eta_range, gain_std_range, dark_rate_range, electrons_range, sigma_far_range,
+            sigma_near_range: Ranges of the training draws (:data:`DEFAULT_RANGES`).
+        eval_sensor (dict): The fixed sensor of evaluation items (:data:`DEFAULT_EVAL_SENSOR`).
+        gamma_probability (float): Share of training items given the perfect FPN correction γ = 1/g; the others get
+            γ = 1 (no calibration), so the network learns both cases. Evaluation items: γ = 1/g when ≥ 0.5.
+        display_gamma (float): Gamma of the image files (default 2.2).
+        phase, gt_size, temporal_len (int or [min, max]: steps simulated), val_len, use_flip, use_rot, seed: as
+            :class:`~despike_basicsr.data.simulated_spike_dataset.SimulatedSpikeDataset`.
+        cache_images (bool): Keep the decoded images in memory (per worker; default true).
+    """
+
+    def __init__(self, opt: Dict[str, Any]) -> None:
+        super().__init__()
+        self.opt = opt
+        self.train = opt.get('phase', 'train') == 'train'
+        self.pairs = self._find_sources(opt)
+        self.ranges = {name: tuple(opt.get(name, default)) for name, default in DEFAULT_RANGES.items()}
+        for name, (lo, hi) in self.ranges.items():
+            if not 0 <= lo <= hi:
+                raise ValueError(f'NaturalSpikeDataset: {name} must be [min, max] with 0 <= min <= max, got {[lo, hi]}')
+        if not 0 < self.ranges['rate_range'][0] and self.ranges['rate_range'][1] < 1:
+            raise ValueError(f'NaturalSpikeDataset: rate_range must lie in (0, 1), got {self.ranges["rate_range"]}')
+        self.eval_sensor = {**DEFAULT_EVAL_SENSOR, **(opt.get('eval_sensor') or {})}
+        mix = dict(opt.get('source_mix') or {'dpdd': 0.5, 'depth': 0.5})
+        unknown = set(mix) - set(SOURCES)
+        if unknown or sum(mix.values()) <= 0:
+            raise ValueError(f'NaturalSpikeDataset: source_mix takes {SOURCES} with positive weights, got {mix}')
+        self.p_dpdd = float(mix.get('dpdd', 0.0)) / float(sum(mix.values()))
+        self.gamma_probability = float(opt.get('gamma_probability', 0.5))
+        self.display_gamma = float(opt.get('display_gamma', 2.2))
+        self.seed = int(opt.get('seed', 0))
+        lengths = opt.get('temporal_len', opt.get('val_len', 192))
+        self.steps = int(max(lengths)) if isinstance(lengths, (list, tuple)) else int(lengths)
+        self.val_len = int(opt.get('val_len') or self.steps)
+        self.gt_size: Optional[int] = opt.get('gt_size') if self.train else None
+        self.use_flip = bool(opt.get('use_flip', opt.get('use_hflip', False)))
+        self.use_rot = bool(opt.get('use_rot', False))
+        self.cache: Optional[Dict[int, Tuple]] = {} if opt.get('cache_images', True) else None
+
+    @staticmethod
+    def _find_sources(opt: Dict[str, Any]) -> List[Tuple[Optional[str], str]]:
+        """``(blurred or None, sharp)`` file pairs."""
+        pairs: List[Tuple[Optional[str], str]] = []
+        if opt.get('dpdd_root'):
+            split = opt.get('split') or ('train' if opt.get('phase', 'train') == 'train' else 'val')
+            pairs += list(dpdd_pairs(opt['dpdd_root'], split))
+        if opt.get('dataroot_gt'):
+            pairs += [(None, sharp) for sharp in list_images(opt['dataroot_gt'])]
+        if not pairs:
+            raise KeyError('NaturalSpikeDataset needs option "dpdd_root" (DPDD layout) and/or "dataroot_gt" (a folder '
+                           'of sharp images)')
+        return pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def _load(self, index: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        if self.cache is not None and index in self.cache:
+            return self.cache[index]
+        blurred_path, sharp_path = self.pairs[index]
+        sharp = read_linear_intensity(sharp_path, self.display_gamma)
+        blurred = read_linear_intensity(blurred_path, self.display_gamma) if blurred_path else None
+        if blurred is not None and blurred.shape != sharp.shape:
+            raise ValueError(f'{blurred_path} is {blurred.shape} but its sharp twin {sharp_path} is {sharp.shape}')
+        loaded = (sharp, blurred)
+        if self.cache is not None:
+            self.cache[index] = loaded
+        return loaded
+
+    def _synthetic_defocus(self, sharp: np.ndarray, box: Tuple[int, int, int, int],
+                           rng: np.random.Generator) -> np.ndarray:
+        """Thin-lens layered defocus of ``box`` over a random depth map (a margin avoids border effects)."""
+        sigma_near = _uniform(rng, self.ranges['sigma_near_range'])
+        sigma_far = max(_uniform(rng, self.ranges['sigma_far_range']), sigma_near + 0.25)
+        margin = int(math.ceil(3 * sigma_far)) + 2
+        y0, y1, x0, x1 = box
+        height, width = sharp.shape
+        ey0, ey1, ex0, ex1 = max(y0 - margin, 0), min(y1 + margin, height), max(x0 - margin, 0), min(x1 + margin, width)
+        region = sharp[ey0:ey1, ex0:ex1]
+        depth = synthetic_depth_map(*region.shape, rng)
+        lens = fit_thin_lens(float(depth.min()), float(depth.max()) * 1.0001, sigma_near, sigma_far)
+        rendered = optics.render_depth_defocus(region, depth, lens, num_layers=12)
+        return rendered[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0]
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        seed = random.getrandbits(32) if self.train else sample_seed(self.seed, 'natural-eval', index)
+        rng = np.random.default_rng(seed)
+        sharp, blurred = self._load(index)
+        height, width = sharp.shape
+        key = f'{index:04d}'
+        box = random_crop_box(height, width, self.gt_size, key) if self.train else (0, height, 0, width)
+        use_real = blurred is not None and (rng.random() < self.p_dpdd if self.train else True)
+        if use_real:
+            intensity = blurred[box[0]:box[1], box[2]:box[3]]
+        else:
+            intensity = self._synthetic_defocus(sharp, box, rng)
+        gt = to_display_uint8(sharp[box[0]:box[1], box[2]:box[3]], self.display_gamma).astype(np.float32) / 255.0
+        if self.train:
+            flips = draw_augmentation(self.use_flip, self.use_rot)
+            intensity, gt = apply_augmentation(intensity, *flips), apply_augmentation(gt, *flips)
+        sensor = draw_sensor(rng, self.ranges) if self.train else self.eval_sensor
+        steps = self.steps if self.train else self.val_len
+        spikes, gain, rate_per_unit = simulate_sensor(np.clip(intensity, 0.0, None), sensor, steps, seed)
+        with_gamma = (rng.random() < self.gamma_probability) if self.train else self.gamma_probability >= 0.5
+        gamma = 1.0 / np.maximum(gain, 1e-3) if with_gamma else np.ones_like(gain)
+        item = make_item(spikes, gt, key, steps, gamma)
+        item['rate_per_unit'] = float(rate_per_unit)
+        return item
