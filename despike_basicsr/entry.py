@@ -58,9 +58,12 @@ def run_pipeline(kind: str, argv: Optional[List[str]] = None) -> None:
 
     Options and checkpoint problems (:class:`~despike_basicsr.options.OptionsError`,
     :class:`~despike_basicsr.checkpoint.CheckpointError`) end the process with exit code 2 and a message naming the
-    file; anything else is a bug and keeps its traceback.
+    file; a run stopped by its non-finite guard (:class:`~despike_basicsr.models.spike_base.NonFiniteTrainingError`,
+    ``train.max_nonfinite_steps``) with exit code 3 and the message naming the iteration; anything else is a bug and
+    keeps its traceback.
     """
     from despike_basicsr.checkpoint import CheckpointError
+    from despike_basicsr.models.spike_base import NonFiniteTrainingError
     from despike_basicsr.options import OptionsError
     try:
         root = prepare(argv)
@@ -72,3 +75,6 @@ def run_pipeline(kind: str, argv: Optional[List[str]] = None) -> None:
     except (OptionsError, CheckpointError) as error:
         print(f'despike-{kind}: error: {error}', file=sys.stderr)
         raise SystemExit(2)
+    except NonFiniteTrainingError as error:
+        print(f'despike-{kind}: error: {error}', file=sys.stderr)
+        raise SystemExit(3)

@@ -121,10 +121,27 @@ def check_options(opt: Dict[str, Any], source: str = '<options>') -> Dict[str, A
     for optim_key in ('optim_g', 'optim_d'):
         if optim_key in train_opt and 'lr' in train_opt[optim_key]:
             _check_type(f'{source}: train.{optim_key}.lr', train_opt[optim_key]['lr'], (int, float), 'a number')
+    _check_acceleration(source, train_opt)
 
     for name, metric_opt in ((opt.get('val') or {}).get('metrics') or {}).items():
         _check_registered(f'{source}: val.metrics.{name}.type', (metric_opt or {}).get('type'), METRIC_REGISTRY)
     return opt
+
+
+def _check_acceleration(source: str, train_opt: Dict[str, Any]) -> None:
+    """``train.amp`` / ``compile`` / ``channels_last`` / ``max_nonfinite_steps`` (models/spike_base.py) parse."""
+    from despike_basicsr.models.spike_base import parse_amp, parse_compile
+    for key, parse in (('amp', parse_amp), ('compile', parse_compile)):
+        if key in train_opt:
+            try:
+                parse(train_opt[key])
+            except ValueError as err:
+                raise OptionsError(f'{source}: {err}') from None
+    if 'channels_last' in train_opt and not isinstance(train_opt['channels_last'], bool):
+        raise OptionsError(f'{source}: train.channels_last must be true or false, found {train_opt["channels_last"]!r}')
+    limit = train_opt.get('max_nonfinite_steps', 1)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise OptionsError(f'{source}: train.max_nonfinite_steps must be an integer >= 1, found {limit!r}')
 
 
 def _check_windows_fit(where: str, network_opt: Dict[str, Any], dataset_opt: Dict[str, Any]) -> None:

@@ -3,7 +3,8 @@
 This is the "reconstruct, then deblur" pipeline DeSpike is compared with. The front end has no parameters; only the
 back end (any registered arch from ``network_g`` whose forward returns a coarse-to-fine list, or a single image) is
 trained, with that arch's own loss: ``pixel_opt`` (MultiScaleMSELoss) plus an optional ``fft_opt`` on the finest output;
-``train.grad_clip_norm`` clips gradients as DeSpikeModel does.
+``train.grad_clip_norm`` clips gradients as DeSpikeModel does; ``train.amp`` / ``compile`` / ``channels_last`` are the
+shared switches of :mod:`despike_basicsr.models.spike_base`.
 
 Options (besides BasicSR's usual ones)::
 
@@ -95,14 +96,15 @@ class CascadeModel(SpikeSRModel):
 
     def optimize_parameters(self, current_iter: int) -> None:
         self.optimizer_g.zero_grad()
-        outputs = as_output_list(self.net_g(self.lq))
-        self.output = outputs[-1]
+        with self.autocast():
+            outputs = as_output_list(self.net_g(self.lq))
+            self.output = outputs[-1]
 
-        loss_dict = OrderedDict()
-        if self.cri_pix:
-            loss_dict['l_pix'] = self.cri_pix(outputs if len(outputs) > 1 else outputs[0], self.gt)
-        if self.cri_fft:
-            loss_dict['l_fft'] = self.cri_fft(outputs[-1], self.gt)
+            loss_dict = OrderedDict()
+            if self.cri_pix:
+                loss_dict['l_pix'] = self.cri_pix(outputs if len(outputs) > 1 else outputs[0], self.gt)
+            if self.cri_fft:
+                loss_dict['l_fft'] = self.cri_fft(outputs[-1], self.gt)
         self.apply_losses(loss_dict)
 
     def test(self) -> None:
