@@ -1,0 +1,47 @@
+"""scripts/gpu_check.sh / gpu_check.py: refuses clearly without CUDA; every piece runs as a CPU dry run."""
+import json
+import os
+import subprocess
+import sys
+from os import path as osp
+
+import pytest
+import torch
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.join(REPO_ROOT, 'scripts'))
+
+import gpu_check  # noqa: E402
+
+
+def test_refuses_without_a_cuda_device(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    with pytest.raises(SystemExit) as stop:
+        gpu_check.main(['--device', 'cuda'])
+    assert stop.value.code == 2
+    assert 'gpu_check: no CUDA device is visible to torch' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cpu_dry_run_prints_one_table_with_every_piece(tmp_path, subprocess_env):
+    subprocess_env['GPU_CHECK_OUT'] = str(tmp_path)
+    run = subprocess.run(['bash', osp.join(REPO_ROOT, 'scripts', 'gpu_check.sh'), '--device', 'cpu', '--dry-run'],
+                         env=subprocess_env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    table = run.stdout[run.stdout.index('gpu_check on CPU'):]
+    assert 'DRY RUN' in table
+    for line in ('train     fp32 ', 'infer     DeSpikeNet 24x40x192 fp32', 'infer     DeSpikeNet 40x40x192 bf16',
+                 'simulate  static 32x48x256 uint8', 'simulate  static 32x48x256 packed'):
+        assert line in table, line
+    [json_path] = [n for n in os.listdir(tmp_path) if n.endswith('.json')]
+    assert osp.isfile(tmp_path / json_path.replace('.json', '.txt'))
+    result = json.loads((tmp_path / json_path).read_text())
+    training = {row['setting']: row for row in result['training']}
+    assert training['fp32']['it_per_s'] > 0 and training['fp32']['finite']
+    for setting in ('amp bf16', 'amp fp16'):
+        # CascadeModel runs its forward in self.autocast(); DeSpikeModel does once its optimize_parameters does too.
+        # Until then the row must say why it failed (and nothing else may fail).
+        row = training[setting]
+        assert ('it_per_s' in row and row['finite']) or 'does not run its forward and loss inside' in row['error']
+    assert all('latency_ms' in row for row in result['inference']), result['inference']
+    assert all(row['device_px_steps_per_s'] > 0 for row in result['simulator'])
