@@ -187,7 +187,8 @@ def _load_resume_state(opt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
 # ----------------------------------------------------------------------------------------------------------------------
 def _save_network(self, net, net_label, current_iter, param_key='params'):
     """basicsr <= 1.4.2 ``BaseModel.save_network`` wrote with ``torch.save(obj, final_path)``: a kill mid-write left a
-    truncated ``.pth``. Same file names and contents, written atomically, by rank 0 only (as before)."""
+    truncated ``.pth``. Same file names and contents, written atomically, by rank 0 only (as before); ``net_g``
+    checkpoints also carry the ``network_g`` options that built them, so they load without the options file."""
     from basicsr.utils.dist_util import get_dist_info
     if get_dist_info()[0] != 0:
         return
@@ -202,6 +203,8 @@ def _save_network(self, net, net_label, current_iter, param_key='params'):
     for net_, key_ in zip(nets, param_keys):
         state_dict = self.get_bare_model(net_).state_dict()
         save_dict[key_] = {(k[7:] if k.startswith('module.') else k): v.cpu() for k, v in state_dict.items()}
+    if net_label == 'net_g' and isinstance(self.opt.get('network_g'), dict):
+        save_dict['network_g'] = dict(self.opt['network_g'])
     atomic_torch_save(save_dict, save_path)
 
 

@@ -35,6 +35,7 @@ from basicsr.archs import build_network
 from tqdm import tqdm
 
 from despike_basicsr.checkpoint import CheckpointError, check_fits, safe_torch_load, state_dict_from_checkpoint
+from despike_basicsr.reconstructor import PRETRAINED_WEIGHTS
 from despike_basicsr.metrics.noref_metric import NIQE_BLOCK, calculate_niqe_gray, calculate_rms_contrast
 from despike_basicsr.spike.fpn import load_fpn
 from despike_basicsr.spike.io import DEFAULT_HEIGHT, DEFAULT_WIDTH, SpikeFileError, frame_bytes, load_spikes
@@ -284,7 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description='Reconstruct sharp frames from a spike-camera recording (.dat or .npz) with a trained DeSpike '
         'network; optionally an MP4 and a no-reference quality report (NIQE, RMS contrast) against TFP and TFI.')
-    parser.add_argument('--weights', required=True, help='trained weights (.pth, BasicSR layout)')
+    parser.add_argument(
+        '--weights',
+        help='trained weights (.pth, BasicSR layout; default: the pretrained DeSpike shipped with the package, '
+        'docs/pretrained.md)')
     parser.add_argument(
         '--opt',
         help='options file whose network_g built the weights (default: network_g stored in '
@@ -365,6 +369,11 @@ def run(args: argparse.Namespace) -> dict:
         raise InferError(f'--tile-overlap ({args.tile_overlap}) must be smaller than --tile ({args.tile})')
     device = _select_device(args.device)
 
+    if args.weights is None:
+        args.weights = PRETRAINED_WEIGHTS
+        if not osp.isfile(args.weights):
+            raise InferError(f'{args.weights}: the pretrained weights are missing from this installation; pass '
+                             '--weights')
     if not osp.isfile(args.weights):
         raise InferError(f'{args.weights}: no such weights file (--weights)')
     checkpoint = safe_torch_load(args.weights, what='weights file (--weights)')
@@ -401,9 +410,12 @@ def run(args: argparse.Namespace) -> dict:
         if not writer.isOpened():
             raise InferError(f'{video_path}: OpenCV cannot open an mp4v video writer here')
 
+    exposure = None  # an exposure-normalised network measures the level on the whole frame, not per tile
+
     def run_tile(spikes: torch.Tensor, gamma_tile: Optional[torch.Tensor]) -> torch.Tensor:
-        spikes = spikes.to(device).float()
-        result = net(spikes) if gamma_tile is None else net(spikes, gamma_tile.to(device))
+        spikes = spikes.to(device)
+        gamma_tile = None if gamma_tile is None else gamma_tile.to(device)
+        result = net(spikes, gamma_tile) if exposure is None else net(spikes, gamma_tile, exposure=exposure)
         return result[-1] if isinstance(result, (list, tuple)) else result
 
     tiles = count_tiles(rec.height, rec.width, args.tile, args.tile_overlap)
@@ -415,6 +427,8 @@ def run(args: argparse.Namespace) -> dict:
             window = rec.read(start, stop)
             spikes = torch.from_numpy(np.ascontiguousarray(window))[None]
             with torch.inference_mode():
+                if getattr(net, 'exposure_norm', False):
+                    exposure = net.stream_exposure(spikes.to(device), None if gamma is None else gamma.to(device))
                 image = tiled_apply(
                     run_tile, [spikes, gamma],
                     tile=args.tile,

@@ -255,9 +255,9 @@ def test_1000x1000_stream_runs_tiled_with_bounded_tiles(tmp_path, monkeypatch):
     seen = []
     original = DeSpikeNet.forward
 
-    def recording_forward(self, spikes, gamma=None, return_intermediates=False):
+    def recording_forward(self, spikes, gamma=None, return_intermediates=False, exposure=None):
         seen.append(tuple(spikes.shape))
-        return original(self, spikes, gamma, return_intermediates)
+        return original(self, spikes, gamma, return_intermediates, exposure)
 
     monkeypatch.setattr(DeSpikeNet, 'forward', recording_forward)
     out = tmp_path / 'out'

@@ -1,0 +1,251 @@
+"""Held-out evaluation on natural data no training draw saw: DPDD val pairs and sample photographs with synthetic depth.
+
+Every scene is simulated at a bright and a dim light level (4× less light) by one fixed camera (θ = 2, η = 1, 5 % gain
+spread, shot noise, the perfect FPN calibration γ = 1/g handed to every method), and reconstructed by DeSpike, TFP
+(41 and 192 frames), TFI and the no-deblur oracle (the defocused image itself, noise-free). Scores (BasicSR's PSNR and
+SSIM on uint8):
+
+- ``raw``: every method brought to the ground truth's display scale with the known exposure (the simulated rate per
+  unit intensity η·L/θ): TFP/TFI as display(rate·γ / (η·L/θ)), DeSpike as output·(exposure)^(−1/γ_display);
+- ``fit``: after a least-squares gain/offset fit of each image to its ground truth (a reconstruction of a real
+  recording is only defined up to its display scale, DESIGN.md §11).
+
+``scripts/evaluate_heldout.py`` is the command line; results go to ``results/heldout/``.
+"""
+import json
+import os
+import os.path as osp
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from despike_basicsr.data.natural_spike_dataset import simulate_sensor
+from despike_basicsr.data.preparation import (display_to_linear_luminance, dpdd_pairs, fit_thin_lens,
+                                              read_linear_intensity)
+from despike_basicsr.data.scenes import synthetic_depth_map
+from despike_basicsr.spike import optics
+from despike_basicsr.spike.reconstruct import tfi, tfp
+
+#: Sample photographs that scikit-image ships inside its wheel, all public domain or CC0 (see its ``skimage.data``).
+SKIMAGE_SCENES = ('astronaut', 'camera', 'coffee', 'chelsea', 'rocket', 'brick', 'grass', 'gravel')
+#: Mean firing rates per step of the two light levels (the dim one receives 4× less light).
+LIGHT_LEVELS = {'bright': 0.3, 'dim': 0.075}
+#: The camera of every held-out stream.
+EVAL_CAMERA = {'threshold': 2.0, 'eta': 1.0, 'gain_std': 0.05, 'dark_rate': 0.0, 'electrons': 500.0}
+METHODS = ('defocused', 'tfp41', 'tfp192', 'tfi', 'despike')
+LABELS = {
+    'defocused': 'defocused image (oracle)', 'tfp41': 'TFP-41', 'tfp192': 'TFP-192', 'tfi': 'TFI', 'despike': 'DeSpike'
+}
+DISPLAY_GAMMA = 2.2
+
+
+@dataclass
+class HeldoutScene:
+    """One held-out scene: sharp and defocused linear intensity."""
+
+    set_name: str
+    key: str
+    sharp: np.ndarray
+    blurred: np.ndarray
+
+
+def dpdd_val_scenes(dpdd_root: str, split: str = 'val') -> List[HeldoutScene]:
+    """The DPDD pairs of ``split``: real lens defocus (``source``) and the all-in-focus ``target``."""
+    scenes = []
+    for blurred_path, sharp_path in dpdd_pairs(dpdd_root, split):
+        key = osp.splitext(osp.basename(sharp_path))[0]
+        scenes.append(HeldoutScene('dpdd-' + split, key, read_linear_intensity(sharp_path),
+                                   read_linear_intensity(blurred_path)))
+    return scenes
+
+
+def synthetic_depth_scenes(images: Dict[str, np.ndarray], seed: int = 0, sigma_range: Tuple[float, float] = (0.5, 4.0),
+                           max_side: int = 512, set_name: str = 'photos+depth') -> List[HeldoutScene]:
+    """Thin-lens defocus of display-referred photographs over :func:`synthetic_depth_map` (one seed per image)."""
+    scenes = []
+    for index, (key, image) in enumerate(sorted(images.items())):
+        linear = display_to_linear_luminance(np.asarray(image, dtype=np.float32))
+        scale = min(1.0, max_side / max(linear.shape))
+        if scale < 1.0:
+            size = (int(round(linear.shape[1] * scale)), int(round(linear.shape[0] * scale)))
+            linear = cv2.resize(linear, size, interpolation=cv2.INTER_AREA)
+        rng = np.random.default_rng([seed, index])
+        depth = synthetic_depth_map(*linear.shape, rng)
+        lens = fit_thin_lens(float(depth.min()), float(depth.max()) * 1.0001, *sigma_range)
+        blurred = optics.render_depth_defocus(linear, depth, lens).astype(np.float32)
+        scenes.append(HeldoutScene(set_name, key, linear.astype(np.float32), blurred))
+    return scenes
+
+
+def skimage_images(names: Sequence[str] = SKIMAGE_SCENES) -> Dict[str, np.ndarray]:
+    """scikit-image's bundled sample photographs as float32 display values in [0, 1] (gray or RGB)."""
+    from skimage import data
+
+    images = {}
+    for name in names:
+        image = np.asarray(getattr(data, name)())
+        images[name] = image.astype(np.float32) / (255.0 if image.dtype == np.uint8 else 1.0)
+    return images
+
+
+def to_display(linear: np.ndarray) -> np.ndarray:
+    """Display-referred float image of a linear one (clipped to [0, 1])."""
+    return optics.linear_to_display(np.clip(linear, 0.0, 1.0), DISPLAY_GAMMA).astype(np.float32)
+
+
+def gain_offset_fit(image: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``a·image + b`` with (a, b) the least-squares fit to ``target``, clipped to [0, 1]."""
+    x = image.astype(np.float64).ravel()
+    design = np.stack([x, np.ones_like(x)], axis=1)
+    (a, b), *_ = np.linalg.lstsq(design, target.astype(np.float64).ravel(), rcond=None)
+    return np.clip(a * image + b, 0.0, 1.0).astype(np.float32)
+
+
+def scores(image: np.ndarray, target: np.ndarray) -> Dict[str, float]:
+    """BasicSR PSNR / SSIM on uint8 of the raw image and of its gain/offset fit."""
+    from basicsr.metrics import calculate_psnr, calculate_ssim
+
+    def u8(x: np.ndarray) -> np.ndarray:
+        return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
+
+    gt = u8(target)
+    fitted = gain_offset_fit(image, target)
+    return {
+        'psnr': float(calculate_psnr(u8(image), gt, crop_border=0)),
+        'ssim': float(calculate_ssim(u8(image), gt, crop_border=0)),
+        'psnr_fit': float(calculate_psnr(u8(fitted), gt, crop_border=0)),
+        'ssim_fit': float(calculate_ssim(u8(fitted), gt, crop_border=0)),
+    }
+
+
+def reconstruct_all(scene: HeldoutScene, mean_rate: float, steps: int, seed: int,
+                    despike: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]],
+                    reference_rate: float = 0.5) -> Dict[str, np.ndarray]:
+    """Every method's display-referred image of ``scene`` at one light level (raw scale, see the module doc)."""
+    sensor = dict(EVAL_CAMERA, mean_rate=mean_rate)
+    spikes, gain, rate_per_unit = simulate_sensor(scene.blurred, sensor, steps, seed)
+    gamma = (1.0 / np.maximum(gain, 1e-3)).astype(np.float32)
+    images = {'defocused': to_display(scene.blurred)}
+    for name, rate in (('tfp41', tfp(spikes, window=41)), ('tfp192', tfp(spikes, window=192)), ('tfi', tfi(spikes))):
+        images[name] = to_display(rate * gamma / rate_per_unit)
+    if despike is not None:
+        exposure = rate_per_unit / reference_rate
+        images['despike'] = np.clip(despike(spikes, gamma) * exposure**(-1.0 / DISPLAY_GAMMA), 0.0, 1.0)
+    return images
+
+
+def evaluate(scenes: Sequence[HeldoutScene], despike: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]],
+             reference_rate: float = 0.5, steps: int = 192, seed: int = 0,
+             levels: Dict[str, float] = LIGHT_LEVELS, keep_images: int = 1,
+             progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """Score every method on every scene at every light level.
+
+    Args:
+        scenes: Held-out scenes.
+        despike: ``f(spikes (T, H, W) uint8, gamma (H, W)) -> (H, W)`` display image, or ``None`` to skip DeSpike.
+        reference_rate: ρ_ref of the DeSpike network (its display scale).
+        steps: Stream length (TFP-192 uses all of it when 192).
+        seed: Simulation seed (each scene and level derives its own).
+        levels: ``{name: mean rate per step}``.
+        keep_images: How many scenes per set keep their images for the picture.
+        progress: Called with a line per finished scene.
+
+    Returns:
+        ``{'rows': [{set, key, level, method, psnr, ssim, psnr_fit, ssim_fit}], 'summary': ..., '_images': ...}``.
+    """
+    rows, images = [], {}
+    kept: Dict[str, int] = {}
+    for index, scene in enumerate(scenes):
+        target = to_display(scene.sharp)
+        keep = kept.get(scene.set_name, 0) < keep_images
+        kept[scene.set_name] = kept.get(scene.set_name, 0) + 1
+        for level_index, (level, rate) in enumerate(levels.items()):
+            outputs = reconstruct_all(scene, rate, steps, seed * 100003 + index * 101 + level_index,
+                                      despike, reference_rate)
+            for method, image in outputs.items():
+                rows.append(dict(set=scene.set_name, key=scene.key, level=level, method=method,
+                                 **scores(image, target)))
+            if keep:
+                images[(scene.set_name, scene.key, level)] = dict(outputs, truth=target)
+        if progress is not None:
+            progress(f'{scene.set_name}/{scene.key} done')
+    return {'rows': rows, 'summary': summarise(rows), '_images': images}
+
+
+def summarise(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Mean scores per (set, level, method)."""
+    groups: Dict[Tuple[str, str, str], List[Dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row['set'], row['level'], row['method']), []).append(row)
+    summary = []
+    for (set_name, level, method), members in groups.items():
+        entry = dict(set=set_name, level=level, method=method, count=len(members))
+        for metric in ('psnr', 'ssim', 'psnr_fit', 'ssim_fit'):
+            entry[metric] = float(np.mean([m[metric] for m in members]))
+        summary.append(entry)
+    return summary
+
+
+def markdown(summary: Sequence[Dict[str, Any]]) -> str:
+    """One table per set: rows = methods, columns = light level × (raw, fit) PSNR/SSIM."""
+    lines = []
+    sets = list(dict.fromkeys(s['set'] for s in summary))
+    for set_name in sets:
+        entries = [s for s in summary if s['set'] == set_name]
+        levels = list(dict.fromkeys(s['level'] for s in entries))
+        count = entries[0]['count']
+        lines += [f'### {set_name} ({count} scenes)', '']
+        header = '| method | ' + ' | '.join(f'{lv} PSNR / SSIM | {lv} fit PSNR / SSIM' for lv in levels) + ' |'
+        lines += [header, '| --- |' + ' ---: | ---: |' * len(levels)]
+        for method in dict.fromkeys(s['method'] for s in entries):
+            cells = []
+            for level in levels:
+                e = next(s for s in entries if s['method'] == method and s['level'] == level)
+                cells += [f"{e['psnr']:.2f} / {e['ssim']:.3f}", f"{e['psnr_fit']:.2f} / {e['ssim_fit']:.3f}"]
+            lines.append(f'| {LABELS.get(method, method)} | ' + ' | '.join(cells) + ' |')
+        lines.append('')
+    return '\n'.join(lines)
+
+
+def picture(images: Dict[Tuple[str, str, str], Dict[str, np.ndarray]], crop: int = 192, zoom: int = 1) -> np.ndarray:
+    """Rows: (set, scene, light level); columns: every method then the ground truth, on the same centre crop."""
+    columns = [m for m in METHODS if any(m in v for v in images.values())] + ['truth']
+    gap, label_h, rows = 4, 20, []
+    for (set_name, key, level), outputs in images.items():
+        tiles = []
+        for method in columns:
+            image = outputs[method]
+            height, width = image.shape
+            y0, x0 = max((height - crop) // 2, 0), max((width - crop) // 2, 0)
+            tile = np.clip(np.round(image[y0:y0 + crop, x0:x0 + crop] * 255), 0, 255).astype(np.uint8)
+            tiles.append(cv2.resize(tile, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST))
+        band = np.full((label_h, sum(t.shape[1] for t in tiles) + gap * (len(tiles) - 1)), 255, np.uint8)
+        cv2.putText(band, f'{set_name} / {key} / {level}', (2, label_h - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.45, 0, 1,
+                    cv2.LINE_AA)
+        row = tiles[0]
+        for tile in tiles[1:]:
+            row = np.concatenate([row, np.full((row.shape[0], gap), 255, np.uint8), tile], axis=1)
+        rows += [band, row]
+    body = np.concatenate(rows, axis=0)
+    header = np.full((label_h, body.shape[1]), 255, np.uint8)
+    width = crop * zoom + gap
+    for i, method in enumerate(columns):
+        cv2.putText(header, LABELS.get(method, method)[:24], (i * width + 2, label_h - 6), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.4, 0, 1, cv2.LINE_AA)
+    return np.concatenate([header, body], axis=0)
+
+
+def write_results(report: Dict[str, Any], out_dir: str, info: Dict[str, Any]) -> Dict[str, str]:
+    """``heldout.json`` (rows + summary + info), ``heldout.md`` and ``heldout.png`` in ``out_dir``."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {name: osp.join(out_dir, f'heldout.{name}') for name in ('json', 'md', 'png')}
+    with open(paths['json'], 'w', encoding='utf-8') as f:
+        json.dump({'info': info, 'summary': report['summary'], 'rows': report['rows']}, f, indent=1)
+    with open(paths['md'], 'w', encoding='utf-8') as f:
+        f.write('# Held-out natural data\n\n' + '\n'.join(f'- {k}: {v}' for k, v in info.items()) + '\n\n' +
+                markdown(report['summary']))
+    if report['_images']:
+        cv2.imwrite(paths['png'], picture(report['_images']))
+    return paths

@@ -1,0 +1,192 @@
+"""DeSpikeReconstructor: a sharp image from a spike stream in a few lines of Python (the library behind despike-infer).
+
+Example::
+
+    from despike_basicsr.reconstructor import DeSpikeReconstructor
+    from despike_basicsr.spike.io import load_spikes
+
+    spikes = load_spikes('rec.dat', height=250, width=400)          # (T, H, W) uint8
+    reconstructor = DeSpikeReconstructor()                           # the shipped pretrained weights, CPU or CUDA
+    image = reconstructor.reconstruct(spikes)                        # (H, W) float32 in [0, 1], frame T // 2
+
+``weights`` takes any checkpoint this project trained (it stores the ``network_g`` options that built it); other
+checkpoints need ``network_opt`` (a ``network_g`` dict) or ``opt_path`` (an options file). Large frames run tile by
+tile (``tile``); the exposure level of an exposure-normalised network is measured on the whole frame first, so the
+tiles agree on one display scale.
+"""
+import os.path as osp
+from typing import Any, Dict, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from despike_basicsr.checkpoint import CheckpointError, check_fits, safe_torch_load, state_dict_from_checkpoint
+from despike_basicsr.tiling import tiled_apply
+
+#: The pretrained general-purpose DeSpike shipped inside the package (docs/pretrained.md).
+PRETRAINED_WEIGHTS = osp.join(osp.dirname(osp.abspath(__file__)), 'weights', 'despike_general.pth')
+
+Array = Union[np.ndarray, torch.Tensor]
+
+
+class ReconstructorError(ValueError):
+    """Weights, options or input that cannot be used; the message names the file or argument."""
+
+
+def read_network_options(opt_path: str) -> Dict[str, Any]:
+    """The ``network_g`` section of a BasicSR options file."""
+    from despike_basicsr.options import OptionsError, load_options_file
+    try:
+        opt = load_options_file(opt_path)
+    except OptionsError as err:
+        raise ReconstructorError(str(err)) from None
+    if not isinstance(opt, dict) or not isinstance(opt.get('network_g'), dict) or 'type' not in opt['network_g']:
+        raise ReconstructorError(f'{opt_path}: expected a network_g section with a type (BasicSR options file)')
+    return dict(opt['network_g'])
+
+
+def load_network(weights: str,
+                 network_opt: Optional[Dict[str, Any]] = None,
+                 opt_path: Optional[str] = None,
+                 param_key: Optional[str] = None,
+                 device: Union[str, torch.device] = 'cpu') -> Tuple[torch.nn.Module, Dict[str, Any], str]:
+    """Build the network a checkpoint was trained as and load its weights (strictly, in eval mode).
+
+    Which ``network_g``: ``network_opt``, else ``opt_path``'s, else the one stored in the checkpoint.
+
+    Returns:
+        ``(network, network_g options, where the options came from)``.
+
+    Raises:
+        ReconstructorError: When no options are known or the weights do not fit the network (keys and shapes listed).
+    """
+    from basicsr.archs import build_network
+
+    import despike_basicsr  # noqa: F401  (fills BasicSR's registries)
+
+    try:
+        checkpoint = safe_torch_load(weights, what='weights file')
+        state = state_dict_from_checkpoint(checkpoint, weights, param_key, require_key=param_key is not None)
+    except CheckpointError as err:
+        raise ReconstructorError(str(err)) from None
+    if network_opt is not None:
+        source = 'network_opt'
+    elif opt_path is not None:
+        network_opt, source = read_network_options(opt_path), opt_path
+    elif isinstance(checkpoint.get('network_g'), dict):
+        network_opt, source = dict(checkpoint['network_g']), f'network_g stored in {weights}'
+    else:
+        raise ReconstructorError(f'{weights}: the checkpoint does not say which network built it (no network_g '
+                                 'stored); pass the options file it was trained with (--opt / opt_path)')
+    try:
+        net = build_network(dict(network_opt))
+    except Exception as err:  # the registry and the constructors raise several types
+        raise ReconstructorError(f'{source}: cannot build network_g {network_opt.get("type")!r} '
+                                 f'({type(err).__name__}: {err})') from None
+    try:
+        check_fits(net, state, weights, source)
+    except CheckpointError as err:
+        raise ReconstructorError(str(err)) from None
+    net.load_state_dict(state, strict=True)
+    return net.to(device).eval(), dict(network_opt), source
+
+
+def select_device(name: Optional[str] = None) -> torch.device:
+    """``name`` (``cpu``, ``cuda``, ``cuda:1``), or CUDA when available."""
+    if name:
+        if name.startswith('cuda') and not torch.cuda.is_available():
+            raise ReconstructorError(f'device {name!r} requested but CUDA is not available here')
+        return torch.device(name)
+    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+
+class DeSpikeReconstructor:
+    """Reconstruct sharp frames from ``(T, H, W)`` spike streams with a trained network.
+
+    Args:
+        weights: Checkpoint path; ``None`` takes the shipped pretrained weights (:data:`PRETRAINED_WEIGHTS`).
+        network_opt: ``network_g`` options that built the weights (default: stored in the checkpoint).
+        opt_path: Options file to take ``network_g`` from instead.
+        param_key: Checkpoint key of the weights (default ``params_ema``, else ``params``).
+        device: ``cpu``, ``cuda``, ... (default CUDA when available).
+        tile: Tile size in pixels for large frames (0: the whole frame at once).
+        tile_overlap: Overlap of neighbouring tiles in pixels.
+    """
+
+    def __init__(self,
+                 weights: Optional[str] = None,
+                 network_opt: Optional[Dict[str, Any]] = None,
+                 opt_path: Optional[str] = None,
+                 param_key: Optional[str] = None,
+                 device: Optional[str] = None,
+                 tile: int = 0,
+                 tile_overlap: int = 32) -> None:
+        if tile < 0 or tile_overlap < 0 or (tile and tile_overlap >= tile):
+            raise ReconstructorError(f'tile ({tile}) and tile_overlap ({tile_overlap}) must be >= 0, with the '
+                                     'overlap smaller than the tile')
+        self.weights = weights or PRETRAINED_WEIGHTS
+        if weights is None and not osp.isfile(self.weights):
+            raise ReconstructorError(f'{self.weights}: the pretrained weights are missing from this installation; '
+                                     'pass weights= (or --weights)')
+        self.device = select_device(device)
+        self.net, self.network_opt, self.network_source = load_network(self.weights, network_opt, opt_path, param_key,
+                                                                       self.device)
+        self.tile, self.tile_overlap = tile, tile_overlap
+
+    @property
+    def min_stream_len(self) -> int:
+        """Shortest stream the network accepts (its smallest window)."""
+        return int(getattr(self.net, 'min_stream_len', 1))
+
+    @property
+    def frames_needed(self) -> int:
+        """Frames around the target the network reads (its longest window)."""
+        return int(getattr(self.net, 'frames_needed', self.min_stream_len))
+
+    @torch.inference_mode()
+    def reconstruct(self, spikes: Array, gamma: Optional[Array] = None, centre: Optional[int] = None) -> np.ndarray:
+        """The sharp frame at ``centre`` (default ``T // 2``) of one stream.
+
+        Args:
+            spikes: ``(T, H, W)`` 0/1 stream (numpy or torch, any integer or bool dtype).
+            gamma: ``(H, W)`` FPN correction γ (``spike.fpn``), or ``None``.
+            centre: Target frame; the network reads :attr:`frames_needed` frames centred on it (fewer near the ends
+                of the stream).
+
+        Returns:
+            ``(H, W)`` float32 display-referred image in [0, 1].
+        """
+        stream = torch.as_tensor(np.asarray(spikes) if not torch.is_tensor(spikes) else spikes)
+        if stream.dim() != 3:
+            raise ReconstructorError(f'spikes must be shaped (T, H, W), got {tuple(stream.shape)}')
+        length, height, width = stream.shape
+        centre = length // 2 if centre is None else int(centre)
+        if not 0 <= centre < length:
+            raise ReconstructorError(f'centre {centre} is outside the stream of {length} frames')
+        # the network reconstructs the middle frame of what it reads: a window centred on `centre`, shortened
+        # symmetrically near the ends of the stream
+        half = min(self.frames_needed // 2, centre, length - centre)
+        window = stream[centre - half:centre + half]
+        if window.shape[0] < self.min_stream_len:
+            raise ReconstructorError(f'frame {centre} of a {length}-frame stream leaves {window.shape[0]} frames '
+                                     f'centred on it; the network needs at least {self.min_stream_len} (its '
+                                     'smallest window)')
+        window = window.to(self.device, torch.uint8)[None]
+        gamma_map = None
+        if gamma is not None:
+            gamma_map = torch.as_tensor(np.asarray(gamma, dtype=np.float32)).to(self.device)
+            if gamma_map.shape != (height, width):
+                raise ReconstructorError(f'gamma must be shaped ({height}, {width}), got {tuple(gamma_map.shape)}')
+            gamma_map = gamma_map[None, None]
+        exposure = None
+        if getattr(self.net, 'exposure_norm', False):
+            exposure = self.net.stream_exposure(window, gamma_map)
+
+        def run_tile(tile_spikes: torch.Tensor, tile_gamma: Optional[torch.Tensor]) -> torch.Tensor:
+            if exposure is None:
+                return self.net(tile_spikes, tile_gamma)
+            return self.net(tile_spikes, tile_gamma, exposure=exposure)
+
+        image = tiled_apply(run_tile, [window, gamma_map], tile=self.tile, overlap=self.tile_overlap,
+                            size_multiple=int(getattr(self.net, 'size_multiple', 1)))
+        return image[0, 0].clamp(0, 1).float().cpu().numpy()

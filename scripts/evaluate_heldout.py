@@ -1,0 +1,52 @@
+#!/usr/bin/env python
+"""Held-out natural data: DeSpike (shipped weights or --weights) against TFP, TFI and the defocused image itself.
+
+Scenes: the DPDD val pairs (real lens defocus) and scikit-image's sample photographs with synthetic depth, each at a
+bright and a 4× dimmer light level; PSNR/SSIM raw and after a gain/offset fit (despike_basicsr/evaluation.py).
+
+    python scripts/evaluate_heldout.py                                   # -> results/heldout/heldout.{md,json,png}
+    python scripts/evaluate_heldout.py --weights experiments/X/models/net_g_latest.pth --out results/heldout_x
+"""
+import argparse
+import sys
+import time
+from typing import List, Optional
+
+from despike_basicsr import evaluation
+from despike_basicsr.reconstructor import DeSpikeReconstructor, ReconstructorError
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--dpdd-root', default='../shared/data/dpdd_gray768', help='DPDD layout with a val_c split')
+    parser.add_argument('--no-photos', action='store_true', help='skip the scikit-image photographs')
+    parser.add_argument('--weights', help='DeSpike checkpoint (default: the shipped pretrained weights)')
+    parser.add_argument('--opt', help='options file for checkpoints that do not store their network_g')
+    parser.add_argument('--device', help='cpu, cuda (default: CUDA when available)')
+    parser.add_argument('--tile', type=int, default=0, help='tile size for large frames (0: whole frames)')
+    parser.add_argument('--steps', type=int, default=192, help='stream length')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--out', default='results/heldout', help='output folder')
+    args = parser.parse_args(argv)
+    try:
+        reconstructor = DeSpikeReconstructor(args.weights, opt_path=args.opt, device=args.device, tile=args.tile)
+    except ReconstructorError as err:
+        print(f'evaluate_heldout: error: {err}', file=sys.stderr)
+        return 2
+    scenes = evaluation.dpdd_val_scenes(args.dpdd_root) if args.dpdd_root else []
+    if not args.no_photos:
+        scenes += evaluation.synthetic_depth_scenes(evaluation.skimage_images(), seed=args.seed)
+    start = time.time()
+    report = evaluation.evaluate(scenes, reconstructor.reconstruct, reconstructor.net.reference_rate, args.steps,
+                                 args.seed, progress=lambda line: print(line, flush=True))
+    info = dict(weights=reconstructor.weights, network=reconstructor.network_source, steps=args.steps,
+                seed=args.seed, levels=evaluation.LIGHT_LEVELS, camera=evaluation.EVAL_CAMERA,
+                seconds=round(time.time() - start, 1))
+    paths = evaluation.write_results(report, args.out, info)
+    print(evaluation.markdown(report['summary']))
+    print('wrote', ', '.join(paths.values()))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""DeSpikeReconstructor (the Python API), checkpoints that carry their network options, the shipped weights, and the
+held-out evaluation core, on small data the tests make."""
+import os.path as osp
+
+import numpy as np
+import pytest
+import torch
+
+from despike_basicsr import evaluation
+from despike_basicsr.archs.despike_arch import DeSpikeNet
+from despike_basicsr.data.scenes import generate_scene
+from despike_basicsr.reconstructor import PRETRAINED_WEIGHTS, DeSpikeReconstructor, ReconstructorError, load_network
+from despike_basicsr.spike import camera
+
+TINY = dict(type='DeSpikeNet', num_feat=8, windows=[16, 32], num_kernels=3, kernel_size=5, num_scales=2,
+            num_blocks=1, num_heads=2)
+
+
+@pytest.fixture(scope='module')
+def tiny_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    net = DeSpikeNet(**{k: v for k, v in TINY.items() if k != 'type'})
+    root = tmp_path_factory.mktemp('ckpt')
+    torch.save({'params': net.state_dict(), 'network_g': dict(TINY)}, root / 'with_opt.pth')
+    torch.save({'params': net.state_dict()}, root / 'bare.pth')
+    return root, net.eval()
+
+
+def test_reconstructs_like_the_network_from_a_checkpoint_that_names_its_network(tiny_checkpoint):
+    root, net = tiny_checkpoint
+    spikes = camera.simulate(generate_scene(24, 20, 1)[0], 40, seed=0)
+    reconstructor = DeSpikeReconstructor(str(root / 'with_opt.pth'), device='cpu')
+    image = reconstructor.reconstruct(spikes)
+    assert image.shape == (24, 20) and image.dtype == np.float32
+    with torch.no_grad():
+        expected = net(torch.from_numpy(spikes[4:36])[None])[0, 0].clamp(0, 1).numpy()  # 32 frames around 20
+    np.testing.assert_allclose(image, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_tiles_share_the_whole_frames_exposure(tiny_checkpoint):
+    root, _ = tiny_checkpoint
+    scene = generate_scene(64, 64, 2)[0]
+    scene[:, :32] *= 0.2  # a dark half: per-tile exposure levels would differ from the frame's
+    spikes = camera.simulate(scene, 32, seed=1)
+    whole = DeSpikeReconstructor(str(root / 'with_opt.pth'), device='cpu').reconstruct(spikes)
+    tiled = DeSpikeReconstructor(str(root / 'with_opt.pth'), device='cpu', tile=32, tile_overlap=8).reconstruct(spikes)
+    assert abs(float(tiled[:, :16].mean()) - float(whole[:, :16].mean())) < 0.02
+    assert abs(float(tiled.mean()) - float(whole.mean())) < 0.01
+
+
+def test_checkpoints_without_network_options_need_them(tiny_checkpoint, tmp_path):
+    root, _ = tiny_checkpoint
+    with pytest.raises(ReconstructorError, match='does not say which network'):
+        load_network(str(root / 'bare.pth'))
+    net, network_opt, source = load_network(str(root / 'bare.pth'), network_opt=dict(TINY))
+    assert network_opt == TINY and source == 'network_opt'
+    (tmp_path / 'opt.yml').write_text('network_g:\n  type: DeSpikeNet\n  num_feat: 16\n')
+    with pytest.raises(ReconstructorError, match='shape mismatches'):
+        load_network(str(root / 'with_opt.pth'), opt_path=str(tmp_path / 'opt.yml'))
+    (tmp_path / 'broken.pth').write_bytes(b'not a checkpoint')
+    with pytest.raises(ReconstructorError, match='broken.pth'):
+        DeSpikeReconstructor(str(tmp_path / 'broken.pth'))
+
+
+def test_short_streams_and_bad_shapes_are_refused(tiny_checkpoint):
+    root, _ = tiny_checkpoint
+    reconstructor = DeSpikeReconstructor(str(root / 'with_opt.pth'), device='cpu')
+    with pytest.raises(ReconstructorError, match='at least 16'):
+        reconstructor.reconstruct(np.zeros((10, 8, 8), np.uint8))
+    with pytest.raises(ReconstructorError, match='at least 16'):
+        reconstructor.reconstruct(np.zeros((40, 8, 8), np.uint8), centre=3)
+    with pytest.raises(ReconstructorError, match=r'\(T, H, W\)'):
+        reconstructor.reconstruct(np.zeros((40, 8), np.uint8))
+    with pytest.raises(ReconstructorError, match='gamma'):
+        reconstructor.reconstruct(np.zeros((40, 8, 8), np.uint8), gamma=np.ones((4, 4)))
+
+
+@pytest.mark.skipif(not osp.isfile(PRETRAINED_WEIGHTS), reason='the pretrained weights are not built yet')
+def test_shipped_weights_load_without_options_and_reconstruct_exposure_invariantly():
+    """The README example: the shipped model, a scene at two light levels 4× apart."""
+    reconstructor = DeSpikeReconstructor(device='cpu')
+    assert reconstructor.network_source.startswith('network_g stored in')
+    scene = generate_scene(64, 64, 3)[0]
+    images = [reconstructor.reconstruct(camera.simulate(scene * light, 192, seed=2)) for light in (1.2, 0.3)]
+    ratio = float(images[0].mean() / images[1].mean())
+    assert abs(ratio - 4**(1 / 2.2)) < 0.15 * 4**(1 / 2.2)
+    psnr = 10 * np.log10(1 / np.mean((images[0] - images[1] * 4**(1 / 2.2))**2))
+    assert psnr > 25
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Held-out evaluation core
+
+
+def test_gain_offset_fit_recovers_an_affine_copy():
+    target = np.random.default_rng(0).uniform(0.1, 0.9, (16, 16)).astype(np.float32)
+    np.testing.assert_allclose(evaluation.gain_offset_fit(0.5 * target + 0.1, target), target, atol=1e-5)
+    raw, fitted = evaluation.scores(0.5 * target + 0.1, target), evaluation.scores(target, target)
+    assert raw['psnr'] < 30 and raw['psnr_fit'] == fitted['psnr'] == float('inf')
+
+
+def test_evaluate_scores_every_method_at_every_level():
+    images = {f'img{i}': generate_scene(40, 48, 10 + i)[0]**(1 / 2.2) for i in range(2)}
+    scenes = evaluation.synthetic_depth_scenes(images, seed=0, sigma_range=(0.5, 2.0), set_name='toy')
+    assert scenes[0].blurred.shape == (40, 48)
+    # a stand-in "DeSpike": TFP over the whole stream, shown at the reference camera's scale
+    report = evaluation.evaluate(scenes, lambda spikes, gamma: (spikes.mean(0) * gamma / 0.5)**(1 / 2.2),
+                                 steps=64, levels={'bright': 0.3, 'dim': 0.075})
+    assert len(report['rows']) == 2 * 2 * len(evaluation.METHODS)
+    summary = {(s['level'], s['method']): s for s in report['summary']}
+    assert summary[('bright', 'defocused')]['psnr'] > 20  # noise-free defocus of mild blur
+    assert summary[('bright', 'tfp192')]['psnr'] > summary[('dim', 'tfp192')]['psnr']  # fewer spikes, more noise
+    # the stand-in equals TFP over all 64 frames, raw scale from the known exposure
+    assert summary[('bright', 'despike')]['psnr'] == pytest.approx(summary[('bright', 'tfp192')]['psnr'], abs=0.3)
+    table = evaluation.markdown(report['summary'])
+    assert '### toy (2 scenes)' in table and 'TFP-192' in table
+    picture = evaluation.picture(report['_images'], crop=32)
+    assert picture.ndim == 2 and picture.shape[1] > 6 * 32
+
+
+def test_skimage_scenes_are_shipped_photographs():
+    pytest.importorskip('skimage')
+    images = evaluation.skimage_images(('camera', 'coffee'))
+    assert images['camera'].ndim == 2 and images['coffee'].ndim == 3
+    assert 0 <= images['coffee'].min() and images['coffee'].max() <= 1
