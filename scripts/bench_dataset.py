@@ -37,8 +37,8 @@ from torch.utils.data import DataLoader, Dataset
 from despike_basicsr.data import preparation as prep
 from despike_basicsr.data.scenes import generate_scene
 from despike_basicsr.data.spike_lmdb import SpikeLMDBWriter
-from despike_basicsr.data.spike_lmdb_dataset import (SpikeLMDBDataset, apply_augmentation, draw_augmentation,
-                                                     make_item, random_crop_box, train_window)
+from despike_basicsr.data.spike_lmdb_dataset import (SpikeLMDBDataset, apply_augmentation, draw_augmentation, make_item,
+                                                     random_crop_box, train_window)
 from despike_basicsr.spike.io import unpack_time
 
 
@@ -94,8 +94,13 @@ def disk_bytes(paths: List[str]) -> int:
 
 def samples_per_second(dataset: Dataset, workers: int, iters: int, batch_size: int = 1) -> float:
     """Items per second through a DataLoader (default collate) after a short warm-up."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
-                        persistent_workers=workers > 0)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=workers > 0)
     batches = iter(loader)
     for _ in range(min(2, len(loader))):  # warm-up: worker start-up, page cache, LMDB open
         next(batches)
@@ -180,8 +185,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         lmdb_bytes = disk_bytes([osp.join(lmdb_path, n) for n in os.listdir(lmdb_path)]) / args.num_samples
         npy_bytes = disk_bytes([osp.join(npy_dir, n) for n in os.listdir(npy_dir)]) / args.num_samples
         temporal_len = [args.window // 2, args.window]
-        train_opt = {'phase': 'train', 'gt_size': args.crop, 'temporal_len': temporal_len, 'use_flip': True,
-                     'use_rot': True}
+        train_opt = {
+            'phase': 'train',
+            'gt_size': args.crop,
+            'temporal_len': temporal_len,
+            'use_flip': True,
+            'use_rot': True
+        }
         datasets = {
             'lmdb': SpikeLMDBDataset(dict(train_opt, dataroot=lmdb_path)),
             'lmdb-float': LegacyFloatLMDBDataset(dict(train_opt, dataroot=png_path)),

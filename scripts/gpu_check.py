@@ -93,8 +93,10 @@ def peak_gib(device: torch.device) -> Optional[float]:
 def make_lmdb(folder: str, sizes: Sizes) -> str:
     """A small spike LMDB (procedural scenes, depth defocus, the sensor's FPN) in ``folder``."""
     specs = [
-        prep.SampleSpec(f's{i}', loader=lambda i=i: (lambda scene: (scene[0], None, scene[1]))(
-            generate_scene(sizes.scene, sizes.scene, 100 + i))) for i in range(sizes.num_scenes)
+        prep.SampleSpec(
+            f's{i}',
+            loader=lambda i=i: (lambda scene: (scene[0], None, scene[1]))
+            (generate_scene(sizes.scene, sizes.scene, 100 + i))) for i in range(sizes.num_scenes)
     ]
     config = prep.SimulationConfig(mode='depth', steps=sizes.steps, seed=1)
     return prep.prepare_lmdb(specs, osp.join(folder, 'gpu_check.lmdb'), config, progress=False)
@@ -111,12 +113,27 @@ def training_options(lmdb_path: str, sizes: Sizes, device: torch.device, work: s
         train['lpips_opt']['pretrained'] = False  # no downloads here; the cost does not depend on the weights
     train.update(amp=amp, compile=compile_net)
     model_opt = {
-        'name': 'gpu_check', 'model_type': opt['model_type'], 'scale': 1, 'num_gpu': 1 if device.type == 'cuda' else 0,
-        'is_train': True, 'dist': False, 'rank': 0, 'world_size': 1, 'manual_seed': 0,
-        'network_g': opt['network_g'], 'train': train,
-        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None, 'experiments_root': work,
-                 'models': osp.join(work, 'models'), 'training_states': osp.join(work, 'states'), 'log': work,
-                 'visualization': osp.join(work, 'visualization')},
+        'name': 'gpu_check',
+        'model_type': opt['model_type'],
+        'scale': 1,
+        'num_gpu': 1 if device.type == 'cuda' else 0,
+        'is_train': True,
+        'dist': False,
+        'rank': 0,
+        'world_size': 1,
+        'manual_seed': 0,
+        'network_g': opt['network_g'],
+        'train': train,
+        'path': {
+            'pretrain_network_g': None,
+            'strict_load_g': True,
+            'resume_state': None,
+            'experiments_root': work,
+            'models': osp.join(work, 'models'),
+            'training_states': osp.join(work, 'states'),
+            'log': work,
+            'visualization': osp.join(work, 'visualization')
+        },
     }
     return model_opt, dataset
 
@@ -138,8 +155,14 @@ def measure_training(lmdb_path: str, sizes: Sizes, device: torch.device, work: s
     random.seed(0)  # the same crops and windows for every setting
     model = build_model(model_opt)
     dataset = SpikeLMDBDataset(dataset_opt)
-    loader = DataLoader(dataset, batch_size=sizes.batch, shuffle=True, num_workers=workers, drop_last=True,
-                        pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
+    loader = DataLoader(
+        dataset,
+        batch_size=sizes.batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=device.type == 'cuda',
+        persistent_workers=workers > 0)
     batches = endless(loader)
     reset_peak(device)
     for it in range(1, warmup + 1):
@@ -238,8 +261,13 @@ def measure_simulator(sizes: Sizes, device: torch.device, repeats: int) -> List[
     for label, kwargs in (('uint8', {}), ('packed', {'packed': True})):
         cpu = best_time(lambda: simulate(image, steps, seed=1, **kwargs), torch.device('cpu'), repeats)
         ours = best_time(lambda: simulate(tensor, steps, seed=1, **kwargs), device, repeats)
-        rows.append({'output': label, 'device_px_steps_per_s': pixel_steps / ours, 'numpy_cpu_px_steps_per_s':
-                     pixel_steps / cpu, 'ratio': cpu / ours, 'shape': f'{height}x{width}x{steps}'})
+        rows.append({
+            'output': label,
+            'device_px_steps_per_s': pixel_steps / ours,
+            'numpy_cpu_px_steps_per_s': pixel_steps / cpu,
+            'ratio': cpu / ours,
+            'shape': f'{height}x{width}x{steps}'
+        })
     return rows
 
 
@@ -271,9 +299,9 @@ def print_table(result: Dict[str, Any]) -> None:
         else:
             lines.append(('infer', setting, f'{row["latency_ms"]:.1f} ms', gib(row.get('peak_gib')), 'median'))
     for row in result['simulator']:
-        lines.append(('simulate', f'static {row["shape"]} {row["output"]}',
-                      f'{row["device_px_steps_per_s"]:.3e} px-st/s', '-',
-                      f'numpy CPU {row["numpy_cpu_px_steps_per_s"]:.3e}, x{row["ratio"]:.1f}'))
+        lines.append(
+            ('simulate', f'static {row["shape"]} {row["output"]}', f'{row["device_px_steps_per_s"]:.3e} px-st/s', '-',
+             f'numpy CPU {row["numpy_cpu_px_steps_per_s"]:.3e}, x{row["ratio"]:.1f}'))
     widths = [max(len(line[i]) for line in lines) for i in range(4)]
     print(result['header'])
     for index, line in enumerate(lines):
@@ -306,8 +334,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     if args.device == 'cuda' and not torch.cuda.is_available():
-        print(f'gpu_check: no CUDA device is visible to torch {torch.__version__} (CUDA build {torch.version.cuda}); '
-              'this check needs a GPU. For the CPU dry run: --device cpu --dry-run', file=sys.stderr)
+        print(
+            f'gpu_check: no CUDA device is visible to torch {torch.__version__} (CUDA build {torch.version.cuda}); '
+            'this check needs a GPU. For the CPU dry run: --device cpu --dry-run',
+            file=sys.stderr)
         raise SystemExit(2)
     device = torch.device(args.device)
     sizes = Sizes(args.dry_run)
@@ -321,19 +351,24 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                    f'{osp.relpath(TRAIN_OPT, REPO_ROOT)} network and losses, batch {sizes.batch}, crop {sizes.crop}, '
                    f'{warmup} warm-up + {iters} timed iterations, {workers} workers'
                    f'{" (DRY RUN: toy sizes)" if args.dry_run else ""}'),
-        'training': [], 'inference': [], 'simulator': []
+        'training': [],
+        'inference': [],
+        'simulator': []
     }
     with tempfile.TemporaryDirectory(prefix='gpu_check_') as work:
         if 'train' not in args.skip:
             start = time.perf_counter()
             lmdb_path = make_lmdb(work, sizes)
-            print(f'simulated {sizes.num_scenes} scenes of {sizes.scene}x{sizes.scene}x{sizes.steps} in '
-                  f'{time.perf_counter() - start:.1f} s', flush=True)
+            print(
+                f'simulated {sizes.num_scenes} scenes of {sizes.scene}x{sizes.scene}x{sizes.steps} in '
+                f'{time.perf_counter() - start:.1f} s',
+                flush=True)
             for name, amp, compile_net in settings:
                 row = {'setting': name}
                 try:
-                    row.update(measure_training(lmdb_path, sizes, device, osp.join(work, name.replace(' ', '_')),
-                                                amp, compile_net, warmup, iters, workers))
+                    row.update(
+                        measure_training(lmdb_path, sizes, device, osp.join(work, name.replace(' ', '_')), amp,
+                                         compile_net, warmup, iters, workers))
                 except Exception as err:  # report the failing setting, measure the others
                     row['error'] = first_line(err)
                 print(f'train {name}: {row}', flush=True)

@@ -57,8 +57,13 @@ class TinySet(Dataset):
         for index in range(count):
             sharp = torch.rand(1, SIZE, SIZE, generator=generator) * 0.6 + 0.2
             spikes = (torch.rand(FRAMES, SIZE, SIZE, generator=generator) < sharp * 0.5).to(torch.uint8)
-            self.items.append({'lq': spikes, 'gt': sharp, 'lq_path': f't{index}', 'gt_path': f't{index}',
-                               'lq_len': FRAMES})
+            self.items.append({
+                'lq': spikes,
+                'gt': sharp,
+                'lq_path': f't{index}',
+                'gt_path': f't{index}',
+                'lq_len': FRAMES
+            })
 
     def __len__(self) -> int:
         return len(self.items)
@@ -69,16 +74,52 @@ class TinySet(Dataset):
 
 def _options(network=None, **train):
     options = {
-        'name': 'accel', 'model_type': 'CascadeModel', 'scale': 1, 'num_gpu': 0, 'is_train': True, 'dist': False,
-        'rank': 0, 'world_size': 1, 'manual_seed': 0,
-        'front_end': {'type': 'tfp', 'window': FRAMES, 'eta': 1.0, 'threshold': 2.0},
-        'network_g': network or {'type': 'NRKNet', 'in_channels': 1, 'widths': [8, 8, 8], 'num_blocks': [1, 1, 1]},
-        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
+        'name': 'accel',
+        'model_type': 'CascadeModel',
+        'scale': 1,
+        'num_gpu': 0,
+        'is_train': True,
+        'dist': False,
+        'rank': 0,
+        'world_size': 1,
+        'manual_seed': 0,
+        'front_end': {
+            'type': 'tfp',
+            'window': FRAMES,
+            'eta': 1.0,
+            'threshold': 2.0
+        },
+        'network_g': network or {
+            'type': 'NRKNet',
+            'in_channels': 1,
+            'widths': [8, 8, 8],
+            'num_blocks': [1, 1, 1]
+        },
+        'path': {
+            'pretrain_network_g': None,
+            'strict_load_g': True,
+            'resume_state': None
+        },
         'train': {
-            'ema_decay': 0, 'optim_g': {'type': 'Adam', 'lr': 1e-3, 'betas': [0.9, 0.99]},
-            'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5}, 'total_iter': 10,
-            'warmup_iter': -1, 'grad_clip_norm': 0.5,
-            'pixel_opt': {'type': 'MultiScaleMSELoss', 'loss_weight': 1.0, 'scale_weights': [0.25, 0.5, 1.0]},
+            'ema_decay': 0,
+            'optim_g': {
+                'type': 'Adam',
+                'lr': 1e-3,
+                'betas': [0.9, 0.99]
+            },
+            'scheduler': {
+                'type': 'MultiStepLR',
+                'milestones': [100],
+                'gamma': 0.5
+            },
+            'total_iter': 10,
+            'warmup_iter': -1,
+            'grad_clip_norm': 0.5,
+            'pixel_opt': {
+                'type': 'MultiScaleMSELoss',
+                'loss_weight': 1.0,
+                'scale_weights': [0.25, 0.5, 1.0]
+            },
         },
     }
     if network is not None and network['type'] == 'TinyAccelNet':
@@ -203,13 +244,16 @@ def test_compile_failures_are_explained(monkeypatch):
         raise RuntimeError('no C++ compiler found')
 
     monkeypatch.setattr(torch, 'compile', broken_compile)
-    with pytest.raises(RuntimeError, match=r'train.compile is on but torch.compile does not work on this machine '
-                       r'\(cpu\): RuntimeError: no C\+\+ compiler found. Set train.compile: false'):
+    with pytest.raises(
+            RuntimeError,
+            match=r'train.compile is on but torch.compile does not work on this machine '
+            r'\(cpu\): RuntimeError: no C\+\+ compiler found. Set train.compile: false'):
         check_compile_works(torch.device('cpu'))
     # an error raised from inside torch.compile's machinery is told apart from an ordinary one
     namespace = {}
-    exec(compile('def fail():\n    raise AssertionError("expected size 2==2, stride 1==120")\n',
-                 '/venv/site-packages/torch/_inductor/runtime/runtime_utils.py', 'exec'), namespace)
+    exec(
+        compile('def fail():\n    raise AssertionError("expected size 2==2, stride 1==120")\n',
+                '/venv/site-packages/torch/_inductor/runtime/runtime_utils.py', 'exec'), namespace)
     for function, expected in ((namespace['fail'], True), (lambda: 1 / 0, False)):
         try:
             function()
@@ -284,8 +328,10 @@ def test_consecutive_skips_stop_training_with_the_iteration():
     model.optimize_parameters(4)
     model.update_learning_rate(5)
     model.feed_data(batch)
-    with pytest.raises(NonFiniteTrainingError, match=r'training stopped at iter 5: 2 consecutive optimiser steps had '
-                       r'a non-finite loss or gradient \(train.max_nonfinite_steps = 2\)'):
+    with pytest.raises(
+            NonFiniteTrainingError,
+            match=r'training stopped at iter 5: 2 consecutive optimiser steps had '
+            r'a non-finite loss or gradient \(train.max_nonfinite_steps = 2\)'):
         model.optimize_parameters(5)
 
 
@@ -319,7 +365,6 @@ def test_despike_model_skips_a_nan_step(tmp_path):
 
 # ----------------------------------------------------------------------------------------------------------------------
 # A real training run
-
 
 NAN_RUNNER = '''
 import hashlib, os, sys
@@ -373,9 +418,21 @@ def test_training_stops_after_nan_steps_and_keeps_the_last_checkpoint(tmp_path, 
     opt = _options(max_nonfinite_steps=2)
     for key in ('is_train', 'dist', 'rank', 'world_size'):
         opt.pop(key)
-    opt.update(name='nan_run', datasets={
-        'train': dict(dataset, name='tiny-train', phase='train', gt_size=SIZE, temporal_len=[FRAMES, 32],
-                      num_worker_per_gpu=0, batch_size_per_gpu=2, dataset_enlarge_ratio=4, prefetch_mode=None)})
+    opt.update(
+        name='nan_run',
+        datasets={
+            'train':
+            dict(
+                dataset,
+                name='tiny-train',
+                phase='train',
+                gt_size=SIZE,
+                temporal_len=[FRAMES, 32],
+                num_worker_per_gpu=0,
+                batch_size_per_gpu=2,
+                dataset_enlarge_ratio=4,
+                prefetch_mode=None)
+        })
     opt['logger'] = {'print_freq': 1, 'save_checkpoint_freq': 2, 'use_tb_logger': False, 'wandb': None}
     options = tmp_path / 'nan.yml'
     options.write_text(yaml.safe_dump(opt, sort_keys=False))
@@ -383,8 +440,15 @@ def test_training_stops_after_nan_steps_and_keeps_the_last_checkpoint(tmp_path, 
     runner.write_text(textwrap.dedent(NAN_RUNNER))
     models = tmp_path / 'experiments' / 'nan_run' / 'models'
     snapshot = tmp_path / 'snapshot.txt'
-    run = subprocess.run([sys.executable, str(runner), '3', str(models), str(snapshot), '-opt', str(options)],
-                         env=subprocess_env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, str(runner), '3',
+         str(models), str(snapshot), '-opt',
+         str(options)],
+        env=subprocess_env,
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300)
     assert run.returncode == 3, run.stdout[-3000:] + run.stderr[-3000:]
     assert 'despike-train: error: training stopped at iter 4: 2 consecutive optimiser steps' in run.stderr
     log = '\n'.join(p.read_text() for p in (tmp_path / 'experiments' / 'nan_run').glob('train_*.log'))

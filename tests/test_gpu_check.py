@@ -25,8 +25,13 @@ def test_refuses_without_a_cuda_device(monkeypatch, capsys):
 @pytest.mark.slow
 def test_cpu_dry_run_prints_one_table_with_every_piece(tmp_path, subprocess_env):
     subprocess_env['GPU_CHECK_OUT'] = str(tmp_path)
-    run = subprocess.run(['bash', osp.join(REPO_ROOT, 'scripts', 'gpu_check.sh'), '--device', 'cpu', '--dry-run'],
-                         env=subprocess_env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        ['bash', osp.join(REPO_ROOT, 'scripts', 'gpu_check.sh'), '--device', 'cpu', '--dry-run'],
+        env=subprocess_env,
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     table = run.stdout[run.stdout.index('gpu_check on CPU'):]
     assert 'DRY RUN' in table

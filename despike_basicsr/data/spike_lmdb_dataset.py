@@ -91,7 +91,10 @@ def apply_augmentation(array: np.ndarray, hflip: bool, vflip: bool, transpose: b
     return np.ascontiguousarray(array)
 
 
-def make_item(spikes: np.ndarray, gt: np.ndarray, key: str, lq_len: int,
+def make_item(spikes: np.ndarray,
+              gt: np.ndarray,
+              key: str,
+              lq_len: int,
               gamma: Optional[np.ndarray] = None) -> Dict[str, Any]:
     """The dict every spike dataset returns (docs/architecture.md).
 

@@ -76,8 +76,8 @@ def raised_by_torch_compile(error: BaseException) -> bool:
     tb = error.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return tb is not None and any(marker in tb.tb_frame.f_code.co_filename.replace('\\', '/')
-                                  for marker in _COMPILE_FRAMES)
+    return tb is not None and any(
+        marker in tb.tb_frame.f_code.co_filename.replace('\\', '/') for marker in _COMPILE_FRAMES)
 
 
 def check_compile_works(device: torch.device) -> None:
