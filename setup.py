@@ -27,6 +27,7 @@ setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=('despike_basicsr', 'despike_basicsr.*')),
+    package_data={'despike_basicsr': ['weights/*.pth']},  # the shipped pretrained model (docs/pretrained.md)
     python_requires='>=3.9',
     install_requires=read_requirements('requirements/torch.txt') + read_requirements('requirements/base.txt'),
     extras_require={'test': read_requirements('requirements/test.txt')},

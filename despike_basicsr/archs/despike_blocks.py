@@ -120,12 +120,15 @@ def fft_convolve_bank(feat: Tensor, kernels: Tensor) -> Tensor:
         ``(B, m, C, H, W)``.
     """
     radius = kernels.shape[-1] // 2
-    padded = F.pad(feat, (radius, radius, radius, radius), mode='replicate')
-    height, width = padded.shape[-2:]
-    # transform sizes with only small prime factors are several times faster; a larger size adds no wrap-around
-    size = (smooth_fft_size(height), smooth_fft_size(width))
-    spectrum = torch.fft.rfft2(padded, s=size)[:, None] * torch.fft.rfft2(kernels, s=size)[None, :, None]
-    return torch.fft.irfft2(spectrum, s=size)[..., 2 * radius:height, 2 * radius:width]
+    dtype = feat.dtype
+    # float32 whatever autocast chose: cuFFT has no bf16 and takes fp16 only for power-of-two sizes
+    with torch.autocast(feat.device.type, enabled=False):
+        padded = F.pad(feat.float(), (radius, radius, radius, radius), mode='replicate')
+        height, width = padded.shape[-2:]
+        # transform sizes with only small prime factors are several times faster; a larger size adds no wrap-around
+        size = (smooth_fft_size(height), smooth_fft_size(width))
+        spectrum = torch.fft.rfft2(padded, s=size)[:, None] * torch.fft.rfft2(kernels.float(), s=size)[None, :, None]
+        return torch.fft.irfft2(spectrum, s=size)[..., 2 * radius:height, 2 * radius:width].to(dtype)
 
 
 def smooth_fft_size(length: int) -> int:

@@ -101,19 +101,20 @@ class DeSpikeModel(SpikeSRModel):
 
     def optimize_parameters(self, current_iter: int) -> None:
         self.optimizer_g.zero_grad()
-        self.output, grid = self.net_g(self.lq, self.gamma, return_intermediates=True)
-        correction = self.exposure_correction()
-        if correction is not None:
-            self.output = self.output * correction
-            grid = [[image * correction for image in row] for row in grid]
+        with self.autocast():
+            self.output, grid = self.net_g(self.lq, self.gamma, return_intermediates=True)
+            correction = self.exposure_correction()
+            if correction is not None:
+                self.output = self.output * correction
+                grid = [[image * correction for image in row] for row in grid]
 
-        loss_dict = OrderedDict()
-        if self.cri_grid is not None:
-            loss_dict['l_grid'] = self.cri_grid(grid, self.gt)
-        if self.cri_fft is not None:
-            loss_dict['l_fft'] = self._aux_loss(self.cri_fft, self.fft_scales, grid)
-        if self.cri_lpips is not None:
-            loss_dict['l_lpips'] = self._aux_loss(self.cri_lpips, self.lpips_scales, grid)
+            loss_dict = OrderedDict()
+            if self.cri_grid is not None:
+                loss_dict['l_grid'] = self.cri_grid(grid, self.gt)
+            if self.cri_fft is not None:
+                loss_dict['l_fft'] = self._aux_loss(self.cri_fft, self.fft_scales, grid)
+            if self.cri_lpips is not None:
+                loss_dict['l_lpips'] = self._aux_loss(self.cri_lpips, self.lpips_scales, grid)
         self.apply_losses(loss_dict)
 
     def test(self) -> None:
