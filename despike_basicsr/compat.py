@@ -1,9 +1,11 @@
 """The one place where basicsr 1.4.2 is adapted to current torch/torchvision/numpy, to machines without CUDA, and made
-safe to resume. Nothing here edits installed files: each patch replaces one basicsr function at import time.
+safe to resume. Nothing here edits installed files: each patch replaces one basicsr function when :func:`apply`
+runs.
 
-Importing :mod:`despike_basicsr` applies every patch once (``apply()`` is idempotent). Each patch names what breaks,
-which basicsr versions need it (checked against 1.4.2, the last release; later releases may fix some) and what it
-changes. In short:
+Importing this module changes nothing. :func:`apply` (idempotent) applies every patch;
+:func:`despike_basicsr.register` and each registered subpackage (whose modules import basicsr) call it before basicsr
+loads. Each patch names what breaks, which basicsr versions need it (checked against 1.4.2, the last release; later
+releases may fix some) and what it changes. In short:
 
 =====================================  ====================================================================
 patch                                  why
@@ -22,8 +24,10 @@ patch                                  why
 ``basicsr.train.EnlargedSampler``,     a resumed run restarted its epoch from the first batch and re-seeded the
 ``BaseModel.save_training_state``      random generators, so it saw other samples and crops than the run it
                                        continues; states now carry RNG states, the sampler resumes mid-epoch
-``basicsr.train.create_train_val_``   epochs estimated with ``ceil`` while the loader drops last batches: runs
-``dataloader``                         ended before ``total_iter`` silently; now counted from the loader
+``basicsr.train.create_train_val_``    epochs estimated with ``ceil`` while the loader drops last batches: runs
+``dataloader``                         ended before ``total_iter`` silently; now counted from the loader; it also
+                                       tells the resumed sampler where the saved run stopped (read from the
+                                       ``path.resume_state`` file, no state shared between patches)
 ``Registry.get``                       an unknown ``type:`` gave "No object named X"; now lists what is registered
 =====================================  ====================================================================
 """
@@ -167,14 +171,6 @@ def _load_resume_state(opt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         if key not in state:
             raise CheckpointError(f'training state {path} has no {key!r} entry: not a BasicSR training state')
     check_resume(opt, state['iter'])
-    train_opt = (opt.get('datasets') or {}).get('train') or {}
-    multiplier = 1 if opt.get('dist') else max(1, int(opt.get('num_gpu') or 0))
-    _PENDING_RESUME.clear()
-    _PENDING_RESUME.update(
-        epoch=state['epoch'],
-        iter=state['iter'],
-        rng=state.get('rng'),
-        batch_size=int(train_opt.get('batch_size_per_gpu', 1)) * multiplier)
     for name, value in opt['path'].items():
         if name.startswith('pretrain_network') and value and not os.path.isfile(value):
             raise CheckpointError(f'training state {path} (iter {state["iter"]}) needs the network file {value}, '
@@ -251,11 +247,6 @@ def _load_network(self, net, load_path, strict=True, param_key='params'):
 # ----------------------------------------------------------------------------------------------------------------------
 # Exact resume
 # ----------------------------------------------------------------------------------------------------------------------
-#: Set by :func:`_load_resume_state`, consumed by the next :class:`ResumableEnlargedSampler` (the pipeline builds the
-#: train sampler right after loading the state).
-_PENDING_RESUME: Dict[str, Any] = {}
-
-
 def capture_rng_state() -> Dict[str, Any]:
     """The states of Python's, NumPy's and torch's global generators, in a form ``weights_only`` loading accepts."""
     import numpy as np
@@ -299,16 +290,21 @@ def _resumable_sampler_class():
 
         basicsr <= 1.4.2 restarts the resumed epoch from its first batch (so a run killed at iteration k and resumed
         trains on other samples than the uninterrupted run) and the generators restart from the seed (other crops).
-        The training state records epoch, iteration and generator states; in the resumed epoch this sampler skips the
-        batches the saved run had already consumed and, at that moment (after the loader made its iterator, which
-        draws from torch's generator), restores the generators. With ``num_worker_per_gpu: 0`` the resumed run then
-        matches the uninterrupted one exactly; with workers, data order matches but workers re-seed as BasicSR does.
+        The training state records epoch, iteration and generator states; :func:`_make_create_train_val_dataloader`
+        hands them to :meth:`resume_from`. In the resumed epoch this sampler skips the batches the saved run had
+        already consumed and, at that moment (after the loader made its iterator, which draws from torch's
+        generator), restores the generators. With ``num_worker_per_gpu: 0`` the resumed run then matches the
+        uninterrupted one exactly; with workers, data order matches but workers re-seed as BasicSR does.
         """
 
         def __init__(self, dataset, num_replicas, rank, ratio=1):
             super().__init__(dataset, num_replicas, rank, ratio)
-            self.resume = dict(_PENDING_RESUME)
-            _PENDING_RESUME.clear()
+            self.resume: Dict[str, Any] = {}
+
+        def resume_from(self, epoch: int, iteration: int, batch_size: int, rng: Optional[Dict[str, Any]]) -> None:
+            """Continue the run saved at ``iteration`` of ``epoch`` (``batch_size``: samples per iteration and
+            process; ``rng``: the generator states of :func:`capture_rng_state`, or None)."""
+            self.resume = dict(epoch=epoch, iter=iteration, batch_size=batch_size, rng=rng)
 
         def __iter__(self):
             indices = list(super().__iter__())
@@ -326,6 +322,23 @@ def _resumable_sampler_class():
     return ResumableEnlargedSampler
 
 
+def _resume_sampler(opt: Dict[str, Any], train_sampler: Any) -> None:
+    """Tell a :class:`ResumableEnlargedSampler` where the resumed run stopped.
+
+    The state file is the one BasicSR's ``train_pipeline`` resumes from: ``opt['path']['resume_state']``, which
+    :func:`_load_resume_state` also sets for ``--auto_resume``. It is read again here (small next to a training run)
+    so nothing passes between the two patches except the options BasicSR already hands both.
+    """
+    path = (opt.get('path') or {}).get('resume_state')
+    if not path or not hasattr(train_sampler, 'resume_from'):
+        return
+    state = safe_torch_load(path, map_location='cpu', what='training state')
+    train_opt = (opt.get('datasets') or {}).get('train') or {}
+    multiplier = 1 if opt.get('dist') else max(1, int(opt.get('num_gpu') or 0))
+    train_sampler.resume_from(state['epoch'], state['iter'],
+                              int(train_opt.get('batch_size_per_gpu', 1)) * multiplier, state.get('rng'))
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Correct iteration count
 # ----------------------------------------------------------------------------------------------------------------------
@@ -335,7 +348,8 @@ def _make_create_train_val_dataloader(original: Callable) -> Callable:
         """basicsr <= 1.4.2 planned ``ceil(N·ratio / (batch·world))`` iterations per epoch, but its train loader drops
         the last incomplete batch of each process's ``ceil(N·ratio / world)`` samples, so with sizes that do not divide
         evenly training ended before ``total_iter`` without a word. Here the epochs come from the loader's real length,
-        and a data set smaller than one batch is an error."""
+        and a data set smaller than one batch is an error. A resumed run's sampler learns where the saved run stopped
+        (:func:`_resume_sampler`)."""
         train_loader, train_sampler, val_loaders, total_epochs, total_iters = original(opt, logger)
         if train_loader is not None:
             batches = len(train_loader)
@@ -349,6 +363,7 @@ def _make_create_train_val_dataloader(original: Callable) -> Callable:
                 logger.info(f'Epochs recounted from the loader ({batches} batches per epoch): {needed} '
                             f'(BasicSR estimated {total_epochs}).')
             total_epochs = needed
+            _resume_sampler(opt, train_sampler)
         return train_loader, train_sampler, val_loaders, total_epochs, total_iters
 
     return create_train_val_dataloader
@@ -370,7 +385,8 @@ def _make_registry_get(original: Callable) -> Callable:
 
 
 def apply() -> None:
-    """Apply every patch once. Called when :mod:`despike_basicsr` is imported."""
+    """Apply every patch once (idempotent). :func:`despike_basicsr.register` and every registered subpackage call it
+    before basicsr loads; importing this module changes nothing."""
     global _APPLIED
     if _APPLIED:
         return
@@ -391,6 +407,3 @@ def apply() -> None:
         basicsr.train.create_train_val_dataloader)
     registry.Registry.get = _make_registry_get(registry.Registry.get)
     _APPLIED = True
-
-
-apply()

@@ -33,14 +33,17 @@ def option_file_from_argv(argv: List[str]) -> Optional[str]:
 
 
 def prepare(argv: Optional[List[str]]) -> str:
-    """Common start: set ``sys.argv`` for BasicSR's parser, validate the options file, pick the backend.
+    """Common start: register the plugin with BasicSR, set ``sys.argv`` for BasicSR's parser, validate the options
+    file, pick the backend.
 
     Returns:
         The project root to hand to BasicSR's pipeline.
     """
     if argv is not None:
         sys.argv = [sys.argv[0]] + list(argv)
+    import despike_basicsr
     from despike_basicsr import compat
+    despike_basicsr.register()  # compat patches, then every registered class
     from despike_basicsr.options import check_options_file
     opt_path = option_file_from_argv(sys.argv[1:])
     if opt_path is not None:

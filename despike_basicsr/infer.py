@@ -31,7 +31,6 @@ import cv2
 import numpy as np
 import torch
 import yaml
-from basicsr.archs import build_network
 from tqdm import tqdm
 
 from despike_basicsr.checkpoint import CheckpointError, check_fits, safe_torch_load, state_dict_from_checkpoint
@@ -83,6 +82,9 @@ def resolve_network_options(opt_path: Optional[str], checkpoint: object, weights
 def build_and_load(network_opt: dict, source: str, state: Dict[str, torch.Tensor], weights_path: str,
                    device: torch.device) -> torch.nn.Module:
     """Build the registered network of ``network_opt`` and load ``state`` strictly (after a readable check)."""
+    import despike_basicsr
+    despike_basicsr.register()  # compat before basicsr loads; fills BasicSR's registries
+    from basicsr.archs import build_network
     try:
         net = build_network(dict(network_opt))
     except (KeyError, TypeError, ValueError) as err:

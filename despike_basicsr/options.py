@@ -76,9 +76,9 @@ def check_options(opt: Dict[str, Any], source: str = '<options>') -> Dict[str, A
     Raises:
         OptionsError: naming ``source`` and the offending key.
     """
+    import despike_basicsr
+    despike_basicsr.register()  # compat before basicsr loads; fills the registries
     from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
-
-    import despike_basicsr  # noqa: F401  (fills the registries)
 
     if not isinstance(opt, dict):
         raise OptionsError(f'{source}: expected a mapping of options, found {type(opt).__name__}')

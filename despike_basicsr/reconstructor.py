@@ -60,9 +60,9 @@ def load_network(weights: str,
     Raises:
         ReconstructorError: When no options are known or the weights do not fit the network (keys and shapes listed).
     """
+    import despike_basicsr
+    despike_basicsr.register()  # compat before basicsr loads; fills BasicSR's registries
     from basicsr.archs import build_network
-
-    import despike_basicsr  # noqa: F401  (fills BasicSR's registries)
 
     try:
         checkpoint = safe_torch_load(weights, what='weights file')

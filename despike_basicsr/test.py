@@ -14,7 +14,6 @@ if __name__ == '__main__' and not __package__:
     # would shadow top-level modules of those names; the repository root goes there instead.
     sys.path[0] = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
-import despike_basicsr  # noqa: E402,F401  (patches basicsr, fills the registries)
 from despike_basicsr.entry import run_pipeline  # noqa: E402
 
 

@@ -46,8 +46,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-import despike_basicsr  # noqa: E402,F401  (compat first, then the registries)
+import despike_basicsr  # noqa: E402
 from despike_basicsr.spike import rate_to_display, simulate, tfp  # noqa: E402
+
+despike_basicsr.register()  # compat first, then the registries
 
 METHODS = ('despike', 'cascade')
 LABELS = {'despike': 'DeSpike', 'cascade': 'TFP->NRKNet'}

@@ -27,21 +27,23 @@ from dataclasses import dataclass, field
 from os import path as osp
 from typing import Any, Dict, List, Optional, Sequence
 
-import despike_basicsr  # noqa: F401  isort:skip  (applies compat before basicsr loads; fills the registries)
-import cv2
-import numpy as np
-import torch
-import yaml
-from basicsr.metrics import calculate_metric, calculate_psnr, calculate_ssim
-from basicsr.models import build_model
-from basicsr.utils import tensor2img
-from basicsr.utils.options import ordered_yaml
-from basicsr.utils.registry import DATASET_REGISTRY
-from torch.utils.data import DataLoader
+import despike_basicsr  # isort:skip
 
-from despike_basicsr.checkpoint import load_network_weights
-from despike_basicsr.data.spike_lmdb import SpikeLMDBReader
-from despike_basicsr.spike.reconstruct import rate_to_display, tfi, tfp
+despike_basicsr.register()  # isort:skip  (compat before basicsr loads; fills the registries)
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from basicsr.metrics import calculate_metric, calculate_psnr, calculate_ssim  # noqa: E402
+from basicsr.models import build_model  # noqa: E402
+from basicsr.utils import tensor2img  # noqa: E402
+from basicsr.utils.options import ordered_yaml  # noqa: E402
+from basicsr.utils.registry import DATASET_REGISTRY  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from despike_basicsr.checkpoint import load_network_weights  # noqa: E402
+from despike_basicsr.data.spike_lmdb import SpikeLMDBReader  # noqa: E402
+from despike_basicsr.spike.reconstruct import rate_to_display, tfi, tfp  # noqa: E402
 
 CLASSICAL = ('tfp', 'tfi')
 

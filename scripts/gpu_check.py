@@ -39,11 +39,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-import despike_basicsr  # noqa: E402,F401  (compat first, then the registries)
+import despike_basicsr  # noqa: E402
 from bench_inference import cuda_peak, make_stream  # noqa: E402
 from despike_basicsr.data import preparation as prep  # noqa: E402
 from despike_basicsr.data.scenes import generate_scene  # noqa: E402
 from despike_basicsr.spike.camera import simulate  # noqa: E402
+
+despike_basicsr.register()  # compat first, then the registries
 
 TRAIN_OPT = osp.join(REPO_ROOT, 'options', 'train_despike_dpdd.yml')
 #: (name, train.amp, train.compile) of the training rows.

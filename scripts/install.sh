@@ -12,7 +12,7 @@ python=${PYTHON:-python3}
 
 stamp="$venv/.despike-install-stamp"
 want=$(cat requirements/*.txt setup.py | sha256sum | cut -d' ' -f1)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$venv/bin/python" -c "import despike_basicsr" 2>/dev/null; then
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$venv/bin/python" -c "import despike_basicsr; despike_basicsr.register()" 2>/dev/null; then
   echo "[install] $venv is up to date"
   exit 0
 fi
@@ -26,5 +26,5 @@ echo "[install] torch/torchvision pair (first time: a few GB, a few minutes)"
 echo "[install] basicsr 1.4.2 (no build isolation) and this package"
 "${pip[@]}" install -q --no-build-isolation basicsr==1.4.2
 "${pip[@]}" install -q --no-build-isolation -e ".[test]"
-"$venv/bin/python" -c "import despike_basicsr, torchvision; print('[install] despike_basicsr', despike_basicsr.__version__, 'ready')"
+"$venv/bin/python" -c "import despike_basicsr, torchvision; despike_basicsr.register(); print('[install] despike_basicsr', despike_basicsr.__version__, 'ready')"
 echo "$want" > "$stamp"

@@ -1,4 +1,8 @@
-"""Shared pytest fixtures: the repository root, a Python for subprocesses, and a free TCP port."""
+"""Shared pytest fixtures: the repository root, a Python for subprocesses, and a free TCP port.
+
+Registers the plugin with BasicSR (:func:`despike_basicsr.register`) before any test module imports basicsr, so test
+modules import basicsr and build registered classes directly.
+"""
 import os
 import socket
 import sys
@@ -6,7 +10,9 @@ from os import path as osp
 
 import pytest
 
-import despike_basicsr  # noqa: F401  (applies the compat patches before any test module imports basicsr)
+import despike_basicsr
+
+despike_basicsr.register()  # compat patches before any test module imports basicsr; fills the registries
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 

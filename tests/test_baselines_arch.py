@@ -1,5 +1,4 @@
 """GKMNet and NRKNet baselines: sizes, shapes, gradients, and the paper equations each one is built on."""
-import despike_basicsr  # noqa: F401  isort:skip  (applies compat before basicsr loads; fills registries)
 import numpy as np
 import pytest
 import torch

@@ -1,5 +1,4 @@
 """scripts/benchmark.py end to end on a tiny spike LMDB written here, with checkpoints saved here."""
-import despike_basicsr  # noqa: F401  isort:skip  (applies compat before basicsr loads; fills registries)
 import importlib.util
 import json
 from os import path as osp

@@ -1,5 +1,4 @@
 """CascadeModel: TFP/TFI front end + deblurring back end, trained and validated on a tiny synthetic spike batch."""
-import despike_basicsr  # noqa: F401  isort:skip  (applies compat before basicsr loads; fills registries)
 import copy
 import subprocess
 from os import path as osp

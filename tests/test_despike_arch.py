@@ -1,6 +1,5 @@
 """DeSpikeNet: every options file builds a network that runs on 64/150/192/300-step streams; gradients reach every
 parameter of every variant; the IF integration, the kernel bank and the fusion do what their equations say."""
-import despike_basicsr  # noqa: F401  isort:skip  (applies compat before basicsr loads; fills registries)
 import glob
 import os.path as osp
 

@@ -1,5 +1,4 @@
 """HierarchicalMSELoss, FFTLoss, LPIPSLoss and the LPIPS metric: hand-computable cases and clear errors."""
-import despike_basicsr  # noqa: F401  isort:skip  (applies compat before basicsr loads; fills registries)
 import math
 import urllib.error
 

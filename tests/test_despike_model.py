@@ -1,5 +1,4 @@
 """DeSpikeModel on a tiny synthetic data set: cropping of variable-length batches, the loss terms, EMA, validation."""
-import despike_basicsr  # noqa: F401  isort:skip  (applies compat before basicsr loads; fills registries)
 import copy
 import os.path as osp
 

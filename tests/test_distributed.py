@@ -70,9 +70,9 @@ def _max_rel_diff(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> flo
 
 
 def _despike_model_available() -> bool:
+    import despike_basicsr
+    despike_basicsr.register()
     from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
-
-    import despike_basicsr  # noqa: F401
     return 'DeSpikeModel' in MODEL_REGISTRY and 'DeSpikeNet' in ARCH_REGISTRY
 
 

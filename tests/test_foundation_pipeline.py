@@ -87,11 +87,12 @@ def test_corrupt_resume_state_names_the_file(tmp_path, subprocess_env, python_ex
 
 
 def test_compat_makes_basicsr_importable_and_cpu_safe():
+    import despike_basicsr
+    despike_basicsr.register()
     import basicsr.data.degradations as degradations
     from basicsr.models.base_model import BaseModel
     from basicsr.utils import dist_util
 
-    import despike_basicsr  # noqa: F401
     from despike_basicsr import compat
     assert degradations.rgb_to_grayscale is not None
     assert dist_util._init_dist_pytorch is compat._init_dist_pytorch

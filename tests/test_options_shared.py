@@ -4,7 +4,6 @@ A method table is only fair if every method sees the same data, crops and metric
 sections of each ``train_*_<data>.yml`` (baselines, ablations) must equal those of ``train_despike_<data>.yml``, and
 likewise for the ``test_*`` files.
 """
-import despike_basicsr  # noqa: F401  isort:skip  (applies compat before basicsr loads; fills registries)
 import glob
 import re
 from os import path as osp

@@ -105,3 +105,34 @@ def test_rng_state_round_trip_through_weights_only_load(tmp_path):
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
     compat.restore_rng_state(safe_torch_load(str(tmp_path / 's.state'))['rng'])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_resumed_sampler_learns_where_the_saved_run_stopped_from_the_state_file(tmp_path):
+    """The dataloader patch reads the ``path.resume_state`` file (no state shared between patches): in the saved
+    epoch the sampler skips the batches already consumed, restores the generators, and later epochs are whole."""
+    compat.apply()
+    sampler_class = compat._resumable_sampler_class()
+    dataset = list(range(10))
+    reference = sampler_class(dataset, num_replicas=1, rank=0)
+    reference.set_epoch(1)
+    whole_epoch = list(reference)
+    torch.manual_seed(5)
+    atomic_torch_save({'epoch': 1, 'iter': 7, 'rng': compat.capture_rng_state()}, str(tmp_path / '7.state'))
+    expected_draw = torch.rand(1).item()
+    opt = {'path': {'resume_state': str(tmp_path / '7.state')}, 'datasets': {'train': {'batch_size_per_gpu': 2}},
+           'num_gpu': 0, 'dist': False}
+
+    resumed = sampler_class(dataset, num_replicas=1, rank=0)
+    compat._resume_sampler(opt, resumed)
+    resumed.set_epoch(1)
+    torch.manual_seed(9)
+    # 5 batches of 2 per epoch; iteration 7 of epoch 1 means 2 batches (4 samples) of that epoch were consumed
+    assert list(resumed) == whole_epoch[4:]
+    assert torch.rand(1).item() == expected_draw
+    resumed.set_epoch(2)
+    assert len(list(resumed)) == 10
+
+    fresh = sampler_class(dataset, num_replicas=1, rank=0)
+    compat._resume_sampler({'path': {}}, fresh)  # not a resumed run
+    fresh.set_epoch(1)
+    assert list(fresh) == whole_epoch

@@ -9,14 +9,14 @@ increment. All paths (closed form, per-step loop, numpy, torch, CPU, CUDA) there
 exact to 2**-32 of θ (increments are rounded through float32, about 1e-7 relative). A pixel whose increment reaches θ
 saturates: it fires every step and its potential is held (at most one spike per step, the excess is discarded).
 """
-from typing import Callable, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Optional, Tuple, Union
 
 import numpy as np
 
-try:
+from ._torch import is_tensor
+
+if TYPE_CHECKING:  # pragma: no cover
     import torch
-except ImportError:  # pragma: no cover
-    torch = None
 
 PHASE_SCALE = 2.0**32
 MAX_PHASE_F32 = np.float32(4294967040.0)  # largest float32 below 2**32, so the uint32 cast never overflows
@@ -273,11 +273,12 @@ def _close_bar(bar, steps) -> None:
 
 
 def _to_numpy(value):
-    return value.detach().cpu().numpy() if torch is not None and isinstance(value, torch.Tensor) else value
+    return value.detach().cpu().numpy() if is_tensor(value) else value
 
 
 def _simulate_torch(intensity, steps, threshold, eta, gain, dark, shot_noise, seed, packed, chunk_steps, x0, progress):
     """torch path (CPU or CUDA), int64 arithmetic mod 2**32; same numbers as numpy when noise-free."""
+    import torch
     device = intensity.device
     static = intensity.ndim == 2
     h, w = intensity.shape[-2:]
@@ -394,7 +395,7 @@ def simulate(intensity: Intensity,
     if threshold <= 0 or eta <= 0:
         raise ValueError(f'simulate: threshold and eta must be > 0, got threshold={threshold}, eta={eta}')
     steps = int(steps)
-    if torch is not None and isinstance(intensity, torch.Tensor):
+    if is_tensor(intensity):
         if intensity.ndim not in (2, 3):
             raise ValueError(f'simulate: intensity must be (H, W) or (T, H, W), found {tuple(intensity.shape)}')
         return _simulate_torch(intensity, steps, threshold, eta, gain, dark, shot_noise, seed, packed, chunk_steps,

@@ -13,10 +13,7 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-try:  # torch is optional for this module: only the time-packing helpers accept tensors
-    import torch
-except ImportError:  # pragma: no cover - torch is a hard dependency of the package, not of this file
-    torch = None
+from ._torch import is_tensor as _is_tensor
 
 HEAD_COLUMNS = 16
 DEFAULT_HEIGHT = 250
@@ -29,10 +26,6 @@ FrameRange = Union[None, slice, Tuple[Optional[int], Optional[int]]]
 
 class SpikeFileError(ValueError):
     """A spike file that cannot be read as asked: wrong size, unknown layout, non-binary values or wrong dtype."""
-
-
-def _is_tensor(x) -> bool:
-    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def frame_bytes(height: int, width: int, head: bool = False) -> int:
@@ -189,6 +182,7 @@ def pack_time(spikes):
     shape = list(spikes.shape)
     shape[t_axis] = planes
     if tensor:
+        import torch
         src = spikes.to(torch.uint8)
         out = torch.zeros(shape, dtype=torch.uint8, device=spikes.device)
     else:
@@ -222,6 +216,7 @@ def unpack_time(packed, length: int, t0: int = 0, t1: Optional[int] = None):
     shape = list(block.shape)
     shape[t_axis] = 8 * (p1 - p0)
     if _is_tensor(packed):
+        import torch
         out = torch.empty(shape, dtype=torch.uint8, device=packed.device)
     else:
         out = np.empty(shape, dtype=np.uint8)

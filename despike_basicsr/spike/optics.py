@@ -9,10 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-try:
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None
+from ._torch import is_tensor
 
 
 def image_distance(depth, focal_length: float):
@@ -206,13 +203,13 @@ def render_depth_defocus(image: np.ndarray, depth: np.ndarray, lens: ThinLens, n
 
 def linear_to_display(x, gamma: float = 2.2):
     """Linear light to display values:  ``y = clip(x, 0, 1)^(1/γ)``  (numpy or torch)."""
-    if torch is not None and isinstance(x, torch.Tensor):
+    if is_tensor(x):
         return x.clamp(0.0, 1.0)**(1.0 / gamma)
     return np.clip(x, 0.0, 1.0)**(1.0 / gamma)
 
 
 def display_to_linear(x, gamma: float = 2.2):
     """Display values to linear light:  ``x = clip(y, 0, 1)^γ``  (numpy or torch)."""
-    if torch is not None and isinstance(x, torch.Tensor):
+    if is_tensor(x):
         return x.clamp(0.0, 1.0)**gamma
     return np.clip(x, 0.0, 1.0)**gamma

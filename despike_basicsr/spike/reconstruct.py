@@ -8,16 +8,8 @@ from typing import Optional
 
 import numpy as np
 
+from ._torch import is_tensor as _is_tensor
 from .optics import linear_to_display
-
-try:
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None
-
-
-def _is_tensor(x) -> bool:
-    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def _check_stream(spikes, name: str) -> int:
@@ -57,6 +49,7 @@ def tfp(spikes, center: Optional[int] = None, window: int = 41):
     stop = min(length, c - window // 2 + window)
     block = spikes[..., start:stop, :, :]
     if _is_tensor(spikes):
+        import torch
         return block.to(torch.float32).mean(dim=-3)
     return block.mean(axis=-3, dtype=np.float64).astype(np.float32)
 
@@ -80,6 +73,7 @@ def tfi(spikes, center: Optional[int] = None):
     before = spikes[..., :c + 1, :, :]
     after = spikes[..., c + 1:, :, :]
     if _is_tensor(spikes):
+        import torch
         before = torch.flip(before.to(torch.uint8), dims=(-3, ))
         after = after.to(torch.uint8)
         has_prev = before.amax(dim=-3) > 0

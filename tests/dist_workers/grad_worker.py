@@ -19,9 +19,11 @@ from typing import Any, Dict, List
 
 import torch
 
-import despike_basicsr  # noqa: F401  (applies compat, registers our archs and models)
-from basicsr.models import build_model
-from basicsr.utils.dist_util import get_dist_info, init_dist
+import despike_basicsr
+
+despike_basicsr.register()  # compat patches before basicsr loads; registers our archs and models
+from basicsr.models import build_model  # noqa: E402
+from basicsr.utils.dist_util import get_dist_info, init_dist  # noqa: E402
 
 SR_NETWORK = {'type': 'SRVGGNetCompact', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_conv': 2, 'upscale': 1,
               'act_type': 'prelu'}

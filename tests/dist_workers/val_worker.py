@@ -16,10 +16,12 @@ from typing import Any, Dict, List
 
 import torch
 
-import despike_basicsr  # noqa: F401  (applies compat, registers our archs and models)
-from basicsr.models import build_model
-from basicsr.utils.dist_util import get_dist_info, init_dist
-from grad_worker import make_batch, make_options, slice_batch
+import despike_basicsr
+
+despike_basicsr.register()  # compat patches before basicsr loads; registers our archs and models
+from basicsr.models import build_model  # noqa: E402
+from basicsr.utils.dist_util import get_dist_info, init_dist  # noqa: E402
+from grad_worker import make_batch, make_options, slice_batch  # noqa: E402
 
 
 class ValSet(torch.utils.data.Dataset):
