@@ -30,15 +30,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
 from despike_basicsr.checkpoint import CheckpointError, check_fits, safe_torch_load, state_dict_from_checkpoint
 from despike_basicsr.reconstructor import PRETRAINED_WEIGHTS
+from despike_basicsr.options import OptionsError, read_network_options
 from despike_basicsr.metrics.noref_metric import NIQE_BLOCK, calculate_niqe_gray, calculate_rms_contrast
 from despike_basicsr.spike.fpn import load_fpn
 from despike_basicsr.spike.io import DEFAULT_HEIGHT, DEFAULT_WIDTH, SpikeFileError, frame_bytes, load_spikes
-from despike_basicsr.spike.reconstruct import rate_to_display, tfi, tfp
+from despike_basicsr.spike.reconstruct import classical_display
 from despike_basicsr.tiling import count_tiles, tiled_apply
 
 PROG = 'despike-infer'
@@ -70,13 +70,9 @@ def resolve_network_options(opt_path: Optional[str], checkpoint: object, weights
     if not osp.isfile(opt_path):
         raise InferError(f'{opt_path}: no such options file (--opt)')
     try:
-        with open(opt_path, encoding='utf-8') as f:
-            opt = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as err:
-        raise InferError(f'{opt_path}: not a readable YAML options file ({type(err).__name__})') from err
-    if not isinstance(opt, dict) or not isinstance(opt.get('network_g'), dict) or 'type' not in opt['network_g']:
-        raise InferError(f'{opt_path}: expected a network_g section with a type (BasicSR options file)')
-    return dict(opt['network_g']), opt_path
+        return read_network_options(opt_path), opt_path
+    except OptionsError as err:
+        raise InferError(str(err)) from None
 
 
 def build_and_load(network_opt: dict, source: str, state: Dict[str, torch.Tensor], weights_path: str,
@@ -177,24 +173,6 @@ def choose_centres(args: argparse.Namespace, frames: int, window_len: int, min_l
             raise InferError(f'{path}: centre {c} is out of range: with {frames} frames and a smallest window of '
                              f'{min_len}, centres must lie in {lo}..{hi}')
     return centres
-
-
-def load_gamma(path: str, shape: Tuple[int, int]) -> np.ndarray:
-    """γ map (H, W) float32 from a calibration ``.npz`` (``spike.fpn.load_fpn``) or a bare ``.npy`` array."""
-    if osp.splitext(path)[1].lower() != '.npy':
-        return load_fpn(path, shape)
-    if not osp.isfile(path):
-        raise InferError(f'{path}: no such FPN file (--fpn)')
-    try:
-        gamma = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise InferError(f'{path}: not a readable .npy array ({type(err).__name__}: {err})') from err
-    if gamma.shape != tuple(shape) or not np.issubdtype(gamma.dtype, np.floating):
-        raise InferError(f'{path}: expected a float γ map of shape {tuple(shape)}, found {gamma.dtype} {gamma.shape}')
-    if not np.all(np.isfinite(gamma)) or np.any(gamma <= 0):
-        raise InferError(f'{path}: γ must be finite and positive, found min {np.nanmin(gamma)}, '
-                         f'{int((~np.isfinite(gamma)).sum())} NaN/inf values')
-    return gamma.astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------------------------ images
@@ -391,7 +369,7 @@ def run(args: argparse.Namespace) -> dict:
     centres = choose_centres(args, rec.frames, window_len, min_len, args.input)
     gamma = None
     if args.fpn:
-        gamma = torch.from_numpy(load_gamma(args.fpn, (rec.height, rec.width)))[None, None]
+        gamma = torch.from_numpy(load_fpn(args.fpn, (rec.height, rec.width)))[None, None]
 
     stem = osp.splitext(osp.basename(args.input))[0]
     outputs = planned_outputs(args.out, stem, centres, args.video, args.report)
@@ -446,11 +424,10 @@ def run(args: argparse.Namespace) -> dict:
             if args.report:
                 images = {'despike': despike_u8}
                 local = centre - start
-                rates = {'tfp': tfp(window, center=local, window=args.tfp_window), 'tfi': tfi(window, center=local)}
-                for m, rate in rates.items():
-                    if gamma is not None:
-                        rate = rate * gamma[0, 0].numpy()  # γ = R_ref / R: the rate the reference pixel would fire at
-                    images[m] = to_uint8(rate_to_display(rate, eta=args.eta, threshold=args.threshold))
+                fpn_gamma = None if gamma is None else gamma[0, 0].numpy()  # γ = R_ref / R
+                for m in ('tfp', 'tfi'):
+                    images[m] = to_uint8(classical_display(window, m, center=local, window=args.tfp_window,
+                                                           eta=args.eta, threshold=args.threshold, fpn_gamma=fpn_gamma))
                     write_png(osp.join(args.out, m, name), images[m])
                 write_png(
                     osp.join(args.out, 'side_by_side', name),

@@ -165,14 +165,38 @@ def _check_windows_fit(where: str, network_opt: Dict[str, Any], dataset_opt: Dic
 
 
 def load_options_file(path: str) -> Dict[str, Any]:
-    """Read an options YAML file, with errors naming the file."""
+    """Read an options YAML file: the one options reader of the package, the entries and the scripts.
+
+    ``yaml.safe_load`` reads BasicSR's options files as its own (ordered, unsafe) loader does: mappings keep their
+    order (Python dicts are ordered) and no file needs a Python tag.
+
+    Raises:
+        OptionsError: The file is missing, unreadable, not YAML or not a mapping; the message names the file.
+    """
     if not osp.isfile(path):
         raise OptionsError(f'options file not found: {path}')
     try:
         with open(path, encoding='utf-8') as f:
-            return yaml.safe_load(f)
+            opt = yaml.safe_load(f)
     except yaml.YAMLError as error:
         raise OptionsError(f'{path}: not valid YAML: {error}') from error
+    except OSError as error:
+        raise OptionsError(f'{path}: cannot read the options file ({error})') from error
+    if not isinstance(opt, dict):
+        raise OptionsError(f'{path}: expected a mapping of options, found {type(opt).__name__}')
+    return opt
+
+
+def read_network_options(path: str, key: str = 'network_g') -> Dict[str, Any]:
+    """The ``network_g`` (or ``key``) section of an options file, as a new dict that has a ``type``.
+
+    Raises:
+        OptionsError: As :func:`load_options_file`, or when the section or its ``type`` is missing.
+    """
+    opt = load_options_file(path)
+    if not isinstance(opt.get(key), dict) or 'type' not in opt[key]:
+        raise OptionsError(f'{path}: expected a {key} section with a type (BasicSR options file)')
+    return dict(opt[key])
 
 
 def check_options_file(path: str, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:

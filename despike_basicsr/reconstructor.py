@@ -34,15 +34,13 @@ class ReconstructorError(ValueError):
 
 
 def read_network_options(opt_path: str) -> Dict[str, Any]:
-    """The ``network_g`` section of a BasicSR options file."""
-    from despike_basicsr.options import OptionsError, load_options_file
+    """The ``network_g`` section of a BasicSR options file (:func:`despike_basicsr.options.read_network_options`),
+    with its errors as :class:`ReconstructorError`."""
+    from despike_basicsr import options
     try:
-        opt = load_options_file(opt_path)
-    except OptionsError as err:
+        return options.read_network_options(opt_path)
+    except options.OptionsError as err:
         raise ReconstructorError(str(err)) from None
-    if not isinstance(opt, dict) or not isinstance(opt.get('network_g'), dict) or 'type' not in opt['network_g']:
-        raise ReconstructorError(f'{opt_path}: expected a network_g section with a type (BasicSR options file)')
-    return dict(opt['network_g'])
 
 
 def load_network(weights: str,

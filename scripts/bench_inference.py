@@ -44,9 +44,9 @@ if REPO_ROOT not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 import despike_basicsr  # noqa: E402
+from despike_basicsr.options import read_network_options  # noqa: E402
 from despike_basicsr.spike import rate_to_display, simulate, tfp  # noqa: E402
 
 despike_basicsr.register()  # compat first, then the registries
@@ -54,14 +54,6 @@ despike_basicsr.register()  # compat first, then the registries
 METHODS = ('despike', 'cascade')
 LABELS = {'despike': 'DeSpike', 'cascade': 'TFP->NRKNet'}
 TFP_WINDOW = 41
-
-
-def load_network_opt(opt_path: str) -> dict:
-    with open(opt_path, encoding='utf-8') as f:
-        opt = yaml.safe_load(f)
-    if not isinstance(opt, dict) or 'network_g' not in opt:
-        raise SystemExit(f'{opt_path}: expected an options file with a network_g section')
-    return dict(opt['network_g'])
 
 
 def make_stream(height: int, width: int, steps: int, device: torch.device) -> torch.Tensor:
@@ -79,7 +71,7 @@ def build(method: str, args: argparse.Namespace, device: torch.device) -> Tuple[
     from basicsr.archs import build_network  # after despike_basicsr: its compat shim must load before basicsr
     torch.manual_seed(0)
     if method == 'despike':
-        net = build_network(load_network_opt(args.opt)).to(device).eval()
+        net = build_network(read_network_options(args.opt)).to(device).eval()
 
         def run(spikes: torch.Tensor) -> torch.Tensor:
             return net(spikes.float())

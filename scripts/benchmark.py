@@ -33,17 +33,16 @@ despike_basicsr.register()  # isort:skip  (compat before basicsr loads; fills th
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
 from basicsr.metrics import calculate_metric, calculate_psnr, calculate_ssim  # noqa: E402
 from basicsr.models import build_model  # noqa: E402
 from basicsr.utils import tensor2img  # noqa: E402
-from basicsr.utils.options import ordered_yaml  # noqa: E402
 from basicsr.utils.registry import DATASET_REGISTRY  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from despike_basicsr.checkpoint import load_network_weights  # noqa: E402
+from despike_basicsr.options import load_options_file  # noqa: E402
 from despike_basicsr.data.spike_lmdb import SpikeLMDBReader  # noqa: E402
-from despike_basicsr.spike.reconstruct import rate_to_display, tfi, tfp  # noqa: E402
+from despike_basicsr.spike.reconstruct import classical_display  # noqa: E402
 
 CLASSICAL = ('tfp', 'tfi')
 
@@ -77,14 +76,6 @@ def parse_method(spec: str) -> Method:
     return Method(name=parts[0], kind='model', options=parts[1], weights=parts[2] if len(parts) == 3 else None)
 
 
-def load_options(path: str) -> Dict[str, Any]:
-    """An options file parsed as BasicSR parses it."""
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'options file {path} does not exist')
-    with open(path, encoding='utf-8') as f:
-        return yaml.load(f, Loader=ordered_yaml()[0])
-
-
 def load_state_dict(path: str, param_key: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """Network weights from a checkpoint (weights-only load; ``param_key``, else ``params_ema``, else ``params``)."""
     if not osp.isfile(path):
@@ -95,7 +86,7 @@ def load_state_dict(path: str, param_key: Optional[str] = None) -> Dict[str, tor
 
 def build_method_model(method: Method, device: torch.device):
     """The method's BasicSR model in test mode, with its weights loaded (strictly) from ``method.weights``."""
-    opt = deepcopy(load_options(method.options))
+    opt = deepcopy(load_options_file(method.options))
     opt.update(is_train=False, dist=False, rank=0, world_size=1, num_gpu=1 if device.type == 'cuda' else 0)
     opt['path'] = dict(opt.get('path') or {})
     method.weights = method.weights or opt['path'].get('pretrain_network_g')
@@ -133,8 +124,8 @@ def crop_frames(spikes: torch.Tensor, lengths) -> torch.Tensor:
 def classical_image(kind: str, batch: Dict[str, Any], meta: Dict[str, Any], window: int) -> torch.Tensor:
     """TFP or TFI of the target frame, through ``rate_to_display`` with the sample's own threshold and eta."""
     spikes = crop_frames(batch['lq'], batch.get('lq_len'))
-    rate = tfp(spikes, window=window) if kind == 'tfp' else tfi(spikes)
-    return rate_to_display(rate, eta=float(meta.get('eta', 1.0)), threshold=float(meta.get('threshold', 2.0)))[:, None]
+    return classical_display(spikes, kind, window=window, eta=float(meta.get('eta', 1.0)),
+                             threshold=float(meta.get('threshold', 2.0)))[:, None]
 
 
 def synchronize(device: torch.device) -> None:
@@ -273,7 +264,8 @@ def markdown_table(report: Dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument('--methods', nargs='+', required=True, help="'tfp', 'tfp:WINDOW', 'tfi' or NAME:OPTIONS.yml[:WEIGHTS]")
+    parser.add_argument('--methods', nargs='+', required=True,
+                        help="'tfp', 'tfp:WINDOW', 'tfi' or NAME:OPTIONS.yml[:WEIGHTS]")
     parser.add_argument('--lmdb', required=True, help='test spike LMDB (a .lmdb folder)')
     parser.add_argument('--out-dir', default='results', help='where benchmark.md/.json/.png go')
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])

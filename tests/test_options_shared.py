@@ -15,7 +15,7 @@ from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
 from conftest import REPO_ROOT
-from despike_basicsr.options import check_options_file
+from despike_basicsr.options import OptionsError, check_options_file, load_options_file, read_network_options
 
 OPTIONS_DIR = osp.join(REPO_ROOT, 'options')
 ALL_FILES = sorted(glob.glob(osp.join(OPTIONS_DIR, '*.yml')) + glob.glob(osp.join(OPTIONS_DIR, '*', '*.yml')))
@@ -126,3 +126,21 @@ def test_baseline_files_use_single_channel_and_their_own_losses():
             assert opt['train']['pixel_opt']['type'] == 'MultiScaleMSELoss'
             has_fft = 'fft_opt' in opt['train']
             assert has_fft == ('nrknet' in path), f'{_rel(path)}: FFT loss belongs to NRKNet only'
+
+
+@pytest.mark.parametrize('path', ALL_FILES, ids=[osp.relpath(p, OPTIONS_DIR) for p in ALL_FILES])
+def test_the_one_options_reader_reads_what_basicsr_reads(path):
+    assert load_options_file(path) == _load(path)
+
+
+def test_network_options_reader_names_the_file_and_the_problem(tmp_path):
+    (tmp_path / 'list.yml').write_text('- 1\n- 2\n')
+    (tmp_path / 'no_net.yml').write_text('name: x\n')
+    (tmp_path / 'ok.yml').write_text('network_g: {type: GKMNet, width: 4}\n')
+    with pytest.raises(OptionsError, match=r'options file not found: .*missing\.yml'):
+        read_network_options(str(tmp_path / 'missing.yml'))
+    with pytest.raises(OptionsError, match=r'list\.yml: expected a mapping of options, found list'):
+        read_network_options(str(tmp_path / 'list.yml'))
+    with pytest.raises(OptionsError, match=r'no_net\.yml: expected a network_g section with a type'):
+        read_network_options(str(tmp_path / 'no_net.yml'))
+    assert read_network_options(str(tmp_path / 'ok.yml')) == {'type': 'GKMNet', 'width': 4}

@@ -5,7 +5,7 @@ import torch
 
 from despike_basicsr.spike.camera import simulate
 from despike_basicsr.spike.optics import display_to_linear
-from despike_basicsr.spike.reconstruct import rate_to_display, tfi, tfp
+from despike_basicsr.spike.reconstruct import classical_display, rate_to_display, tfi, tfp
 
 
 def psnr(a, b):
@@ -77,3 +77,16 @@ def test_bad_inputs():
         tfi(np.zeros((10, 2, 2), np.uint8), center=10)
     with pytest.raises(ValueError, match='window must be >= 1'):
         tfp(np.zeros((10, 2, 2), np.uint8), window=0)
+
+
+def test_classical_display_is_rate_to_display_of_tfp_or_tfi_with_fpn_correction():
+    spikes = simulate(np.full((6, 7), 0.3, np.float32), 64, seed=1)
+    fpn = np.linspace(0.9, 1.1, 42, dtype=np.float32).reshape(6, 7)
+    expected = rate_to_display(tfp(spikes, 30, 21) * fpn, eta=1.5, threshold=3.0, gamma=2.0)
+    found = classical_display(spikes, 'tfp', 30, 21, eta=1.5, threshold=3.0, gamma=2.0, fpn_gamma=fpn)
+    np.testing.assert_array_equal(found, expected)
+    np.testing.assert_array_equal(classical_display(spikes, 'tfi'), rate_to_display(tfi(spikes)))
+    as_tensor = classical_display(torch.from_numpy(spikes)[None], 'tfp')
+    assert torch.is_tensor(as_tensor) and as_tensor.shape == (1, 6, 7)
+    with pytest.raises(ValueError, match="method must be one of .*'tfx'"):
+        classical_display(spikes, 'tfx')

@@ -19,7 +19,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from torch import Tensor
 
 from despike_basicsr.models.spike_base import SpikeSRModel, crop_center_frames
-from despike_basicsr.spike.reconstruct import rate_to_display, tfi, tfp
+from despike_basicsr.spike.reconstruct import classical_display
 
 FRONT_END_TYPES = ('tfp', 'tfi')
 
@@ -50,11 +50,8 @@ def parse_front_end(options: Dict[str, Any]) -> Dict[str, Any]:
 
 def classical_reconstruction(spikes: Tensor, front_end: Dict[str, Any]) -> Tensor:
     """TFP or TFI at the centre frame, mapped to a display image: ``(B, T, H, W)`` spikes -> ``(B, 1, H, W)``."""
-    if front_end['type'] == 'tfp':
-        rate = tfp(spikes, window=front_end['window'])
-    else:
-        rate = tfi(spikes)
-    image = rate_to_display(rate, eta=front_end['eta'], threshold=front_end['threshold'], gamma=front_end['gamma'])
+    image = classical_display(spikes, front_end['type'], window=front_end['window'], eta=front_end['eta'],
+                              threshold=front_end['threshold'], gamma=front_end['gamma'])
     return image.unsqueeze(1).float()
 
 

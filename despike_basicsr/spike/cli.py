@@ -14,7 +14,7 @@ from .camera import sample_fpn, simulate
 from .fpn import calibrate_fpn, save_fpn
 from .io import SpikeFileError, load_spikes, write_dat, write_npz
 from .optics import ThinLens, display_to_linear, gaussian_blur, render_depth_defocus
-from .reconstruct import rate_to_display, tfi, tfp
+from .reconstruct import classical_display
 
 USER_ERRORS = (SpikeFileError, ValueError, FileNotFoundError, OSError)
 
@@ -181,8 +181,8 @@ def reconstruct_main(argv: Optional[List[str]] = None) -> int:
         _check_output(args.out, args.overwrite, ('.png', '.tif', '.tiff'))
         spikes = load_spikes(args.input, height=args.height, width=args.width, flipud=args.flipud, head=args.head,
                              key=args.key)
-        rate = tfp(spikes, args.center, args.window) if args.method == 'tfp' else tfi(spikes, args.center)
-        display = rate_to_display(rate, eta=args.eta, threshold=args.threshold, gamma=args.gamma)
+        display = classical_display(spikes, args.method, args.center, args.window, eta=args.eta,
+                                    threshold=args.threshold, gamma=args.gamma)
         peak = 255 if args.bit_depth == 8 else 65535
         image = np.round(display * peak).astype(np.uint8 if args.bit_depth == 8 else np.uint16)
         if not cv2.imwrite(args.out, image):

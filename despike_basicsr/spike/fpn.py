@@ -156,23 +156,34 @@ def save_fpn(path: Union[str, os.PathLike], calib: FPNCalibration) -> None:
 
 
 def load_fpn(path: Union[str, os.PathLike], shape: Optional[Tuple[int, int]] = None) -> np.ndarray:
-    """Read and validate the γ map of a calibration file; returns (H, W) float32.
+    """Read and validate a γ map: the one FPN loader (``despike-infer --fpn``, datasets' ``fpn:``, the API).
+
+    ``path`` is a calibration ``.npz`` (:func:`save_fpn`; its ``gamma``) or a bare ``.npy`` (H, W) float γ map.
+
+    Returns:
+        γ, (H, W) float32.
 
     Raises:
         FileNotFoundError: No file at ``path``.
-        SpikeFileError: Not an ``.npz``, no ``gamma`` key, wrong shape, NaN/inf, zero or negative values.
+        SpikeFileError: Not a readable ``.npz``/``.npy``, no ``gamma`` key, wrong shape, NaN/inf, zero or negative
+            values.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f'{path}: no such FPN calibration file')
+    bare = os.fspath(path).lower().endswith('.npy')
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if 'gamma' not in archive.files:
-                raise SpikeFileError(f'{path}: FPN calibration needs key "gamma", found keys {list(archive.files)}')
-            gamma = np.asarray(archive['gamma'])
+        if bare:
+            gamma = np.asarray(np.load(path, allow_pickle=False))
+        else:
+            with np.load(path, allow_pickle=False) as archive:
+                if 'gamma' not in archive.files:
+                    raise SpikeFileError(f'{path}: FPN calibration needs key "gamma", found keys {list(archive.files)}')
+                gamma = np.asarray(archive['gamma'])
     except SpikeFileError:
         raise
     except Exception as err:
-        raise SpikeFileError(f'{path}: not a readable FPN .npz ({type(err).__name__}: {err})') from err
+        kind = '.npy array' if bare else 'FPN .npz'
+        raise SpikeFileError(f'{path}: not a readable {kind} ({type(err).__name__}: {err})') from err
     if gamma.ndim != 2:
         raise SpikeFileError(f'{path}: gamma must be (H, W), found shape {gamma.shape}')
     if shape is not None and tuple(gamma.shape) != tuple(shape):
@@ -180,8 +191,9 @@ def load_fpn(path: Union[str, os.PathLike], shape: Optional[Tuple[int, int]] = N
     if not np.issubdtype(gamma.dtype, np.floating):
         raise SpikeFileError(f'{path}: gamma must be a float array, found dtype {gamma.dtype}')
     if not np.all(np.isfinite(gamma)):
-        raise SpikeFileError(f'{path}: gamma holds {int((~np.isfinite(gamma)).sum())} NaN/inf values')
+        raise SpikeFileError(f'{path}: gamma must be finite and positive; it holds {int((~np.isfinite(gamma)).sum())} '
+                             'NaN/inf values')
     if np.any(gamma <= 0):
-        raise SpikeFileError(f'{path}: gamma holds {int((gamma <= 0).sum())} zero or negative values '
-                             f'(min {gamma.min()})')
+        raise SpikeFileError(f'{path}: gamma must be finite and positive; it holds {int((gamma <= 0).sum())} zero or '
+                             f'negative values (min {gamma.min()})')
     return gamma.astype(np.float32)

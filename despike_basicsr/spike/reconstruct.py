@@ -108,3 +108,37 @@ def rate_to_display(rate, eta: float = 1.0, threshold: float = 2.0, gamma: float
     """
     linear = rate * (threshold / eta)
     return linear_to_display(linear, gamma=gamma)
+
+
+METHODS = ('tfp', 'tfi')
+
+
+def classical_display(spikes, method: str = 'tfp', center: Optional[int] = None, window: int = 41,
+                      eta: float = 1.0, threshold: float = 2.0, gamma: float = 2.2, fpn_gamma=None):
+    """TFP or TFI at ``center`` as a display image: the one path from a stream to a classical picture.
+
+    ``display = rate_to_display(rate · γ_fpn, η, θ, gamma)`` with ``rate`` from :func:`tfp` (``window`` frames) or
+    :func:`tfi`. ``fpn_gamma`` (γ = R_ref / R, :mod:`despike_basicsr.spike.fpn`) turns each pixel's rate into the rate
+    the reference pixel would fire at; None leaves rates as they are. The command line, the cascade front end,
+    ``despike-infer`` and the benchmark all call this.
+
+    Args:
+        spikes: (T, H, W) or (B, T, H, W) 0/1 stream, numpy or torch.
+        method: ``'tfp'`` or ``'tfi'``.
+        center: Target frame (default T // 2).
+        window: TFP window in frames.
+        eta, threshold, gamma: The rescaling of :func:`rate_to_display`.
+        fpn_gamma: Per-pixel FPN correction broadcastable to the rate image, or None.
+
+    Returns:
+        Display image(s) in [0, 1], (H, W) or (B, H, W), numpy or torch like ``spikes``.
+    """
+    if method == 'tfp':
+        rate = tfp(spikes, center, window)
+    elif method == 'tfi':
+        rate = tfi(spikes, center)
+    else:
+        raise ValueError(f'classical_display: method must be one of {METHODS}, found {method!r}')
+    if fpn_gamma is not None:
+        rate = rate * fpn_gamma
+    return rate_to_display(rate, eta=eta, threshold=threshold, gamma=gamma)
