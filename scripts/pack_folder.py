@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group()
     source.add_argument('--blurred', help='folder of blurred images, paired with --sharp by sorted order')
     source.add_argument('--depth', help='folder of depth maps, paired with --sharp by sorted order')
-    parser.add_argument('--depth-scale', type=float, default=0.001, help='meters per unit of depth images')
+    parser.add_argument('--depth-scale', type=float, default=prep.DEFAULT_DEPTH_SCALE,
+                        help='meters per unit of depth images (default 0.001: millimetres)')
     for name in LENS_OPTIONS:
         parser.add_argument('--' + name.replace('_', '-'), type=float, default=None, help='lens, meters (depth mode)')
     prep.add_simulation_arguments(parser, default_mode=None)

@@ -98,3 +98,27 @@ def test_calibrate_fpn_command(tmp_path, capsys):
     assert calibrate_fpn_main(['--uniform', str(rec), '--out', str(tmp_path / 'g.npz'), '--height', '11',
                                '--width', '16', '--head']) == 2
     assert 'flat.dat: size' in one_line_error(capsys, 'despike-calibrate-fpn')
+
+
+def test_simulate_reads_colour_and_depth_exactly_as_data_preparation_does(tmp_path):
+    """One reader: per-channel linearisation then Rec. 709 luminance, and depth images in millimetres by default."""
+    from despike_basicsr.data import preparation
+    from despike_basicsr.spike.camera import simulate
+    from despike_basicsr.spike.optics import ThinLens, render_depth_defocus
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    colour[..., 0] = 255  # saturated red: display-value BT.601 and linear Rec. 709 differ a lot here
+    cv2.imwrite(str(tmp_path / 'colour.png'), colour)
+    depth_mm = np.full((12, 16), 2000, np.uint16)
+    depth_mm[:, 8:] = 5000
+    cv2.imwrite(str(tmp_path / 'depth.png'), depth_mm)
+    out = tmp_path / 'c.npz'
+    assert simulate_main([str(tmp_path / 'colour.png'), '--out', str(out), '--steps', '32', '--seed', '4',
+                          '--depth', str(tmp_path / 'depth.png'), '--focal-length-mm', '50', '--f-number', '2',
+                          '--focus-m', '2', '--no-progress']) == 0
+    linear = preparation.read_linear_intensity(str(tmp_path / 'colour.png'))
+    depth = preparation.read_depth(str(tmp_path / 'depth.png'))
+    np.testing.assert_allclose(depth, np.where(depth_mm == 2000, 2.0, 5.0), rtol=1e-6)
+    lens = ThinLens(focal_length=0.05, f_number=2.0, focus_distance=2.0, pixel_pitch=20e-6)
+    blurred = np.clip(render_depth_defocus(linear, depth, lens, num_layers=16), 0.0, 1.0).astype(np.float32)
+    np.testing.assert_array_equal(load_spikes(str(out)), simulate(blurred, 32, seed=4))

@@ -5,7 +5,8 @@ Intensity and gamma (see docs/data.md):
 - Image files are display-referred (sRGB-like). A pixel value v in [0, 1] (8-bit / 255, 16-bit / 65535) is linearised
   per channel with the plain power law ``v ** 2.2`` (``spike.optics.display_to_linear``), and the single-channel
   linear intensity is the Rec. 709 luminance ``0.2126 R + 0.7152 G + 0.0722 B`` of the linear channels: a monochrome
-  sensor integrates linear light.
+  sensor integrates linear light. The readers (images, depth maps) are in ``despike_basicsr.spike.images``, shared
+  with ``despike-simulate``.
 - Spikes are simulated from the linear intensity of the blurred image; blur, downscaling and depth compositing happen
   in linear light too, because that is where optics add up photons.
 - The ground truth is the display-referred grayscale of the sharp image, ``linear_to_display(luminance)``, stored as
@@ -28,19 +29,15 @@ from tqdm import tqdm
 
 from despike_basicsr.data.spike_lmdb import SpikeLMDBWriter
 from despike_basicsr.spike import camera, optics
+# The image and depth readers live in spike/images.py (shared with the command line); imported here for the callers.
+from despike_basicsr.spike.images import (DEFAULT_DEPTH_SCALE, DEPTH_EXTENSIONS, IMAGE_EXTENSIONS,  # noqa: F401
+                                          LUMINANCE_WEIGHTS, ImageReadError, display_to_linear_luminance, read_depth,
+                                          read_image, read_linear_intensity)
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
-DEPTH_EXTENSIONS = IMAGE_EXTENSIONS + ('.npy', )
-#: Rec. 709 luminance weights of linear R, G, B.
-LUMINANCE_WEIGHTS = np.array([0.2126, 0.7152, 0.0722], np.float32)
 MODES = ('dpdd', 'thinlens', 'depth')
 FPN_MODES = ('sensor', 'per-sample', 'none')
 #: Uniform linear intensity at which the saved sensor FPN's response is evaluated (a calibration at mid-grey light).
 FPN_REFERENCE_INTENSITY = 0.5
-
-
-class ImageReadError(ValueError):
-    """An image (or depth map) file that cannot be read or has an unsupported format."""
 
 
 class PairingError(ValueError):
@@ -95,86 +92,6 @@ def dpdd_pairs(root: str, split: str) -> List[Tuple[str, str]]:
             raise FileNotFoundError(f'{folder} does not exist; expected the DPDD layout '
                                     f'{{root}}/{split}_c/{{source,target}}')
     return pair_by_sorted_order(list_images(source_dir), list_images(target_dir), source_dir, target_dir)
-
-
-def read_image(path: str) -> np.ndarray:
-    """Read an 8- or 16-bit image as display-referred float32 in [0, 1], (H, W) or RGB (H, W, 3).
-
-    Raises:
-        ImageReadError: If the file cannot be decoded or has an unsupported bit depth.
-    """
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'image file {path} does not exist')
-    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ImageReadError(f'cannot read image {path}: not an image format OpenCV can decode')
-    if image.dtype == np.uint8:
-        scaled = image.astype(np.float32) / 255.0
-    elif image.dtype == np.uint16:
-        scaled = image.astype(np.float32) / 65535.0
-    elif image.dtype == np.float32:
-        scaled = np.clip(image, 0.0, 1.0)
-    else:
-        raise ImageReadError(f'cannot read image {path}: unsupported pixel type {image.dtype} (expected 8 or 16 bit)')
-    if scaled.ndim == 3:
-        if scaled.shape[2] == 1:
-            scaled = scaled[:, :, 0]
-        elif scaled.shape[2] in (3, 4):
-            scaled = cv2.cvtColor(scaled[:, :, :3], cv2.COLOR_BGR2RGB)
-        else:
-            raise ImageReadError(f'cannot read image {path}: {scaled.shape[2]} channels (expected 1, 3 or 4)')
-    return np.ascontiguousarray(scaled, dtype=np.float32)
-
-
-def display_to_linear_luminance(image: np.ndarray, gamma: float = 2.2) -> np.ndarray:
-    """Linear single-channel intensity of a display-referred image.
-
-    ``I = 0.2126 R^γ + 0.7152 G^γ + 0.0722 B^γ`` (per-channel power-law linearisation, then Rec. 709 luminance);
-    a grayscale image is simply ``v^γ``.
-    """
-    linear = optics.display_to_linear(np.clip(image, 0.0, 1.0), gamma)
-    if linear.ndim == 3:
-        linear = linear @ LUMINANCE_WEIGHTS
-    return np.ascontiguousarray(linear, dtype=np.float32)
-
-
-def read_linear_intensity(path: str, gamma: float = 2.2) -> np.ndarray:
-    """Read an image file as single-channel linear intensity (H, W) float32 in [0, 1]."""
-    return display_to_linear_luminance(read_image(path), gamma)
-
-
-def read_depth(path: str, depth_scale: float = 0.001) -> np.ndarray:
-    """Read a depth map in meters.
-
-    ``.npy`` files hold meters; image files (typically 16-bit PNG) hold integers times ``depth_scale`` meters
-    (default 0.001: millimetres).
-
-    Raises:
-        ImageReadError: If the file cannot be read or holds non-positive or non-finite depths.
-    """
-    if path.lower().endswith('.npy'):
-        if not osp.isfile(path):
-            raise FileNotFoundError(f'depth file {path} does not exist')
-        try:
-            depth = np.load(path).astype(np.float32)
-        except (OSError, ValueError) as err:
-            raise ImageReadError(f'cannot read depth map {path}: {err}') from None
-    else:
-        if not osp.isfile(path):
-            raise FileNotFoundError(f'depth file {path} does not exist')
-        raw = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-        if raw is None:
-            raise ImageReadError(f'cannot read depth map {path}: not an image format OpenCV can decode')
-        if raw.ndim == 3:
-            raw = raw[:, :, 0]
-        depth = raw.astype(np.float32) * depth_scale
-    if depth.ndim != 2:
-        raise ImageReadError(f'depth map {path} must be 2-D (H, W), got shape {depth.shape}')
-    bad = int(np.count_nonzero(~np.isfinite(depth) | (depth <= 0)))
-    if bad:
-        raise ImageReadError(f'depth map {path} has {bad} pixels that are not positive finite meters '
-                             f'(check --depth-scale, now {depth_scale} m per unit)')
-    return depth
 
 
 def resize(image: np.ndarray, scale: float, nearest: bool = False) -> np.ndarray:
@@ -295,7 +212,7 @@ class SimulationConfig:
     lens: Optional[Dict[str, float]] = None
     scale: float = 1.0
     gamma: float = 2.2
-    depth_scale: float = 0.001
+    depth_scale: float = DEFAULT_DEPTH_SCALE
     seed: int = 0
     extra: Dict[str, Any] = field(default_factory=dict)
 

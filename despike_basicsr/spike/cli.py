@@ -13,7 +13,8 @@ import numpy as np
 from .camera import sample_fpn, simulate
 from .fpn import calibrate_fpn, save_fpn
 from .io import SpikeFileError, load_spikes, write_dat, write_npz
-from .optics import ThinLens, display_to_linear, gaussian_blur, render_depth_defocus
+from .images import DEFAULT_DEPTH_SCALE, read_depth, read_linear_intensity
+from .optics import ThinLens, gaussian_blur, render_depth_defocus
 from .reconstruct import classical_display
 
 USER_ERRORS = (SpikeFileError, ValueError, FileNotFoundError, OSError)
@@ -39,47 +40,12 @@ def _check_output(path: str, overwrite: bool, extensions) -> None:
         raise CommandError(f'{path}: output folder {folder} does not exist')
 
 
-def read_gray_image(path: str) -> np.ndarray:
-    """Read an image file as grayscale display values in [0, 1] (8- or 16-bit; colour is converted with BT.601)."""
-    import cv2  # only the command line reads image files
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path}: no such image file')
-    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise CommandError(f'{path}: not an image OpenCV can read')
-    if img.ndim == 3:
-        img = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2GRAY)
-    if img.dtype == np.uint8:
-        return img.astype(np.float64) / 255.0
-    if img.dtype == np.uint16:
-        return img.astype(np.float64) / 65535.0
-    if np.issubdtype(img.dtype, np.floating):
-        return np.clip(img.astype(np.float64), 0.0, 1.0)
-    raise CommandError(f'{path}: unsupported image dtype {img.dtype} (expected 8/16-bit or float)')
-
-
-def read_depth(path: str, scale: float) -> np.ndarray:
-    """Read a depth map: ``.npy`` (already in metres) or an image whose values times ``scale`` are metres."""
-    if path.lower().endswith('.npy'):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f'{path}: no such depth file')
-        return np.load(path).astype(np.float64) * scale
-    import cv2
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path}: no such depth file')
-    depth = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if depth is None:
-        raise CommandError(f'{path}: not a depth image OpenCV can read')
-    if depth.ndim == 3:
-        depth = depth[..., 0]
-    return depth.astype(np.float64) * scale
-
-
 def build_simulate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='despike-simulate',
         description='Simulate a (defocused) spike-camera stream from a sharp image and write it as .dat or .npz.')
-    p.add_argument('image', help='sharp image (display-referred, 8/16-bit; colour is converted to gray)')
+    p.add_argument('image', help='sharp image (display-referred, 8/16-bit; colour: linearised per channel, then '
+                   'Rec. 709 luminance)')
     p.add_argument('--out', required=True, help='output stream, .dat or .npz')
     p.add_argument('--steps', type=int, default=400, help='number of steps T (default 400)')
     p.add_argument('--threshold', type=float, default=2.0, help='firing threshold θ (default 2)')
@@ -93,7 +59,9 @@ def build_simulate_parser() -> argparse.ArgumentParser:
     blur = p.add_argument_group('defocus (either --sigma, or --depth with lens parameters)')
     blur.add_argument('--sigma', type=float, default=None, help='uniform Gaussian blur σ in pixels')
     blur.add_argument('--depth', default=None, help='depth map, .npy in metres or an image times --depth-scale')
-    blur.add_argument('--depth-scale', type=float, default=1.0, help='metres per depth-map unit (default 1)')
+    blur.add_argument('--depth-scale', type=float, default=DEFAULT_DEPTH_SCALE,
+                      help=f'metres per unit of a depth image (default {DEFAULT_DEPTH_SCALE}: millimetres; '
+                      '.npy maps are metres)')
     blur.add_argument('--focal-length-mm', type=float, default=None, help='focal length in mm')
     blur.add_argument('--f-number', type=float, default=None, help='f-number N')
     blur.add_argument('--focus-m', type=float, default=None, help='focus distance in metres')
@@ -130,7 +98,7 @@ def simulate_main(argv: Optional[List[str]] = None) -> int:
     args = build_simulate_parser().parse_args(argv)
     try:
         _check_output(args.out, args.overwrite, ('.dat', '.npz'))
-        linear = display_to_linear(read_gray_image(args.image), args.gamma)
+        linear = read_linear_intensity(args.image, args.gamma)
         blurred = np.clip(_defocus(args, linear), 0.0, 1.0).astype(np.float32)
         gain = dark = None
         if args.gain_std > 0 or args.dark_rate > 0:
