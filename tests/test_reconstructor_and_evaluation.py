@@ -123,3 +123,17 @@ def test_skimage_scenes_are_shipped_photographs():
     images = evaluation.skimage_images(('camera', 'coffee'))
     assert images['camera'].ndim == 2 and images['coffee'].ndim == 3
     assert 0 <= images['coffee'].min() and images['coffee'].max() <= 1
+
+
+@pytest.mark.skipif(not osp.isfile(PRETRAINED_WEIGHTS), reason='the pretrained weights are not built yet')
+def test_the_readme_api_example_runs(tmp_path, monkeypatch):
+    from despike_basicsr.spike.io import write_dat
+
+    readme = open(osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'README.md'), encoding='utf-8').read()
+    start = readme.index('```python\nfrom despike_basicsr.reconstructor')
+    code = readme[start + len('```python\n'):readme.index('```', start + 10)]
+    write_dat(tmp_path / 'rec.dat', camera.simulate(generate_scene(250, 400, 4)[0], 200, seed=3))
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(code, 'README.md', 'exec'), scope)  # noqa: S102  (the README's own example)
+    assert scope['image'].shape == (250, 400) and 0.05 < float(scope['image'].mean()) < 0.95
