@@ -179,3 +179,14 @@ def test_multiscale_mse_matches_manual_sum_and_checks_weights():
         loss_cls(scale_weights=[1, 1])(outputs, gt)
     with pytest.raises(ValueError, match="'mean' or 'sum', found 'none'"):
         loss_cls(reduction='none')
+
+
+def test_shared_pad_and_resize_helpers_have_one_signature():
+    from despike_basicsr.archs.arch_util import pad_to_multiple, upsample_to
+    x = torch.arange(2 * 1 * 5 * 6, dtype=torch.float32).reshape(2, 1, 5, 6)
+    padded = pad_to_multiple(x, 4)
+    assert padded.shape == (2, 1, 8, 8) and torch.equal(padded[..., :5, :6], x)
+    assert torch.equal(padded[..., 7, :6], x[..., 4, :]) and torch.equal(padded[..., :5, 7], x[..., :, 5])
+    assert pad_to_multiple(x[0], 3).shape == (1, 6, 6) and pad_to_multiple(x, 1) is x
+    assert upsample_to(x, (10, 12)).shape == (2, 1, 10, 12)
+    assert upsample_to(x, padded.shape[-2:]).shape == (2, 1, 8, 8)

@@ -1,7 +1,8 @@
 """Small layers shared by the GKMNet and NRKNet baselines (no registered class here).
 
 Both baselines work on an image pyramid (1/4, 1/2, 1), apply a bank of fixed or learned blur kernels to whole images,
-and need sizes that halve cleanly, so the padding, pyramid and separable-filtering helpers live here once.
+and need sizes that halve cleanly, so the cropping, pyramid and separable-filtering helpers live here once (padding and
+resizing, shared with DeSpikeNet, are in ``arch_util``).
 """
 import math
 from typing import List, Sequence, Tuple
@@ -29,22 +30,6 @@ def check_image_batch(x: Tensor, in_channels: int, name: str) -> None:
         raise TypeError(f'{name} expects a floating-point tensor, found dtype {x.dtype}')
 
 
-def pad_to_multiple(x: Tensor, multiple: int) -> Tuple[Tensor, Tuple[int, int]]:
-    """Pad the bottom/right of ``x`` with replicated borders so H and W are multiples of ``multiple``.
-
-    Replicate (not reflect) padding works for any size, even when the pad is larger than the image.
-
-    Returns:
-        The padded tensor and the original ``(H, W)`` to crop back to.
-    """
-    height, width = x.shape[-2:]
-    pad_h = (multiple - height % multiple) % multiple
-    pad_w = (multiple - width % multiple) % multiple
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode='replicate')
-    return x, (height, width)
-
-
 def crop_outputs(outputs: List[Tensor], size: Tuple[int, int], factors: Sequence[int]) -> List[Tensor]:
     """Crop pyramid outputs back to the unpadded size: output ``i`` at scale ``1/factors[i]`` keeps ceil(size/f)."""
     height, width = size
@@ -57,11 +42,6 @@ def image_pyramid(x: Tensor, num_scales: int) -> List[Tensor]:
     for _ in range(num_scales - 1):
         levels.append(F.avg_pool2d(levels[-1], 2))
     return levels[::-1]
-
-
-def upsample_to(x: Tensor, like: Tensor) -> Tensor:
-    """Bilinear resize of ``x`` to the spatial size of ``like``."""
-    return F.interpolate(x, size=like.shape[-2:], mode='bilinear', align_corners=False)
 
 
 def separable_filter_bank(x: Tensor, kernels_1d: Tensor) -> Tensor:

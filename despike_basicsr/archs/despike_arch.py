@@ -20,9 +20,9 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from despike_basicsr.archs.arch_util import pad_to_multiple, upsample_to
 from despike_basicsr.archs.despike_blocks import (CandidateAttentionFusion, ConcatConvFusion, LearnedKernelBank,
-                                                  PhysicalKernelBank, ResBlock, pad_to_multiple, psf_candidates,
-                                                  upsample_to)
+                                                  PhysicalKernelBank, ResBlock)
 
 PAPER_WINDOWS = (64, 96, 128, 160, 192)
 

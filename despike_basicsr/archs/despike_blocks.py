@@ -4,7 +4,7 @@ Each module is small and works on ``(B, C, H, W)`` feature maps; the kernel bank
 feature map, shaped ``(B, m, C, H, W)``, which the fusion modules reduce back to ``(B, C, H, W)``.
 """
 import math
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -282,20 +282,3 @@ class ConcatConvFusion(nn.Module):
         candidates = psf_candidates(feat, bank)
         b, m, c, h, w = candidates.shape
         return query + self.conv(torch.cat([query, candidates.reshape(b, m * c, h, w)], dim=1))
-
-
-def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    """Replicate-pad the last two dimensions of ``x`` up to multiples of ``multiple`` (bottom and right)."""
-    h, w = x.shape[-2:]
-    pad_h, pad_w = (-h) % multiple, (-w) % multiple
-    if pad_h == 0 and pad_w == 0:
-        return x
-    squeeze = x.dim() == 3
-    x = x[None] if squeeze else x
-    x = F.pad(x, (0, pad_w, 0, pad_h), mode='replicate')
-    return x[0] if squeeze else x
-
-
-def upsample_to(x: Tensor, size: Optional[Sequence[int]]) -> Tensor:
-    """Bilinear resize of ``(B, C, h, w)`` to ``size``."""
-    return F.interpolate(x, size=tuple(size), mode='bilinear', align_corners=False)

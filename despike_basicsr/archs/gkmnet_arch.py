@@ -19,9 +19,9 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from despike_basicsr.archs.arch_util import pad_to_multiple, upsample_to
 from despike_basicsr.archs.baseline_blocks import (ConvLSTMCell, check_image_batch, crop_outputs, image_pyramid,
-                                                   pad_to_multiple, pixel_mixture, res_stage, separable_filter_bank,
-                                                   upsample_to)
+                                                   pixel_mixture, res_stage, separable_filter_bank)
 
 NUM_SCALES = 3
 
@@ -96,7 +96,7 @@ class MixtureEstimator(nn.Module):
         f2 = self.enc2(F.relu(self.down1(f1), inplace=True))
         f3 = self.enc3(F.relu(self.down2(f2), inplace=True))
         if state is not None:  # carry the coarser scale's memory to this scale's bottleneck size
-            state = tuple(upsample_to(s, f3) for s in state)
+            state = tuple(upsample_to(s, f3.shape[-2:]) for s in state)
         hidden, state = self.recurrent(f3, state)
         d2 = self.dec2(F.relu(self.up2(self.dec3(hidden)), inplace=True) + f2)
         d1 = self.dec1(F.relu(self.up1(d2), inplace=True) + f1)
@@ -134,11 +134,13 @@ class GKMNet(nn.Module):
         """Deblur ``x`` ``(B, C, H, W)``; returns ``[1/4, 1/2, full]`` resolution estimates (coarse to fine)."""
         check_image_batch(x, self.in_channels, 'GKMNet')
         # Pyramid levels must halve twice and each level's encoder halves twice more.
-        padded, size = pad_to_multiple(x, 4)
+        size = tuple(x.shape[-2:])
+        padded = pad_to_multiple(x, 4)
         outputs, state = [], None
         for level, blurred in enumerate(image_pyramid(padded, NUM_SCALES)):
-            estimate = blurred if level == 0 else upsample_to(outputs[-1], blurred)
-            level_in, level_size = pad_to_multiple(torch.cat([blurred, estimate], dim=1), 4)
+            estimate = blurred if level == 0 else upsample_to(outputs[-1], blurred.shape[-2:])
+            level_size = blurred.shape[-2:]
+            level_in = pad_to_multiple(torch.cat([blurred, estimate], dim=1), 4)
             mixture, step, state = self.estimator(*level_in.split(self.in_channels, dim=1), state)
             mixture, step = mixture[..., :level_size[0], :level_size[1]], step[..., :level_size[0], :level_size[1]]
             outputs.append(gkm_fixed_point_step(blurred, estimate, mixture, step, self.bank_1d))

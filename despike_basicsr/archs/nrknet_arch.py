@@ -21,8 +21,9 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from despike_basicsr.archs.baseline_blocks import (check_image_batch, crop_outputs, image_pyramid, pad_to_multiple,
-                                                   pixel_mixture, res_stage, upsample_to)
+from despike_basicsr.archs.arch_util import pad_to_multiple, upsample_to
+from despike_basicsr.archs.baseline_blocks import (check_image_batch, crop_outputs, image_pyramid, pixel_mixture,
+                                                   res_stage)
 
 
 def atom_kernels(raw: Tensor) -> Tensor:
@@ -105,8 +106,8 @@ class FeatureFusion(nn.Module):
             nn.Conv2d(out_channels, out_channels, 3, padding=1))
 
     def forward(self, features: Sequence[Tensor], like: Tensor) -> Tensor:
-        return self.mix(torch.cat([f if f.shape[-2:] == like.shape[-2:] else upsample_to(f, like) for f in features],
-                                  dim=1))
+        size = like.shape[-2:]
+        return self.mix(torch.cat([f if f.shape[-2:] == size else upsample_to(f, size) for f in features], dim=1))
 
 
 class ShallowInput(nn.Module):
@@ -191,7 +192,8 @@ class NRKNet(nn.Module):
     def forward(self, x: Tensor) -> List[Tensor]:
         """Deblur ``x`` ``(B, C, H, W)``; returns ``[1/4, 1/2, full]`` resolution estimates (coarse to fine)."""
         check_image_batch(x, self.in_channels, 'NRKNet')
-        padded, size = pad_to_multiple(x, 4)
+        size = tuple(x.shape[-2:])
+        padded = pad_to_multiple(x, 4)
         quarter, half, full = image_pyramid(padded, 3)
 
         e1 = self.enc1(F.relu(self.head(full), inplace=True))
@@ -202,8 +204,8 @@ class NRKNet(nn.Module):
         out_quarter = self._scale_output(0, d3, quarter, None)
         skip2 = self.fuse2([e1, e2, e3], e2)
         d2 = self.dec2(self.merge2(torch.cat([F.relu(self.up2(d3), inplace=True), skip2], dim=1)))
-        out_half = self._scale_output(1, d2, half, upsample_to(out_quarter, half))
+        out_half = self._scale_output(1, d2, half, upsample_to(out_quarter, half.shape[-2:]))
         skip1 = self.fuse1([e1, e2, e3], e1)
         d1 = self.dec1(self.merge1(torch.cat([F.relu(self.up1(d2), inplace=True), skip1], dim=1)))
-        out_full = self._scale_output(2, d1, full, upsample_to(out_half, full))
+        out_full = self._scale_output(2, d1, full, upsample_to(out_half, full.shape[-2:]))
         return crop_outputs([out_quarter, out_half, out_full], size, factors=[4, 2, 1])

@@ -1,0 +1,26 @@
+"""Layout helpers shared by every network (DeSpikeNet and the baselines): one name and one signature each."""
+from typing import Sequence
+
+from torch import Tensor
+from torch.nn import functional as F
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Replicate-pad the last two dimensions of ``x`` (bottom and right) up to multiples of ``multiple``.
+
+    Replicate (not reflect) padding works for any size, even when the pad is larger than the image. ``x`` is
+    ``(C, H, W)`` or ``(B, C, H, W)``; callers that crop back keep ``x.shape[-2:]`` before padding.
+    """
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    squeeze = x.dim() == 3
+    x = x[None] if squeeze else x
+    x = F.pad(x, (0, pad_w, 0, pad_h), mode='replicate')
+    return x[0] if squeeze else x
+
+
+def upsample_to(x: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinear resize of ``(B, C, h, w)`` to ``size`` ``(H, W)`` (``other.shape[-2:]`` to match another tensor)."""
+    return F.interpolate(x, size=tuple(size), mode='bilinear', align_corners=False)
