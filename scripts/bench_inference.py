@@ -46,6 +46,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import despike_basicsr  # noqa: E402
+from despike_basicsr.device import synchronize  # noqa: E402
 from despike_basicsr.options import read_network_options  # noqa: E402
 from despike_basicsr.spike import rate_to_display, simulate, tfp  # noqa: E402
 
@@ -85,21 +86,16 @@ def build(method: str, args: argparse.Namespace, device: torch.device) -> Tuple[
     return net, run
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
 def latency(run: Callable, spikes: torch.Tensor, device: torch.device, warmup: int, repeats: int) -> List[float]:
     with torch.inference_mode():
         for _ in range(warmup):
             run(spikes)
-        _sync(device)
+        synchronize(device)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             run(spikes)
-            _sync(device)
+            synchronize(device)
             times.append(time.perf_counter() - start)
     return times
 

@@ -40,6 +40,7 @@ from basicsr.utils.registry import DATASET_REGISTRY  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from despike_basicsr.checkpoint import load_network_weights  # noqa: E402
+from despike_basicsr.device import synchronize  # noqa: E402
 from despike_basicsr.options import load_options_file  # noqa: E402
 from despike_basicsr.data.spike_lmdb import SpikeLMDBReader  # noqa: E402
 from despike_basicsr.spike.reconstruct import classical_display  # noqa: E402
@@ -126,11 +127,6 @@ def classical_image(kind: str, batch: Dict[str, Any], meta: Dict[str, Any], wind
     spikes = crop_frames(batch['lq'], batch.get('lq_len'))
     return classical_display(spikes, kind, window=window, eta=float(meta.get('eta', 1.0)),
                              threshold=float(meta.get('threshold', 2.0)))[:, None]
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
 
 
 class LPIPSScorer:

@@ -42,6 +42,7 @@ import yaml  # noqa: E402
 import despike_basicsr  # noqa: E402
 from bench_inference import cuda_peak, make_stream  # noqa: E402
 from despike_basicsr.data import preparation as prep  # noqa: E402
+from despike_basicsr.device import synchronize  # noqa: E402
 from despike_basicsr.data.scenes import generate_scene  # noqa: E402
 from despike_basicsr.spike.camera import simulate  # noqa: E402
 
@@ -71,11 +72,6 @@ class Sizes:
 def first_line(error: BaseException, limit: int = 160) -> str:
     text = (str(error).strip().splitlines() or [''])[0]
     return f'{type(error).__name__}: {text[:limit]}'
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
 
 
 def reset_peak(device: torch.device) -> None:
