@@ -459,3 +459,28 @@ def test_training_stops_after_nan_steps_and_keeps_the_last_checkpoint(tmp_path, 
     assert sorted(os.listdir(models)) == ['net_g_2.pth']  # nothing saved at iter 4...
     assert _digests(models) == snapshot.read_text()  # ...and iter 2's file is byte for byte as before the first NaN
     assert sorted(os.listdir(tmp_path / 'experiments' / 'nan_run' / 'training_states')) == ['2.state']
+
+
+def test_setup_ema_builds_the_average_as_basicsr_does(tmp_path):
+    """``SpikeSRModel.setup_ema``: off at ema_decay 0; else a copy of net_g in eval mode, or the checkpoint's
+    params_ema when a pretrained network is given."""
+    tiny = {'type': 'TinyAccelNet', 'width': 4}
+    model = _model(tiny, ema_decay=0)
+    model.setup_ema()
+    assert model.ema_decay == 0 and not hasattr(model, 'net_g_ema')
+
+    model = _model(tiny, ema_decay=0.9)
+    del model.net_g_ema
+    with torch.no_grad():
+        for p in model.net_g.parameters():
+            p.add_(1.0)
+    model.setup_ema()
+    assert model.ema_decay == 0.9 and not model.net_g_ema.training
+    expected = model.get_bare_model(model.net_g).state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in model.net_g_ema.state_dict().items())
+
+    ema_state = {k: torch.full_like(v, 0.25) for k, v in expected.items()}
+    torch.save({'params': expected, 'params_ema': ema_state}, tmp_path / 'pre.pth')
+    model.opt['path']['pretrain_network_g'] = str(tmp_path / 'pre.pth')
+    model.setup_ema()
+    assert all(torch.equal(v, ema_state[k]) for k, v in model.net_g_ema.state_dict().items())

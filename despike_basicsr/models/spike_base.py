@@ -21,6 +21,7 @@ import math
 from typing import Any, Callable, ContextManager, Dict, Optional, Sequence, Union
 
 import torch
+from basicsr.archs import build_network
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from torch import Tensor
@@ -131,6 +132,7 @@ class SpikeSRModel(SRModel):
     """
 
     grad_clip_norm: Optional[float] = None
+    ema_decay: float = 0
     amp_dtype: Optional[torch.dtype] = None
     max_nonfinite_steps: int = DEFAULT_MAX_NONFINITE_STEPS
 
@@ -164,6 +166,28 @@ class SpikeSRModel(SRModel):
         wrapped.__name__ = method.__name__
         wrapped.__doc__ = method.__doc__
         return wrapped
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # EMA
+    def setup_ema(self) -> None:
+        """The exponential moving average of ``net_g`` (``train.ema_decay`` > 0), set up as BasicSR's SRModel does.
+
+        ``net_g_ema`` is a second ``network_g`` on the model's device, in eval mode, loaded from the ``params_ema`` of
+        ``path.pretrain_network_g`` when one is given (``params`` if the file has no EMA), else a copy of ``net_g``.
+        :meth:`apply_losses` updates it after every optimiser step; :meth:`evaluation_network` evaluates with it.
+        Subclasses that write their own ``init_training_settings`` call this first.
+        """
+        self.ema_decay = self.opt['train'].get('ema_decay', 0)
+        if self.ema_decay <= 0:
+            return
+        get_root_logger().info(f'Use Exponential Moving Average with decay: {self.ema_decay}')
+        self.net_g_ema = build_network(self.opt['network_g']).to(self.device)
+        load_path = self.opt['path'].get('pretrain_network_g', None)
+        if load_path is not None:
+            self.load_network(self.net_g_ema, load_path, self.opt['path'].get('strict_load_g', True), 'params_ema')
+        else:
+            self.model_ema(0)  # copy net_g's weights
+        self.net_g_ema.eval()
 
     # ------------------------------------------------------------------------------------------------------------------
     # GPU switches
