@@ -16,7 +16,7 @@ import yaml
 KNOWN_TOP_LEVEL_KEYS = frozenset({
     'name', 'model_type', 'scale', 'num_gpu', 'manual_seed', 'datasets', 'path', 'train', 'val', 'logger',
     'dist_params', 'find_unused_parameters', 'is_train', 'dist', 'rank', 'world_size', 'auto_resume', 'root_path',
-    'front_end', 'use_fpn', 'network_g', 'network_d', 'network_ema', 'cudnn_deterministic'
+    'front_end', 'network_g', 'network_d'
 })
 #: Keys read by ``basicsr.data.build_dataloader`` and BasicSR's prefetchers, besides a dataset's own.
 DATALOADER_KEYS = ('name', 'type', 'phase', 'batch_size_per_gpu', 'num_worker_per_gpu', 'dataset_enlarge_ratio',

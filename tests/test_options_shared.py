@@ -15,7 +15,8 @@ from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
 from conftest import REPO_ROOT
-from despike_basicsr.options import OptionsError, check_options_file, load_options_file, read_network_options
+from despike_basicsr.options import (OptionsError, check_options, check_options_file, load_options_file,
+                                     read_network_options)
 
 OPTIONS_DIR = osp.join(REPO_ROOT, 'options')
 ALL_FILES = sorted(glob.glob(osp.join(OPTIONS_DIR, '*.yml')) + glob.glob(osp.join(OPTIONS_DIR, '*', '*.yml')))
@@ -144,3 +145,11 @@ def test_network_options_reader_names_the_file_and_the_problem(tmp_path):
     with pytest.raises(OptionsError, match=r'no_net\.yml: expected a network_g section with a type'):
         read_network_options(str(tmp_path / 'no_net.yml'))
     assert read_network_options(str(tmp_path / 'ok.yml')) == {'type': 'GKMNet', 'width': 4}
+
+
+@pytest.mark.parametrize('key', ['use_fpn', 'network_ema', 'cudnn_deterministic'])
+def test_keys_nothing_reads_are_rejected(key):
+    opt = load_options_file(osp.join(OPTIONS_DIR, 'train_despike_demo.yml'))
+    opt[key] = True
+    with pytest.raises(OptionsError, match=f"unknown top-level key '{key}'"):
+        check_options(opt, 'demo.yml')
