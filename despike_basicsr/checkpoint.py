@@ -9,11 +9,13 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from despike_basicsr.errors import DespikeUserError
+
 #: How many keys an error message lists before it says "... (N more)".
 MAX_LISTED_KEYS = 20
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(DespikeUserError, RuntimeError):
     """A checkpoint or training state that cannot be used (missing, truncated, or made for another network)."""
 
 

@@ -59,25 +59,29 @@ def prepare(argv: Optional[List[str]]) -> str:
 def run_pipeline(kind: str, argv: Optional[List[str]] = None) -> None:
     """Run BasicSR's ``train_pipeline`` or ``test_pipeline`` (``kind``), turning our input errors into one line.
 
-    Options and checkpoint problems (:class:`~despike_basicsr.options.OptionsError`,
-    :class:`~despike_basicsr.checkpoint.CheckpointError`) end the process with exit code 2 and a message naming the
-    file; a run stopped by its non-finite guard (:class:`~despike_basicsr.models.spike_base.NonFiniteTrainingError`,
+    User errors (:class:`~despike_basicsr.errors.DespikeUserError`: options, checkpoints, data files; and ``OSError``)
+    end the process with exit code 2 and a message naming the file (:func:`despike_basicsr.errors.run_cli`); a run
+    stopped by its non-finite guard (:class:`~despike_basicsr.models.spike_base.NonFiniteTrainingError`,
     ``train.max_nonfinite_steps``) with exit code 3 and the message naming the iteration; anything else is a bug and
     keeps its traceback.
     """
-    from despike_basicsr.checkpoint import CheckpointError
+    from despike_basicsr.errors import run_cli
     from despike_basicsr.models.spike_base import NonFiniteTrainingError
-    from despike_basicsr.options import OptionsError
-    try:
+    prog = f'despike-{kind}'
+
+    def work() -> int:
         root = prepare(argv)
         if kind == 'train':
             from basicsr.train import train_pipeline as pipeline
         else:
             from basicsr.test import test_pipeline as pipeline
-        pipeline(root)
-    except (OptionsError, CheckpointError) as error:
-        print(f'despike-{kind}: error: {error}', file=sys.stderr)
-        raise SystemExit(2)
-    except NonFiniteTrainingError as error:
-        print(f'despike-{kind}: error: {error}', file=sys.stderr)
-        raise SystemExit(3)
+        try:
+            pipeline(root)
+        except NonFiniteTrainingError as error:
+            print(f'{prog}: error: {error}', file=sys.stderr)
+            return 3
+        return 0
+
+    status = run_cli(prog, work)
+    if status:
+        raise SystemExit(status)

@@ -32,12 +32,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from despike_basicsr.checkpoint import CheckpointError, check_fits, safe_torch_load, state_dict_from_checkpoint
-from despike_basicsr.reconstructor import PRETRAINED_WEIGHTS
-from despike_basicsr.options import OptionsError, read_network_options
+from despike_basicsr.checkpoint import check_fits, safe_torch_load, state_dict_from_checkpoint
+from despike_basicsr.errors import DespikeUserError, run_cli
 from despike_basicsr.metrics.noref_metric import NIQE_BLOCK, calculate_niqe_gray, calculate_rms_contrast
+from despike_basicsr.options import OptionsError, read_network_options
+from despike_basicsr.reconstructor import PRETRAINED_WEIGHTS
 from despike_basicsr.spike.fpn import load_fpn
-from despike_basicsr.spike.io import DEFAULT_HEIGHT, DEFAULT_WIDTH, SpikeFileError, frame_bytes, load_spikes
+from despike_basicsr.spike.io import DEFAULT_HEIGHT, DEFAULT_WIDTH, frame_bytes, load_spikes
 from despike_basicsr.spike.reconstruct import classical_display
 from despike_basicsr.tiling import count_tiles, tiled_apply
 
@@ -49,7 +50,7 @@ METHODS = ('tfp', 'tfi', 'despike')
 METHOD_LABELS = {'tfp': 'TFP', 'tfi': 'TFI', 'despike': 'DeSpike'}
 
 
-class InferError(Exception):
+class InferError(DespikeUserError):
     """A user-facing failure: the message names the file, what was expected and what was found."""
 
 
@@ -460,12 +461,12 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry ``despike-infer``; returns the exit status (0, or 2 on bad input)."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def work() -> int:
         run(args)
-    except (InferError, CheckpointError, SpikeFileError, FileNotFoundError) as err:
-        print(f'{PROG}: error: {err}', file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_cli(PROG, work)
 
 
 if __name__ == '__main__':

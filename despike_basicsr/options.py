@@ -12,6 +12,8 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import yaml
 
+from despike_basicsr.errors import DespikeUserError
+
 #: Top-level keys BasicSR 1.4.2 (train/test pipelines, models, loggers) and this plugin read.
 KNOWN_TOP_LEVEL_KEYS = frozenset({
     'name', 'model_type', 'scale', 'num_gpu', 'manual_seed', 'datasets', 'path', 'train', 'val', 'logger',
@@ -23,7 +25,7 @@ DATALOADER_KEYS = ('name', 'type', 'phase', 'batch_size_per_gpu', 'num_worker_pe
                    'prefetch_mode', 'pin_memory', 'persistent_workers', 'num_prefetch_queue', 'scale')
 
 
-class OptionsError(ValueError):
+class OptionsError(DespikeUserError, ValueError):
     """An options file that cannot run; the message names the file and the key."""
 
 

@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from despike_basicsr.errors import DespikeUserError
 from despike_basicsr.checkpoint import CheckpointError, check_fits, safe_torch_load, state_dict_from_checkpoint
 from despike_basicsr.tiling import tiled_apply
 
@@ -29,7 +30,7 @@ PRETRAINED_WEIGHTS = osp.join(osp.dirname(osp.abspath(__file__)), 'weights', 'de
 Array = Union[np.ndarray, torch.Tensor]
 
 
-class ReconstructorError(ValueError):
+class ReconstructorError(DespikeUserError, ValueError):
     """Weights, options or input that cannot be used; the message names the file or argument."""
 
 

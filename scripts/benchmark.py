@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from despike_basicsr.checkpoint import load_network_weights  # noqa: E402
 from despike_basicsr.device import synchronize  # noqa: E402
+from despike_basicsr.errors import run_cli  # noqa: E402
 from despike_basicsr.options import load_options_file  # noqa: E402
 from despike_basicsr.data.spike_lmdb import SpikeLMDBReader  # noqa: E402
 from despike_basicsr.spike.reconstruct import classical_display  # noqa: E402
@@ -316,5 +317,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     return report
 
 
+def cli() -> int:
+    """Command-line entry: a user error (missing options or weights file, ...) is one line and exit status 2."""
+
+    def work() -> int:
+        main()
+        return 0
+
+    return run_cli('benchmark', work)
+
+
 if __name__ == '__main__':
-    main()
+    sys.exit(cli())

@@ -152,7 +152,7 @@ def test_unreadable_image_names_the_file(dpdd_root, tmp_path, capsys):
     code = prep.run_cli(_script('prepare_dpdd').main, args + ['--no-progress'])
     err = capsys.readouterr().err.strip()
     assert code == 2
-    assert err == f'error: cannot read image {broken}: not an image format OpenCV can decode'
+    assert err == f'prepare_dpdd: error: cannot read image {broken}: not an image format OpenCV can decode'
     assert not (tmp_path / 'y.lmdb').exists()
 
 
@@ -174,7 +174,7 @@ def test_script_prints_one_line_error_without_traceback(tmp_path, subprocess_env
     assert 'Traceback' not in result.stderr
     missing = tmp_path / 'nowhere' / 'val_c' / 'source'
     assert result.stderr.strip().splitlines() == [
-        f'error: {missing} does not exist; expected the DPDD layout {{root}}/val_c/{{source,target}}'
+        f'prepare_dpdd: error: {missing} does not exist; expected the DPDD layout {{root}}/val_c/{{source,target}}'
     ]
 
 

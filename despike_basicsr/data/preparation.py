@@ -28,6 +28,8 @@ import numpy as np
 from tqdm import tqdm
 
 from despike_basicsr.data.spike_lmdb import SpikeLMDBWriter
+from despike_basicsr.errors import DespikeUserError
+from despike_basicsr.errors import run_cli as run_with_user_errors
 from despike_basicsr.spike import camera, optics
 # The image and depth readers live in spike/images.py (shared with the command line); imported here for the callers.
 from despike_basicsr.spike.images import (DEFAULT_DEPTH_SCALE, DEPTH_EXTENSIONS, IMAGE_EXTENSIONS,  # noqa: F401
@@ -40,7 +42,7 @@ FPN_MODES = ('sensor', 'per-sample', 'none')
 FPN_REFERENCE_INTENSITY = 0.5
 
 
-class PairingError(ValueError):
+class PairingError(DespikeUserError, ValueError):
     """Source and target folders whose images cannot be paired."""
 
 
@@ -481,15 +483,16 @@ def config_from_args(args, **overrides: Any) -> SimulationConfig:
 
 
 def run_cli(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]] = None) -> int:
-    """Run a script's ``main``; bad input ends with a one-line ``error: ...`` on stderr and exit status 2."""
+    """Run a data-preparation script's ``main`` through :func:`despike_basicsr.errors.run_cli`: bad input ends with one
+    line ``SCRIPT: error: ...`` on stderr (SCRIPT: the file name of ``main``'s script, without ``.py``) and exit
+    status 2. The preparation code checks its arguments with ``ValueError``/``KeyError``, which count as user errors
+    here; Ctrl-C ends with status 130."""
+    import inspect
     import sys
 
+    prog = osp.splitext(osp.basename(inspect.getsourcefile(main) or sys.argv[0]))[0]
     try:
-        return main(argv)
-    except (ValueError, KeyError, OSError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f'error: {message}', file=sys.stderr)
-        return 2
+        return run_with_user_errors(prog, lambda: main(argv), also=(ValueError, KeyError))
     except KeyboardInterrupt:
         print('interrupted: no output was written', file=sys.stderr)
         return 130

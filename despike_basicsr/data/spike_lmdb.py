@@ -23,6 +23,7 @@ import cv2
 import lmdb
 import numpy as np
 
+from despike_basicsr.errors import DespikeUserError
 from despike_basicsr.spike.io import pack_time, unpack_time
 
 META_INFO_NAME = 'meta_info.txt'
@@ -34,7 +35,7 @@ PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 GT_FORMATS = ('raw', 'png')
 
 
-class SpikeLMDBError(ValueError):
+class SpikeLMDBError(DespikeUserError, ValueError):
     """An LMDB folder whose contents are not what the spike LMDB layout requires."""
 
 
@@ -46,7 +47,7 @@ class MetaInfoError(SpikeLMDBError):
     """A ``meta_info.txt`` line that is malformed or disagrees with the stored data."""
 
 
-class LMDBKeyError(KeyError):
+class LMDBKeyError(DespikeUserError, KeyError):
     """A sample key that is not in ``meta_info.txt`` or whose records are missing from the LMDB."""
 
     def __str__(self) -> str:

@@ -17,11 +17,13 @@ import lpips
 import torch
 from torch import Tensor
 
+from despike_basicsr.errors import DespikeUserError
+
 ALEXNET_URL = 'https://download.pytorch.org/models/alexnet-owt-7be5be79.pth'
 MIN_LPIPS_SIZE = 31  # smaller inputs vanish inside AlexNet's second max-pool
 
 
-class LPIPSWeightsError(FileNotFoundError):
+class LPIPSWeightsError(DespikeUserError, FileNotFoundError):
     """LPIPS weights are not on this machine and could not be downloaded."""
 
 

@@ -1,7 +1,8 @@
 """Command-line tools: ``despike-simulate``, ``despike-reconstruct`` and ``despike-calibrate-fpn``.
 
 Every error a user can cause (missing file, wrong size, bad option) is reported as one line on stderr with exit
-code 2, never as a traceback.
+code 2, never as a traceback (:func:`despike_basicsr.errors.run_cli`; the flags go straight into the physics
+functions, which check values with ``ValueError``, so these commands count that as a user error too).
 """
 import argparse
 import os
@@ -10,23 +11,18 @@ from typing import List, Optional
 
 import numpy as np
 
+from despike_basicsr.errors import DespikeUserError, run_cli
+
 from .camera import sample_fpn, simulate
 from .fpn import calibrate_fpn, save_fpn
-from .io import SpikeFileError, load_spikes, write_dat, write_npz
+from .io import load_spikes, write_dat, write_npz
 from .images import DEFAULT_DEPTH_SCALE, read_depth, read_linear_intensity
 from .optics import ThinLens, gaussian_blur, render_depth_defocus
 from .reconstruct import classical_display
 
-USER_ERRORS = (SpikeFileError, ValueError, FileNotFoundError, OSError)
 
-
-class CommandError(Exception):
+class CommandError(DespikeUserError):
     """A user error to report as one line (exit code 2)."""
-
-
-def _fail(prog: str, err: BaseException) -> int:
-    print(f'{prog}: error: {err}', file=sys.stderr)
-    return 2
 
 
 def _check_output(path: str, overwrite: bool, extensions) -> None:
@@ -96,7 +92,8 @@ def _defocus(args, linear: np.ndarray) -> np.ndarray:
 def simulate_main(argv: Optional[List[str]] = None) -> int:
     """``despike-simulate``: image [+ depth map and lens, or --sigma] → spike stream (.dat/.npz)."""
     args = build_simulate_parser().parse_args(argv)
-    try:
+
+    def work() -> int:
         _check_output(args.out, args.overwrite, ('.dat', '.npz'))
         linear = read_linear_intensity(args.image, args.gamma)
         blurred = np.clip(_defocus(args, linear), 0.0, 1.0).astype(np.float32)
@@ -111,11 +108,11 @@ def simulate_main(argv: Optional[List[str]] = None) -> int:
             write_dat(args.out, spikes, flipud=args.flipud, head=args.head)
         else:
             write_npz(args.out, spikes, layout=args.layout)
-    except (CommandError, *USER_ERRORS) as err:
-        return _fail('despike-simulate', err)
-    print(f'wrote {args.out}: {spikes.shape[0]} frames of {spikes.shape[1]}x{spikes.shape[2]}, '
-          f'mean firing rate {spikes.mean():.4f}')
-    return 0
+        print(f'wrote {args.out}: {spikes.shape[0]} frames of {spikes.shape[1]}x{spikes.shape[2]}, '
+              f'mean firing rate {spikes.mean():.4f}')
+        return 0
+
+    return run_cli('despike-simulate', work, also=(ValueError, ))
 
 
 def _add_reader_options(p: argparse.ArgumentParser) -> None:
@@ -144,7 +141,8 @@ def reconstruct_main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--bit-depth', type=int, default=8, choices=(8, 16), help='PNG bit depth (default 8)')
     p.add_argument('--overwrite', action='store_true', help='replace an existing output file')
     args = p.parse_args(argv)
-    try:
+
+    def work() -> int:
         import cv2
         _check_output(args.out, args.overwrite, ('.png', '.tif', '.tiff'))
         spikes = load_spikes(args.input, height=args.height, width=args.width, flipud=args.flipud, head=args.head,
@@ -155,10 +153,10 @@ def reconstruct_main(argv: Optional[List[str]] = None) -> int:
         image = np.round(display * peak).astype(np.uint8 if args.bit_depth == 8 else np.uint16)
         if not cv2.imwrite(args.out, image):
             raise CommandError(f'{args.out}: OpenCV could not write the image')
-    except (CommandError, *USER_ERRORS) as err:
-        return _fail('despike-reconstruct', err)
-    print(f'wrote {args.out}: {args.method.upper()} of {spikes.shape[0]} frames, {image.shape[0]}x{image.shape[1]}')
-    return 0
+        print(f'wrote {args.out}: {args.method.upper()} of {spikes.shape[0]} frames, {image.shape[0]}x{image.shape[1]}')
+        return 0
+
+    return run_cli('despike-reconstruct', work, also=(ValueError, ))
 
 
 def calibrate_fpn_main(argv: Optional[List[str]] = None) -> int:
@@ -173,7 +171,8 @@ def calibrate_fpn_main(argv: Optional[List[str]] = None) -> int:
                    help="reference response: median (default), mean, or a pixel 'ROW,COL'")
     p.add_argument('--overwrite', action='store_true', help='replace an existing output file')
     args = p.parse_args(argv)
-    try:
+
+    def work() -> int:
         _check_output(args.out, args.overwrite, ('.npz', ))
         reference = args.reference
         if reference not in ('median', 'mean'):
@@ -185,13 +184,13 @@ def calibrate_fpn_main(argv: Optional[List[str]] = None) -> int:
         load_kwargs = dict(height=args.height, width=args.width, flipud=args.flipud, head=args.head, key=args.key)
         calib = calibrate_fpn(args.uniform, args.dark, reference=reference, **load_kwargs)
         save_fpn(args.out, calib)
-    except (CommandError, *USER_ERRORS) as err:
-        return _fail('despike-calibrate-fpn', err)
-    good = ~calib.bad
-    spread = float(np.std(calib.response[good]) / np.mean(calib.response[good]))
-    print(f'wrote {args.out}: {calib.gamma.shape[0]}x{calib.gamma.shape[1]} pixels, response spread {spread:.2%}, '
-          f'{int(calib.bad.sum())} hot/dead pixels, reference response {calib.ref:.4f} spikes/step')
-    return 0
+        good = ~calib.bad
+        spread = float(np.std(calib.response[good]) / np.mean(calib.response[good]))
+        print(f'wrote {args.out}: {calib.gamma.shape[0]}x{calib.gamma.shape[1]} pixels, response spread {spread:.2%}, '
+              f'{int(calib.bad.sum())} hot/dead pixels, reference response {calib.ref:.4f} spikes/step')
+        return 0
+
+    return run_cli('despike-calibrate-fpn', work, also=(ValueError, ))
 
 
 if __name__ == '__main__':  # pragma: no cover

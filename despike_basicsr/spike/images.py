@@ -17,6 +17,8 @@ import os.path as osp
 
 import numpy as np
 
+from despike_basicsr.errors import DespikeUserError
+
 from . import optics
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
@@ -27,7 +29,7 @@ LUMINANCE_WEIGHTS = np.array([0.2126, 0.7152, 0.0722], np.float32)
 DEFAULT_DEPTH_SCALE = 0.001
 
 
-class ImageReadError(ValueError):
+class ImageReadError(DespikeUserError, ValueError):
     """An image (or depth map) file that cannot be read or has an unsupported format."""
 
 

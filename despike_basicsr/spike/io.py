@@ -13,6 +13,8 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
+from despike_basicsr.errors import DespikeUserError
+
 from ._torch import is_tensor as _is_tensor
 
 HEAD_COLUMNS = 16
@@ -24,7 +26,7 @@ PathLike = Union[str, os.PathLike]
 FrameRange = Union[None, slice, Tuple[Optional[int], Optional[int]]]
 
 
-class SpikeFileError(ValueError):
+class SpikeFileError(DespikeUserError, ValueError):
     """A spike file that cannot be read as asked: wrong size, unknown layout, non-binary values or wrong dtype."""
 
 
