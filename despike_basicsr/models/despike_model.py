@@ -7,9 +7,7 @@ from collections import OrderedDict
 from typing import Any, Dict, List, Optional
 
 import torch
-from basicsr.archs import build_network
 from basicsr.losses import build_loss
-from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch import Tensor
 from torch.nn import functional as F
@@ -31,16 +29,7 @@ class DeSpikeModel(SpikeSRModel):
     def init_training_settings(self) -> None:
         self.net_g.train()
         train_opt = self.opt['train']
-        self.ema_decay = train_opt.get('ema_decay', 0)
-        if self.ema_decay > 0:
-            get_root_logger().info(f'Use Exponential Moving Average with decay: {self.ema_decay}')
-            self.net_g_ema = build_network(self.opt['network_g']).to(self.device)
-            load_path = self.opt['path'].get('pretrain_network_g', None)
-            if load_path is not None:
-                self.load_network(self.net_g_ema, load_path, self.opt['path'].get('strict_load_g', True), 'params_ema')
-            else:
-                self.model_ema(0)  # copy net_g's weights
-            self.net_g_ema.eval()
+        self.setup_ema()
 
         self.cri_grid = self._build_optional_loss(train_opt.get('pixel_opt'))
         self.cri_fft = self._build_optional_loss(train_opt.get('fft_opt'))
