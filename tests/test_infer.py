@@ -415,3 +415,11 @@ def test_module_entry_runs_in_a_subprocess(tiny, tmp_path):
     assert done.returncode == 0, done.stderr
     assert sorted(os.listdir(tmp_path / 'out' / 'despike')) == ['sub_t000018.png', 'sub_t000022.png']
     assert 'despike-infer' in done.stderr  # the progress bar
+
+
+@pytest.mark.skipif(not osp.isfile(infer.PRETRAINED_WEIGHTS), reason='the pretrained weights are not built yet')
+def test_input_alone_uses_the_shipped_weights(tmp_path):
+    write_dat(tmp_path / 'rec.dat', _stream(250, 400, 200, seed=9))
+    assert main(['--input', str(tmp_path / 'rec.dat'), '--out', str(tmp_path / 'out'), '--quiet']) == 0
+    image = _png(tmp_path / 'out' / 'despike' / 'rec_t000100.png')
+    assert image.shape == (250, 400) and 10 < image.mean() < 245
