@@ -144,7 +144,8 @@ def evaluate(scenes: Sequence[HeldoutScene], despike: Optional[Callable[[np.ndar
 
     Args:
         scenes: Held-out scenes.
-        despike: ``f(spikes (T, H, W) uint8, gamma (H, W)) -> (H, W)`` display image, or ``None`` to skip DeSpike.
+        despike: ``f(spikes (T, H, W) uint8, gamma (H, W)) -> (H, W)`` display image, or ``None`` to skip DeSpike;
+            unclipped, since the exposure correction may bring values above 1 back into range.
         reference_rate: ρ_ref of the DeSpike network (its display scale).
         steps: Stream length (TFP-192 uses all of it when 192).
         seed: Simulation seed (each scene and level derives its own).

@@ -143,7 +143,11 @@ class DeSpikeReconstructor:
         return int(getattr(self.net, 'frames_needed', self.min_stream_len))
 
     @torch.inference_mode()
-    def reconstruct(self, spikes: Array, gamma: Optional[Array] = None, centre: Optional[int] = None) -> np.ndarray:
+    def reconstruct(self,
+                    spikes: Array,
+                    gamma: Optional[Array] = None,
+                    centre: Optional[int] = None,
+                    clip: bool = True) -> np.ndarray:
         """The sharp frame at ``centre`` (default ``T // 2``) of one stream.
 
         Args:
@@ -151,9 +155,11 @@ class DeSpikeReconstructor:
             gamma: ``(H, W)`` FPN correction γ (``spike.fpn``), or ``None``.
             centre: Target frame; the network reads :attr:`frames_needed` frames centred on it (fewer near the ends
                 of the stream).
+            clip: Clip to [0, 1]. An exposure-normalised network shows a brightly lit scene as the reference camera
+                would, which can exceed 1; pass False to rescale the display first (``scripts/evaluate_heldout.py``).
 
         Returns:
-            ``(H, W)`` float32 display-referred image in [0, 1].
+            ``(H, W)`` float32 display-referred image, in [0, 1] when ``clip``.
         """
         stream = torch.as_tensor(np.asarray(spikes) if not torch.is_tensor(spikes) else spikes)
         if stream.dim() != 3:
@@ -188,4 +194,5 @@ class DeSpikeReconstructor:
 
         image = tiled_apply(run_tile, [window, gamma_map], tile=self.tile, overlap=self.tile_overlap,
                             size_multiple=int(getattr(self.net, 'size_multiple', 1)))
-        return image[0, 0].clamp(0, 1).float().cpu().numpy()
+        image = image[0, 0].float()
+        return (image.clamp(0, 1) if clip else image).cpu().numpy()

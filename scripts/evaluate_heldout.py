@@ -37,7 +37,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.no_photos:
         scenes += evaluation.synthetic_depth_scenes(evaluation.skimage_images(), seed=args.seed)
     start = time.time()
-    report = evaluation.evaluate(scenes, reconstructor.reconstruct, reconstructor.net.reference_rate, args.steps,
+
+    def despike(spikes, gamma):  # unclipped: the exposure correction comes first
+        return reconstructor.reconstruct(spikes, gamma, clip=False)
+
+    report = evaluation.evaluate(scenes, despike, reconstructor.net.reference_rate, args.steps,
                                  args.seed, progress=lambda line: print(line, flush=True))
     info = dict(weights=reconstructor.weights, network=reconstructor.network_source, steps=args.steps,
                 seed=args.seed, levels=evaluation.LIGHT_LEVELS, camera=evaluation.EVAL_CAMERA,
