@@ -269,3 +269,17 @@ def test_region_tokens_share_one_weight_per_region():
     values = torch.rand(1, 3, 4, 6, 6)
     out = candidate_attention(torch.rand(1, 4, 3, 3), keys, torch.ones_like(values), num_heads=1)
     torch.testing.assert_close(out, torch.ones(1, 4, 6, 6))  # weights sum to 1 in every pixel of every region
+
+
+def test_direct_bank_equals_the_fft_bank_and_serves_inference():
+    from despike_basicsr.archs.despike_blocks import convolve_bank, direct_convolve_bank
+    generator = torch.Generator().manual_seed(1)
+    feat = torch.rand(2, 3, 13, 10, generator=generator)
+    kernels = torch.rand(4, 5, 5, generator=generator)
+    torch.testing.assert_close(direct_convolve_bank(feat, kernels), fft_convolve_bank(feat, kernels), rtol=1e-4,
+                               atol=1e-5)
+    bank = PhysicalKernelBank(num_kernels=4, kernel_size=5)
+    with torch.no_grad():
+        torch.testing.assert_close(bank(feat), fft_convolve_bank(feat, bank.weight[:, 0]), rtol=1e-4, atol=1e-5)
+    assert bank(feat).requires_grad  # training takes the FFT path, with gradients
+    torch.testing.assert_close(convolve_bank(feat, kernels), fft_convolve_bank(feat, kernels))

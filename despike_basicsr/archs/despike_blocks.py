@@ -102,7 +102,33 @@ class PhysicalKernelBank(nn.Module):
 
     def forward(self, feat: Tensor) -> Tensor:
         """Apply every kernel to every channel: ``(B, C, H, W)`` → ``(B, m, C, H, W)``."""
-        return fft_convolve_bank(feat, self.weight[:, 0])
+        return convolve_bank(feat, self.weight[:, 0])
+
+
+def convolve_bank(feat: Tensor, kernels: Tensor) -> Tensor:
+    """k_j * F for every channel and kernel, replicate borders: by FFT when gradients are recorded, else directly.
+
+    Both give the same convolution (to float rounding). On CPUs the direct convolution is about 2× faster forward
+    (measured: 31 against 63 ms for 32 channels × 8 kernels of 11×11 at 125×200), but PyTorch's backward pass of
+    a one-input-channel convolution on CPUs is an order of magnitude slower than the FFT's, so training keeps the FFT.
+    """
+    if torch.is_grad_enabled() and (feat.requires_grad or kernels.requires_grad):
+        return fft_convolve_bank(feat, kernels)
+    return direct_convolve_bank(feat, kernels)
+
+
+def direct_convolve_bank(feat: Tensor, kernels: Tensor) -> Tensor:
+    """:func:`fft_convolve_bank` as a spatial convolution: ``(B, C, H, W)``, ``(m, k, k)`` → ``(B, m, C, H, W)``.
+
+    One single-channel map per (batch, channel) through the m kernels. A depthwise ``groups=C`` convolution in
+    channels-last memory convolves twice as fast, but leaves the candidates in a layout that costs more to read
+    (attention) or to copy back than it saves.
+    """
+    b, c, h, w = feat.shape
+    radius = kernels.shape[-1] // 2
+    padded = F.pad(feat.reshape(b * c, 1, h, w), (radius, radius, radius, radius), mode='replicate')
+    out = F.conv2d(padded, kernels.flip(-1, -2)[:, None].to(feat.dtype))  # conv2d correlates: flip for a convolution
+    return out.reshape(b, c, kernels.shape[0], h, w).transpose(1, 2)
 
 
 def fft_convolve_bank(feat: Tensor, kernels: Tensor) -> Tensor:
