@@ -1,11 +1,8 @@
-"""Every bad input in scripts/bad_input_table.py gets a clear error that names it, and the bad file stays as it was."""
-import sys
-from os import path as osp
-
+"""Every bad input of the catalogue (tests/bad_input_cases.py) gets a clear error that names it, and the bad file stays
+as it was."""
 import pytest
 
-sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'scripts'))
-import bad_input_table  # noqa: E402
+import bad_input_cases as bad_input_table  # pytest puts tests/ on sys.path (rootdir conftest)
 
 CASES = bad_input_table.build_cases()
 

@@ -8,8 +8,8 @@ unexplained traceback, a message that does not name the file or key, or a modifi
 
 Usage::
 
-    python scripts/bad_input_table.py                    # markdown table on stdout
-    python scripts/bad_input_table.py --max-chars 110    # messages shortened (the README's copy)
+    python tests/bad_input_cases.py                      # markdown table on stdout
+    python tests/bad_input_cases.py --max-chars 110      # messages shortened (docs/reliability.md's copy)
 """
 import hashlib
 import json
@@ -23,13 +23,11 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from despike_basicsr.checkpoint import CheckpointError, check_fits, load_network_weights, safe_torch_load  # noqa: E402
-from despike_basicsr.data.preparation import ImageReadError, PairingError, read_depth, read_image  # noqa: E402
-from despike_basicsr.data.spike_lmdb import LMDBKeyError, SpikeLMDBError, SpikeLMDBReader  # noqa: E402
-from despike_basicsr.options import OptionsError, check_options_file  # noqa: E402
-from despike_basicsr.spike.io import SpikeFileError, load_spikes  # noqa: E402
+from despike_basicsr.checkpoint import CheckpointError, check_fits, load_network_weights, safe_torch_load
+from despike_basicsr.data.preparation import ImageReadError, PairingError, read_depth, read_image
+from despike_basicsr.data.spike_lmdb import LMDBKeyError, SpikeLMDBError, SpikeLMDBReader
+from despike_basicsr.options import OptionsError, check_options_file
+from despike_basicsr.spike.io import SpikeFileError, load_spikes
 
 #: Errors that are answers (they name the problem); anything else escaping a case is a bug.
 CLEAR_ERRORS = (SpikeFileError, ImageReadError, PairingError, SpikeLMDBError, LMDBKeyError, OptionsError,
