@@ -91,8 +91,8 @@ def skimage_images(names: Sequence[str] = SKIMAGE_SCENES) -> Dict[str, np.ndarra
 
 
 def to_display(linear: np.ndarray) -> np.ndarray:
-    """Display-referred float image of a linear one (clipped to [0, 1])."""
-    return optics.linear_to_display(np.clip(linear, 0.0, 1.0), DISPLAY_GAMMA).astype(np.float32)
+    """Display-referred float32 image of a linear one (``linear_to_display`` clips to [0, 1])."""
+    return optics.linear_to_display(linear, DISPLAY_GAMMA).astype(np.float32)
 
 
 def gain_offset_fit(image: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -36,11 +36,11 @@ from despike_basicsr.checkpoint import check_fits, safe_torch_load, state_dict_f
 from despike_basicsr.errors import DespikeUserError, run_cli
 from despike_basicsr.metrics.noref_metric import NIQE_BLOCK, calculate_niqe_gray, calculate_rms_contrast
 from despike_basicsr.options import OptionsError, read_network_options
-from despike_basicsr.reconstructor import PRETRAINED_WEIGHTS
+from despike_basicsr.reconstructor import PRETRAINED_WEIGHTS, reconstruct_tiled, select_device
 from despike_basicsr.spike.fpn import load_fpn
 from despike_basicsr.spike.io import DEFAULT_HEIGHT, DEFAULT_WIDTH, frame_bytes, load_spikes
 from despike_basicsr.spike.reconstruct import classical_display
-from despike_basicsr.tiling import count_tiles, tiled_apply
+from despike_basicsr.tiling import count_tiles
 
 PROG = 'despike-infer'
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -334,21 +334,13 @@ def planned_outputs(out_dir: str, stem: str, centres: Sequence[int], video: bool
     return [osp.join(out_dir, n) for n in names]
 
 
-def _select_device(name: Optional[str]) -> torch.device:
-    if name is None:
-        name = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if name == 'cuda' and not torch.cuda.is_available():
-        raise InferError('--device cuda: no CUDA device is available to torch on this machine')
-    return torch.device(name)
-
-
 def run(args: argparse.Namespace) -> dict:
     """Run the reconstruction described by parsed arguments; returns a summary dict (used by tests and scripts)."""
     if args.tile < 0 or args.tile_overlap < 0:
         raise InferError(f'--tile and --tile-overlap must be >= 0, got {args.tile} and {args.tile_overlap}')
     if args.tile and args.tile_overlap >= args.tile:
         raise InferError(f'--tile-overlap ({args.tile_overlap}) must be smaller than --tile ({args.tile})')
-    device = _select_device(args.device)
+    device = select_device(args.device)
 
     if args.weights is None:
         args.weights = PRETRAINED_WEIGHTS
@@ -391,14 +383,6 @@ def run(args: argparse.Namespace) -> dict:
         if not writer.isOpened():
             raise InferError(f'{video_path}: OpenCV cannot open an mp4v video writer here')
 
-    exposure = None  # an exposure-normalised network measures the level on the whole frame, not per tile
-
-    def run_tile(spikes: torch.Tensor, gamma_tile: Optional[torch.Tensor]) -> torch.Tensor:
-        spikes = spikes.to(device)
-        gamma_tile = None if gamma_tile is None else gamma_tile.to(device)
-        result = net(spikes, gamma_tile) if exposure is None else net(spikes, gamma_tile, exposure=exposure)
-        return result[-1] if isinstance(result, (list, tuple)) else result
-
     tiles = count_tiles(rec.height, rec.width, args.tile, args.tile_overlap)
     bar = tqdm(total=len(centres) * tiles, unit='tile', desc=PROG, disable=args.quiet, file=sys.stderr)
     rows = []
@@ -408,14 +392,7 @@ def run(args: argparse.Namespace) -> dict:
             window = rec.read(start, stop)
             spikes = torch.from_numpy(np.ascontiguousarray(window))[None]
             with torch.inference_mode():
-                if getattr(net, 'exposure_norm', False):
-                    exposure = net.stream_exposure(spikes.to(device), None if gamma is None else gamma.to(device))
-                image = tiled_apply(
-                    run_tile, [spikes, gamma],
-                    tile=args.tile,
-                    overlap=args.tile_overlap,
-                    size_multiple=int(getattr(net, 'size_multiple', 1)),
-                    progress=bar.update)
+                image = reconstruct_tiled(net, spikes, gamma, args.tile, args.tile_overlap, device, bar.update)
             despike_u8 = to_uint8(image[0, 0].cpu().numpy())
             name = f'{stem}_t{centre:06d}.png'
             write_png(osp.join(args.out, 'despike', name), despike_u8)

@@ -15,7 +15,7 @@ tile (``tile``); the exposure level of an exposure-normalised network is measure
 tiles agree on one display scale.
 """
 import os.path as osp
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -94,9 +94,36 @@ def select_device(name: Optional[str] = None) -> torch.device:
     """``name`` (``cpu``, ``cuda``, ``cuda:1``), or CUDA when available."""
     if name:
         if name.startswith('cuda') and not torch.cuda.is_available():
-            raise ReconstructorError(f'device {name!r} requested but CUDA is not available here')
+            raise ReconstructorError(f'device {name!r}: no CUDA device is available to torch on this machine')
         return torch.device(name)
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+
+def reconstruct_tiled(net: torch.nn.Module,
+                      spikes: torch.Tensor,
+                      gamma: Optional[torch.Tensor],
+                      tile: int,
+                      overlap: int,
+                      device: torch.device,
+                      progress: Optional[Callable[[int], Any]] = None) -> torch.Tensor:
+    """``net`` over a ``(1, T, H, W)`` window tile by tile (:func:`~despike_basicsr.tiling.tiled_apply`).
+
+    Tiles go to ``device`` one at a time, so device memory is bounded by the tile. An exposure-normalised network
+    gets the exposure level of the whole frame (``net.stream_exposure``) for every tile, so the tiles share one display
+    scale. A network returning a list of images contributes its last one.
+    """
+    exposure = None
+    if getattr(net, 'exposure_norm', False):
+        exposure = net.stream_exposure(spikes.to(device), None if gamma is None else gamma.to(device))
+
+    def run_tile(tile_spikes: torch.Tensor, tile_gamma: Optional[torch.Tensor]) -> torch.Tensor:
+        tile_spikes = tile_spikes.to(device)
+        tile_gamma = None if tile_gamma is None else tile_gamma.to(device)
+        result = net(tile_spikes, tile_gamma) if exposure is None else net(tile_spikes, tile_gamma, exposure=exposure)
+        return result[-1] if isinstance(result, (list, tuple)) else result
+
+    return tiled_apply(run_tile, [spikes, gamma], tile=tile, overlap=overlap,
+                       size_multiple=int(getattr(net, 'size_multiple', 1)), progress=progress)
 
 
 class DeSpikeReconstructor:
@@ -176,23 +203,12 @@ class DeSpikeReconstructor:
             raise ReconstructorError(f'frame {centre} of a {length}-frame stream leaves {window.shape[0]} frames '
                                      f'centred on it; the network needs at least {self.min_stream_len} (its '
                                      'smallest window)')
-        window = window.to(self.device, torch.uint8)[None]
+        window = window.to(torch.uint8)[None]
         gamma_map = None
         if gamma is not None:
             gamma_map = torch.as_tensor(np.asarray(gamma, dtype=np.float32)).to(self.device)
             if gamma_map.shape != (height, width):
                 raise ReconstructorError(f'gamma must be shaped ({height}, {width}), got {tuple(gamma_map.shape)}')
             gamma_map = gamma_map[None, None]
-        exposure = None
-        if getattr(self.net, 'exposure_norm', False):
-            exposure = self.net.stream_exposure(window, gamma_map)
-
-        def run_tile(tile_spikes: torch.Tensor, tile_gamma: Optional[torch.Tensor]) -> torch.Tensor:
-            if exposure is None:
-                return self.net(tile_spikes, tile_gamma)
-            return self.net(tile_spikes, tile_gamma, exposure=exposure)
-
-        image = tiled_apply(run_tile, [window, gamma_map], tile=self.tile, overlap=self.tile_overlap,
-                            size_multiple=int(getattr(self.net, 'size_multiple', 1)))
-        image = image[0, 0].float()
+        image = reconstruct_tiled(self.net, window, gamma_map, self.tile, self.tile_overlap, self.device)[0, 0].float()
         return (image.clamp(0, 1) if clip else image).cpu().numpy()
