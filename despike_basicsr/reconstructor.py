@@ -10,10 +10,15 @@ Example::
     image = reconstructor.reconstruct(spikes)                        # (H, W) float32 in [0, 1], frame T // 2
 
 ``weights`` takes any checkpoint this project trained (it stores the ``network_g`` options that built it); other
-checkpoints need ``network_opt`` (a ``network_g`` dict) or ``opt_path`` (an options file). Large frames run tile by
-tile (``tile``); the exposure level of an exposure-normalised network is measured on the whole frame first, so the
-tiles agree on one display scale.
+checkpoints need ``network_opt`` (a ``network_g`` dict) or ``opt_path`` (an options file), unless they lie in a BasicSR
+experiment folder that holds the options file they were trained with (:func:`resolve_network_options` has the one
+order every caller uses). Large frames run tile by tile (``tile``); the exposure level of an exposure-normalised
+network is measured on the whole frame first, so the tiles agree on one display scale.
+
+``despike-infer`` (:mod:`despike_basicsr.infer`) is the command line over this module; ``scripts/bench_inference.py``
+and ``scripts/gpu_check.py`` build their networks through :func:`build_network_from_options`.
 """
+import glob
 import os.path as osp
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
@@ -26,6 +31,11 @@ from despike_basicsr.tiling import tiled_apply
 
 #: The pretrained general-purpose DeSpike shipped inside the package (docs/pretrained.md).
 PRETRAINED_WEIGHTS = osp.join(osp.dirname(osp.abspath(__file__)), 'weights', 'despike_general.pth')
+#: The repository checkout this package lies in (its ``options/`` exist only in a checkout or an editable install).
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+#: The paper-setting test options of the repository: ``despike-infer``'s last resort for a checkpoint that does not
+#: name its network, and ``scripts/bench_inference.py``'s network.
+DEFAULT_OPT = osp.join(REPO_ROOT, 'options', 'test_despike_dpdd.yml')
 
 Array = Union[np.ndarray, torch.Tensor]
 
@@ -44,14 +54,110 @@ def read_network_options(opt_path: str) -> Dict[str, Any]:
         raise ReconstructorError(str(err)) from None
 
 
+def experiment_options_file(weights: str) -> Optional[str]:
+    """The options file BasicSR copied into the experiment folder ``weights`` was saved in, if any.
+
+    BasicSR saves ``experiments/<name>/models/net_g_<iter>.pth`` and copies the options file that started the run into
+    ``experiments/<name>/``. Files there without a ``network_g`` section are ignored.
+
+    Returns:
+        The path, or ``None`` when ``weights`` does not lie in a ``models/`` folder or no options file is beside it.
+
+    Raises:
+        ReconstructorError: When the experiment folder holds options files with different ``network_g`` sections.
+    """
+    from despike_basicsr import options
+    models = osp.dirname(osp.abspath(weights))
+    if osp.basename(models) != 'models':
+        return None
+    found = {}
+    for path in sorted(glob.glob(osp.join(osp.dirname(models), '*.yml')) +
+                       glob.glob(osp.join(osp.dirname(models), '*.yaml'))):
+        try:
+            found[path] = options.read_network_options(path)
+        except options.OptionsError:
+            continue
+    if not found:
+        return None
+    first = next(iter(found))
+    if any(network_opt != found[first] for network_opt in found.values()):
+        raise ReconstructorError(f'{weights}: its experiment folder holds options files with different network_g '
+                                 f'({", ".join(sorted(found))}); pass the one the weights were trained with '
+                                 '(--opt / opt_path)')
+    return first
+
+
+def resolve_network_options(weights: str,
+                            checkpoint: Any,
+                            network_opt: Optional[Dict[str, Any]] = None,
+                            opt_path: Optional[str] = None,
+                            fallback_opt_path: Optional[str] = None) -> Tuple[Dict[str, Any], str]:
+    """Which ``network_g`` built ``weights``: the one resolution order of the package.
+
+    1. ``network_opt``, else ``opt_path``'s ``network_g`` (what the caller says wins);
+    2. the ``network_g`` stored in the checkpoint (every checkpoint this project saves has one);
+    3. the options file in the checkpoint's BasicSR experiment folder (:func:`experiment_options_file`);
+    4. ``fallback_opt_path`` when given (``despike-infer`` passes :data:`DEFAULT_OPT`);
+    5. otherwise an error naming what to pass.
+
+    Args:
+        weights: Checkpoint path (for the experiment folder and messages).
+        checkpoint: The loaded checkpoint.
+        network_opt: A ``network_g`` dict.
+        opt_path: An options file to take ``network_g`` from.
+        fallback_opt_path: An options file to use when nothing above names the network.
+
+    Returns:
+        ``(network_g, source)``, ``source`` saying where it came from (messages, reports).
+
+    Raises:
+        ReconstructorError: When no source names the network, or an options file cannot be read.
+    """
+    if network_opt is not None:
+        return dict(network_opt), 'network_opt'
+    if opt_path is not None:
+        return read_network_options(opt_path), opt_path
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get('network_g'), dict):
+        return dict(checkpoint['network_g']), f'network_g stored in {weights}'
+    experiment_opt = experiment_options_file(weights)
+    if experiment_opt is not None:
+        return read_network_options(experiment_opt), experiment_opt
+    if fallback_opt_path is not None:
+        if not osp.isfile(fallback_opt_path):
+            raise ReconstructorError(f'{fallback_opt_path}: default options file missing and {weights} stores no '
+                                     'network_g; pass --opt with the options file the weights were trained with')
+        return read_network_options(fallback_opt_path), fallback_opt_path
+    raise ReconstructorError(f'{weights}: the checkpoint does not say which network built it (no network_g '
+                             'stored); pass the options file it was trained with (--opt / opt_path)')
+
+
+def build_network_from_options(network_opt: Dict[str, Any], source: str = 'network_opt') -> torch.nn.Module:
+    """BasicSR's ``build_network`` after :func:`despike_basicsr.register`, its errors as :class:`ReconstructorError`.
+
+    Args:
+        network_opt: A ``network_g`` dict (``type`` and the constructor's arguments).
+        source: Where the options came from, for the message.
+    """
+    import despike_basicsr
+    despike_basicsr.register()  # compat before basicsr loads; fills BasicSR's registries
+    from basicsr.archs import build_network
+    try:
+        return build_network(dict(network_opt))
+    except Exception as err:  # the registry and the constructors raise several types
+        raise ReconstructorError(f'{source}: cannot build network_g {network_opt.get("type")!r} '
+                                 f'({type(err).__name__}: {err})') from None
+
+
 def load_network(weights: str,
                  network_opt: Optional[Dict[str, Any]] = None,
                  opt_path: Optional[str] = None,
                  param_key: Optional[str] = None,
-                 device: Union[str, torch.device] = 'cpu') -> Tuple[torch.nn.Module, Dict[str, Any], str]:
+                 device: Union[str, torch.device] = 'cpu',
+                 fallback_opt_path: Optional[str] = None) -> Tuple[torch.nn.Module, Dict[str, Any], str]:
     """Build the network a checkpoint was trained as and load its weights (strictly, in eval mode).
 
-    Which ``network_g``: ``network_opt``, else ``opt_path``'s, else the one stored in the checkpoint.
+    Which ``network_g``: :func:`resolve_network_options` (``network_opt``, ``opt_path``, the checkpoint's own, the
+    experiment folder's options file, ``fallback_opt_path``).
 
     Returns:
         ``(network, network_g options, where the options came from)``.
@@ -59,29 +165,13 @@ def load_network(weights: str,
     Raises:
         ReconstructorError: When no options are known or the weights do not fit the network (keys and shapes listed).
     """
-    import despike_basicsr
-    despike_basicsr.register()  # compat before basicsr loads; fills BasicSR's registries
-    from basicsr.archs import build_network
-
     try:
         checkpoint = safe_torch_load(weights, what='weights file')
         state = state_dict_from_checkpoint(checkpoint, weights, param_key, require_key=param_key is not None)
     except CheckpointError as err:
         raise ReconstructorError(str(err)) from None
-    if network_opt is not None:
-        source = 'network_opt'
-    elif opt_path is not None:
-        network_opt, source = read_network_options(opt_path), opt_path
-    elif isinstance(checkpoint.get('network_g'), dict):
-        network_opt, source = dict(checkpoint['network_g']), f'network_g stored in {weights}'
-    else:
-        raise ReconstructorError(f'{weights}: the checkpoint does not say which network built it (no network_g '
-                                 'stored); pass the options file it was trained with (--opt / opt_path)')
-    try:
-        net = build_network(dict(network_opt))
-    except Exception as err:  # the registry and the constructors raise several types
-        raise ReconstructorError(f'{source}: cannot build network_g {network_opt.get("type")!r} '
-                                 f'({type(err).__name__}: {err})') from None
+    network_opt, source = resolve_network_options(weights, checkpoint, network_opt, opt_path, fallback_opt_path)
+    net = build_network_from_options(network_opt, source)
     try:
         check_fits(net, state, weights, source)
     except CheckpointError as err:
@@ -137,6 +227,8 @@ class DeSpikeReconstructor:
         device: ``cpu``, ``cuda``, ... (default CUDA when available).
         tile: Tile size in pixels for large frames (0: the whole frame at once).
         tile_overlap: Overlap of neighbouring tiles in pixels.
+        fallback_opt_path: Options file for a checkpoint that nothing else names the network of
+            (:func:`resolve_network_options`; ``despike-infer`` passes :data:`DEFAULT_OPT`).
     """
 
     def __init__(self,
@@ -146,7 +238,8 @@ class DeSpikeReconstructor:
                  param_key: Optional[str] = None,
                  device: Optional[str] = None,
                  tile: int = 0,
-                 tile_overlap: int = 32) -> None:
+                 tile_overlap: int = 32,
+                 fallback_opt_path: Optional[str] = None) -> None:
         if tile < 0 or tile_overlap < 0 or (tile and tile_overlap >= tile):
             raise ReconstructorError(f'tile ({tile}) and tile_overlap ({tile_overlap}) must be >= 0, with the '
                                      'overlap smaller than the tile')
@@ -156,7 +249,7 @@ class DeSpikeReconstructor:
                                      'pass weights= (or --weights)')
         self.device = select_device(device)
         self.net, self.network_opt, self.network_source = load_network(self.weights, network_opt, opt_path, param_key,
-                                                                       self.device)
+                                                                       self.device, fallback_opt_path)
         self.tile, self.tile_overlap = tile, tile_overlap
 
     @property
@@ -168,6 +261,25 @@ class DeSpikeReconstructor:
     def frames_needed(self) -> int:
         """Frames around the target the network reads (its longest window)."""
         return int(getattr(self.net, 'frames_needed', self.min_stream_len))
+
+    @torch.inference_mode()
+    def reconstruct_window(self,
+                           window: torch.Tensor,
+                           gamma: Optional[torch.Tensor] = None,
+                           progress: Optional[Callable[[int], Any]] = None) -> torch.Tensor:
+        """The network's image of exactly ``window``: the middle frame of a ``(1, T, H, W)`` 0/1 stream.
+
+        The caller chose the frames (``despike-infer`` reads them window by window from a file); tiles as set up.
+
+        Args:
+            window: ``(1, T, H, W)`` spikes (any dtype; uint8 keeps the copies small).
+            gamma: ``(1, 1, H, W)`` FPN correction γ, or ``None``.
+            progress: Called with 1 after every tile.
+
+        Returns:
+            ``(1, 1, H, W)`` display-referred image on :attr:`device`, not clipped.
+        """
+        return reconstruct_tiled(self.net, window, gamma, self.tile, self.tile_overlap, self.device, progress)
 
     @torch.inference_mode()
     def reconstruct(self,
@@ -210,5 +322,5 @@ class DeSpikeReconstructor:
             if gamma_map.shape != (height, width):
                 raise ReconstructorError(f'gamma must be shaped ({height}, {width}), got {tuple(gamma_map.shape)}')
             gamma_map = gamma_map[None, None]
-        image = reconstruct_tiled(self.net, window, gamma_map, self.tile, self.tile_overlap, self.device)[0, 0].float()
+        image = self.reconstruct_window(window, gamma_map)[0, 0].float()
         return (image.clamp(0, 1) if clip else image).cpu().numpy()

@@ -5,6 +5,7 @@ import os.path as osp
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from despike_basicsr import evaluation
 from despike_basicsr.archs.despike_arch import DeSpikeNet
@@ -60,6 +61,37 @@ def test_checkpoints_without_network_options_need_them(tiny_checkpoint, tmp_path
     (tmp_path / 'broken.pth').write_bytes(b'not a checkpoint')
     with pytest.raises(ReconstructorError, match='broken.pth'):
         DeSpikeReconstructor(str(tmp_path / 'broken.pth'))
+
+
+def test_network_options_resolution_order(tiny_checkpoint, tmp_path):
+    """Caller's options, else the checkpoint's network_g, else the experiment folder's options file, else the
+    fallback file, else an error."""
+    root, net = tiny_checkpoint
+    experiment = tmp_path / 'DeSpike_x'
+    (experiment / 'models').mkdir(parents=True)
+    weights = experiment / 'models' / 'net_g_5.pth'
+    torch.save({'params': net.state_dict()}, weights)  # an older checkpoint: no network_g stored
+    (experiment / 'notes.yml').write_text('just: notes\n')  # no network_g: ignored
+    with pytest.raises(ReconstructorError, match='does not say which network'):
+        load_network(str(weights))
+    (experiment / 'train_x.yml').write_text(yaml.safe_dump({'name': 'DeSpike_x', 'network_g': dict(TINY)}))
+    _, network_opt, source = load_network(str(weights))
+    assert network_opt == TINY and source == str(experiment / 'train_x.yml')
+    (experiment / 'train_y.yml').write_text(yaml.safe_dump({'network_g': dict(TINY, num_feat=16)}))
+    with pytest.raises(ReconstructorError, match='different network_g'):
+        load_network(str(weights))
+    # a stored network_g comes before the experiment folder; the caller's options before both
+    torch.save({'params': net.state_dict(), 'network_g': dict(TINY)}, weights)
+    assert load_network(str(weights))[2] == f'network_g stored in {weights}'
+    with pytest.raises(ReconstructorError, match='shape mismatches'):
+        load_network(str(weights), opt_path=str(experiment / 'train_y.yml'))
+
+    # outside an experiment folder: the fallback file when given
+    (tmp_path / 'fallback.yml').write_text(yaml.safe_dump({'network_g': dict(TINY)}))
+    _, _, source = load_network(str(root / 'bare.pth'), fallback_opt_path=str(tmp_path / 'fallback.yml'))
+    assert source == str(tmp_path / 'fallback.yml')
+    with pytest.raises(ReconstructorError, match='missing.yml: default options file missing'):
+        load_network(str(root / 'bare.pth'), fallback_opt_path=str(tmp_path / 'missing.yml'))
 
 
 def test_short_streams_and_bad_shapes_are_refused(tiny_checkpoint):
