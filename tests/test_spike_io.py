@@ -8,8 +8,8 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from despike_basicsr.spike.io import (SpikeFileError, frame_bytes, load_spikes, pack_time, read_dat, read_npz,
-                                      unpack_time, write_dat, write_npz)
+from despike_basicsr.spike.io import (RecordingReader, SpikeFileError, frame_bytes, load_spikes, pack_time, read_dat,
+                                      read_npz, unpack_time, write_dat, write_npz)
 
 
 def random_stream(shape, seed=0, p=0.3):
@@ -65,6 +65,24 @@ def test_dat_frame_range_reads_only_those_frames(tmp_path):
     np.testing.assert_array_equal(read_dat(path, 6, 10, frames=slice(-2, None)), spikes[-2:])
     with pytest.raises(ValueError, match='selects no frames'):
         read_dat(path, 6, 10, frames=(8, 8))
+
+
+def test_recording_reader_reads_windows_of_dat_and_npz(tmp_path):
+    spikes = random_stream((12, 6, 10), seed=5)
+    write_dat(tmp_path / 'rec.dat', spikes, head=True)
+    write_npz(tmp_path / 'rec.npz', spikes, layout='seq')
+    for reader in (RecordingReader(tmp_path / 'rec.dat', 6, 10, head=True), RecordingReader(tmp_path / 'rec.npz')):
+        assert (reader.frames, reader.height, reader.width) == (12, 6, 10)
+        np.testing.assert_array_equal(reader.read(3, 9), spikes[3:9])
+    with pytest.raises(SpikeFileError, match=r'rec\.dat: size .* not a whole number of frames'):
+        RecordingReader(tmp_path / 'rec.dat', 7, 10, head=True)  # the wrong frame height
+    with pytest.raises(SpikeFileError, match=r'rec\.npz: expected height 7'):
+        RecordingReader(tmp_path / 'rec.npz', height=7)
+    with pytest.raises(FileNotFoundError, match='nope.dat: no such recording'):
+        RecordingReader(tmp_path / 'nope.dat')
+    (tmp_path / 'rec.bin').write_bytes(b'\0')
+    with pytest.raises(SpikeFileError, match="unknown recording extension '.bin'"):
+        RecordingReader(tmp_path / 'rec.bin')
 
 
 def test_dat_size_not_whole_frames_names_file_and_sizes(tmp_path):

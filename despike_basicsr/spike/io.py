@@ -315,3 +315,58 @@ def load_spikes(path: PathLike,
         start, stop = _frame_range(frames, spikes.shape[0], path)
         return spikes[start:stop]
     raise SpikeFileError(f'{path}: unknown spike file extension {ext!r}: expected .dat or .npz')
+
+
+class RecordingReader:
+    """A spike recording read window by window: ``.dat`` through memory-mapped frame ranges, ``.npz`` once.
+
+    (``.npz`` members are zip entries, possibly compressed, so they cannot be memory-mapped.) A long ``.dat``
+    recording therefore never sits in memory; ``despike-infer`` reads one network window at a time.
+
+    Args:
+        path: The ``.dat`` or ``.npz`` recording.
+        height: ``.dat`` frame height (default 250); checked against a ``.npz`` when given.
+        width: ``.dat`` frame width (default 400); checked against a ``.npz`` when given.
+        flipud: ``.dat`` rows are stored upside down (flip them back).
+        head: ``.dat`` rows carry the 16-column head of raw camera output.
+        key: ``.npz`` key (default ``spk``, ``arr_0`` or ``seq``, whichever is present).
+
+    Attributes:
+        frames: Number of frames T.
+        height: Frame height H.
+        width: Frame width W.
+
+    Raises:
+        FileNotFoundError: No file at ``path``.
+        SpikeFileError: An unknown extension, or a file that does not hold frames of the given size.
+    """
+
+    def __init__(self,
+                 path: PathLike,
+                 height: Optional[int] = None,
+                 width: Optional[int] = None,
+                 flipud: bool = True,
+                 head: bool = False,
+                 key: Optional[str] = None) -> None:
+        self.path = path
+        ext = os.path.splitext(str(path))[1].lower()
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f'{path}: no such recording')
+        self._array = None
+        self._kwargs = dict(height=height, width=width, flipud=flipud, head=head, key=key)
+        if ext == '.dat':
+            self.height = height or DEFAULT_HEIGHT
+            self.width = width or DEFAULT_WIDTH
+            load_spikes(path, frames=(0, 1), **self._kwargs)  # validates the size against the frame shape
+            self.frames = os.path.getsize(path) // frame_bytes(self.height, self.width, head)
+        elif ext == '.npz':
+            self._array = load_spikes(path, **self._kwargs)
+            self.frames, self.height, self.width = self._array.shape
+        else:
+            raise SpikeFileError(f'{path}: unknown recording extension {ext!r}: expected .dat or .npz')
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Frames ``[start, stop)`` as (T, H, W) uint8 0/1."""
+        if self._array is not None:
+            return self._array[start:stop]
+        return load_spikes(self.path, frames=(start, stop), **self._kwargs)
