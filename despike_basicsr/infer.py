@@ -13,118 +13,46 @@ runs the network on overlapping tiles of each frame (bounded memory for 1000×10
 - with ``--report``: ``DIR/tfp/``, ``DIR/tfi/`` (classical reconstructions of the same window), ``DIR/side_by_side/``
   (TFP | TFI | DeSpike) and ``DIR/report.md`` + ``DIR/report.json`` with NIQE and RMS contrast of each method.
 
+This module is the command line only: the network, its options and the tiled reconstruction are
+:class:`~despike_basicsr.reconstructor.DeSpikeReconstructor`'s, the recording reader is
+:class:`~despike_basicsr.spike.io.RecordingReader` and the report is :mod:`despike_basicsr.recording_report`.
+
 Which network: ``--opt X.yml`` (its ``network_g``) wins; without it a ``network_g`` dict stored in the checkpoint is
-used; otherwise the repository's ``options/test_despike_dpdd.yml``. See docs/inference.md.
+used, then the options file in the checkpoint's BasicSR experiment folder, and last the repository's
+``options/test_despike_dpdd.yml`` (:func:`~despike_basicsr.reconstructor.resolve_network_options`). See
+docs/inference.md.
 
 Errors (missing or corrupt files, wrong frame size, a checkpoint of another architecture, existing outputs) print one
 line ``despike-infer: error: <file>: <what was expected and what was found>`` and exit with status 2.
 """
 import argparse
-import json
-import math
 import os
 import os.path as osp
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from despike_basicsr.checkpoint import check_fits, safe_torch_load, state_dict_from_checkpoint
 from despike_basicsr.errors import DespikeUserError, run_cli
-from despike_basicsr.metrics.noref_metric import NIQE_BLOCK, calculate_niqe_gray, calculate_rms_contrast
-from despike_basicsr.options import OptionsError, read_network_options
-from despike_basicsr.reconstructor import PRETRAINED_WEIGHTS, reconstruct_tiled, select_device
+from despike_basicsr.reconstructor import DEFAULT_OPT, PRETRAINED_WEIGHTS, DeSpikeReconstructor
+from despike_basicsr.recording_report import (REPORT_FILES, REPORT_FOLDERS, report_centre, to_uint8, write_png,
+                                              write_report)
 from despike_basicsr.spike.fpn import load_fpn
-from despike_basicsr.spike.io import DEFAULT_HEIGHT, DEFAULT_WIDTH, frame_bytes, load_spikes
-from despike_basicsr.spike.reconstruct import classical_display
+from despike_basicsr.spike.io import DEFAULT_HEIGHT, DEFAULT_WIDTH, RecordingReader
 from despike_basicsr.tiling import count_tiles
 
 PROG = 'despike-infer'
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-DEFAULT_OPT = osp.join(REPO_ROOT, 'options', 'test_despike_dpdd.yml')
 DEFAULT_WINDOW = 192  # the paper's longest integration window, for networks that do not say what they need
-METHODS = ('tfp', 'tfi', 'despike')
-METHOD_LABELS = {'tfp': 'TFP', 'tfi': 'TFI', 'despike': 'DeSpike'}
 
 
 class InferError(DespikeUserError):
     """A user-facing failure: the message names the file, what was expected and what was found."""
 
 
-# ----------------------------------------------------------------------------------------------------------- network
-def resolve_network_options(opt_path: Optional[str], checkpoint: object, weights_path: str) -> Tuple[dict, str]:
-    """Pick ``network_g``: ``--opt`` file, else a ``network_g`` dict in the checkpoint, else the default options file.
-
-    Returns:
-        ``(network_g, source)`` where ``source`` says where it came from (for messages and the report).
-    """
-    if opt_path is None and isinstance(checkpoint, dict) and isinstance(checkpoint.get('network_g'), dict):
-        return dict(checkpoint['network_g']), f'network_g stored in {weights_path}'
-    if opt_path is None:
-        opt_path = DEFAULT_OPT
-        if not osp.isfile(opt_path):
-            raise InferError(f'{opt_path}: default options file missing and {weights_path} stores no network_g; '
-                             'pass --opt with the options file the weights were trained with')
-    if not osp.isfile(opt_path):
-        raise InferError(f'{opt_path}: no such options file (--opt)')
-    try:
-        return read_network_options(opt_path), opt_path
-    except OptionsError as err:
-        raise InferError(str(err)) from None
-
-
-def build_and_load(network_opt: dict, source: str, state: Dict[str, torch.Tensor], weights_path: str,
-                   device: torch.device) -> torch.nn.Module:
-    """Build the registered network of ``network_opt`` and load ``state`` strictly (after a readable check)."""
-    import despike_basicsr
-    despike_basicsr.register()  # compat before basicsr loads; fills BasicSR's registries
-    from basicsr.archs import build_network
-    try:
-        net = build_network(dict(network_opt))
-    except (KeyError, TypeError, ValueError) as err:
-        raise InferError(f'{source}: cannot build network_g {network_opt.get("type")!r} ({type(err).__name__}: '
-                         f'{err})') from err
-    check_fits(net, state, weights_path, source)
-    net.load_state_dict(state, strict=True)
-    return net.to(device).eval()
-
-
-# --------------------------------------------------------------------------------------------------------- recording
-class Recording:
-    """A spike recording read window by window: ``.dat`` through memory-mapped frame ranges, ``.npz`` once.
-
-    (``.npz`` members are zip entries, possibly compressed, so they cannot be memory-mapped.)
-    """
-
-    def __init__(self, path: str, height: Optional[int], width: Optional[int], flipud: bool, head: bool,
-                 key: Optional[str]) -> None:
-        self.path = path
-        ext = osp.splitext(path)[1].lower()
-        if not osp.isfile(path):
-            raise InferError(f'{path}: no such recording (--input)')
-        self._array = None
-        self._kwargs = dict(height=height, width=width, flipud=flipud, head=head, key=key)
-        if ext == '.dat':
-            self.height = height or DEFAULT_HEIGHT
-            self.width = width or DEFAULT_WIDTH
-            load_spikes(path, frames=(0, 1), **self._kwargs)  # validates the size against the frame shape
-            self.frames = osp.getsize(path) // frame_bytes(self.height, self.width, head)
-        elif ext == '.npz':
-            self._array = load_spikes(path, **self._kwargs)
-            self.frames, self.height, self.width = self._array.shape
-        else:
-            raise InferError(f'{path}: unknown recording extension {ext!r}: expected .dat or .npz')
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Frames ``[start, stop)`` as (T, H, W) uint8 0/1."""
-        if self._array is not None:
-            return self._array[start:stop]
-        return load_spikes(self.path, frames=(start, stop), **self._kwargs)
-
-
+# ----------------------------------------------------------------------------------------------------------- centres
 def window_for_centre(centre: int, frames: int, window_len: int) -> Tuple[int, int]:
     """Frames ``[start, stop)`` fed to the network for target frame ``centre``.
 
@@ -176,90 +104,6 @@ def choose_centres(args: argparse.Namespace, frames: int, window_len: int, min_l
     return centres
 
 
-# ------------------------------------------------------------------------------------------------------------ images
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    """[0, 1] float image → uint8 (rounded, clipped), as BasicSR's tensor2img does."""
-    return (np.clip(img, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-
-
-def side_by_side(images: Sequence[np.ndarray], labels: Sequence[str], gap: int = 4, band: int = 22) -> np.ndarray:
-    """Grayscale uint8 panels left to right with a white gap and a label band on top."""
-    height = images[0].shape[0]
-    panels = []
-    for i, (img, label) in enumerate(zip(images, labels)):
-        top = np.full((band, img.shape[1]), 255, np.uint8)
-        cv2.putText(top, label, (4, band - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 0, 1, cv2.LINE_AA)
-        panels.append(np.vstack([top, img]))
-        if i < len(images) - 1:
-            panels.append(np.full((height + band, gap), 255, np.uint8))
-    return np.hstack(panels)
-
-
-def write_png(path: str, img: np.ndarray) -> None:
-    if not cv2.imwrite(path, img):
-        raise InferError(f'{path}: could not write the image')
-
-
-# ------------------------------------------------------------------------------------------------------------ report
-def measure(img_u8: np.ndarray) -> Dict[str, Optional[float]]:
-    """NIQE (None when the frame holds fewer than two 96×96 blocks or is flat) and RMS contrast of one uint8 image."""
-    try:
-        niqe = calculate_niqe_gray(img_u8)
-    except ValueError:
-        niqe = None
-    if niqe is not None and not math.isfinite(niqe):
-        niqe = None
-    return {'niqe': niqe, 'rms_contrast': calculate_rms_contrast(img_u8)}
-
-
-def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
-    kept = [v for v in values if v is not None]
-    return float(np.mean(kept)) if kept else None
-
-
-def _fmt(value: Optional[float], digits: int) -> str:
-    return 'n/a' if value is None else f'{value:.{digits}f}'
-
-
-def write_report(out_dir: str, info: dict, rows: List[dict]) -> dict:
-    """Write ``report.json`` and ``report.md`` (summary over centres, then one row per centre); returns the json."""
-    summary = {
-        m: {
-            'niqe': _mean([r[m]['niqe'] for r in rows]),
-            'rms_contrast': _mean([r[m]['rms_contrast'] for r in rows]),
-            'niqe_count': sum(r[m]['niqe'] is not None for r in rows),
-        }
-        for m in METHODS
-    }
-    report = dict(info, summary=summary, per_centre=rows)
-    with open(osp.join(out_dir, 'report.json'), 'w', encoding='utf-8') as f:
-        json.dump(report, f, indent=2)
-
-    lines = [
-        f'# No-reference quality: {osp.basename(info["input"])}',
-        '',
-        f'{info["height"]}x{info["width"]}, {info["frames"]} frames; {len(rows)} centre time(s); network window '
-        f'{info["window_len"]} frames; TFP window {info["tfp_window"]}; FPN correction: {info["fpn"] or "none"}.',
-        f'NIQE: BasicSR\'s, lower is better ({NIQE_BLOCK}x{NIQE_BLOCK} blocks; n/a below two blocks or on flat '
-        'images). RMS contrast: standard deviation of intensities in [0, 1]. Measured on the written 8-bit PNGs.',
-        '',
-        '| method | NIQE (lower is better) | RMS contrast |',
-        '|---|---|---|',
-    ]
-    for m in METHODS:
-        lines.append(f'| {METHOD_LABELS[m]} | {_fmt(summary[m]["niqe"], 3)} | {_fmt(summary[m]["rms_contrast"], 4)} |')
-    niqe_columns = ' | '.join(f'{METHOD_LABELS[m]} NIQE' for m in METHODS)
-    contrast_columns = ' | '.join(f'{METHOD_LABELS[m]} contrast' for m in METHODS)
-    lines += ['', '## Per centre time', '', f'| centre | {niqe_columns} | {contrast_columns} |']
-    lines.append('|---' * (1 + 2 * len(METHODS)) + '|')
-    for r in rows:
-        lines.append(f'| {r["centre"]} | ' + ' | '.join(_fmt(r[m]['niqe'], 3) for m in METHODS) + ' | ' +
-                     ' | '.join(_fmt(r[m]['rms_contrast'], 4) for m in METHODS) + ' |')
-    with open(osp.join(out_dir, 'report.md'), 'w', encoding='utf-8') as f:
-        f.write('\n'.join(lines) + '\n')
-    return report
-
-
 # -------------------------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -273,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--opt',
         help='options file whose network_g built the weights (default: network_g stored in '
-        'the checkpoint, else options/test_despike_dpdd.yml)')
+        'the checkpoint, else the options file in its experiment folder, else options/test_despike_dpdd.yml)')
     parser.add_argument(
         '--param-key',
         help="checkpoint key of the weights (default: 'params_ema', else 'params', "
@@ -326,22 +170,22 @@ def planned_outputs(out_dir: str, stem: str, centres: Sequence[int], video: bool
     """Every file this run will write (checked against existing files before any work)."""
     names = [osp.join('despike', f'{stem}_t{c:06d}.png') for c in centres]
     if report:
-        for sub in ('tfp', 'tfi', 'side_by_side'):
+        for sub in REPORT_FOLDERS:
             names += [osp.join(sub, f'{stem}_t{c:06d}.png') for c in centres]
-        names += ['report.md', 'report.json']
+        names += list(REPORT_FILES)
     if video:
         names.append(f'{stem}_despike.mp4')
     return [osp.join(out_dir, n) for n in names]
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Run the reconstruction described by parsed arguments; returns a summary dict (used by tests and scripts)."""
+def load_reconstructor(args: argparse.Namespace) -> DeSpikeReconstructor:
+    """The network of ``--weights`` (default: the shipped one) as :class:`DeSpikeReconstructor` builds it, after the
+    flags are checked; the network's options come from ``--opt``, else
+    :func:`~despike_basicsr.reconstructor.resolve_network_options` down to :data:`DEFAULT_OPT`."""
     if args.tile < 0 or args.tile_overlap < 0:
         raise InferError(f'--tile and --tile-overlap must be >= 0, got {args.tile} and {args.tile_overlap}')
     if args.tile and args.tile_overlap >= args.tile:
         raise InferError(f'--tile-overlap ({args.tile_overlap}) must be smaller than --tile ({args.tile})')
-    device = select_device(args.device)
-
     if args.weights is None:
         args.weights = PRETRAINED_WEIGHTS
         if not osp.isfile(args.weights):
@@ -349,16 +193,23 @@ def run(args: argparse.Namespace) -> dict:
                              '--weights')
     if not osp.isfile(args.weights):
         raise InferError(f'{args.weights}: no such weights file (--weights)')
-    checkpoint = safe_torch_load(args.weights, what='weights file (--weights)')
-    state = state_dict_from_checkpoint(checkpoint, args.weights, args.param_key, require_key=args.param_key is not None)
-    network_opt, source = resolve_network_options(args.opt, checkpoint, args.weights)
-    net = build_and_load(network_opt, source, state, args.weights, device)
-    min_len = int(getattr(net, 'min_stream_len', 1))
-    window_len = args.window_len or int(getattr(net, 'frames_needed', DEFAULT_WINDOW))
+    if args.opt is not None and not osp.isfile(args.opt):
+        raise InferError(f'{args.opt}: no such options file (--opt)')
+    return DeSpikeReconstructor(args.weights, opt_path=args.opt, param_key=args.param_key, device=args.device,
+                                tile=args.tile, tile_overlap=args.tile_overlap, fallback_opt_path=DEFAULT_OPT)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run the reconstruction described by parsed arguments; returns a summary dict (used by tests and scripts)."""
+    reconstructor = load_reconstructor(args)
+    min_len = reconstructor.min_stream_len
+    window_len = args.window_len or int(getattr(reconstructor.net, 'frames_needed', DEFAULT_WINDOW))
     if window_len < min_len:
         raise InferError(f'--window-len {window_len} is shorter than the network\'s smallest window ({min_len})')
 
-    rec = Recording(args.input, args.height, args.width, args.flipud, args.head, args.key)
+    if not osp.isfile(args.input):
+        raise InferError(f'{args.input}: no such recording (--input)')
+    rec = RecordingReader(args.input, args.height, args.width, args.flipud, args.head, args.key)
     centres = choose_centres(args, rec.frames, window_len, min_len, args.input)
     gamma = None
     if args.fpn:
@@ -370,8 +221,7 @@ def run(args: argparse.Namespace) -> dict:
     if existing and not args.overwrite:
         raise InferError(f'{existing[0]}: output exists ({len(existing)} of this run\'s {len(outputs)} files are '
                          'already in --out); pass --overwrite to replace them')
-    subdirs = ['despike'] + (['tfp', 'tfi', 'side_by_side'] if args.report else [])
-    for sub in subdirs:
+    for sub in ('despike', ) + (REPORT_FOLDERS if args.report else ()):
         os.makedirs(osp.join(args.out, sub), exist_ok=True)
 
     writer = None
@@ -390,9 +240,8 @@ def run(args: argparse.Namespace) -> dict:
         for centre in centres:
             start, stop = window_for_centre(centre, rec.frames, window_len)
             window = rec.read(start, stop)
-            spikes = torch.from_numpy(np.ascontiguousarray(window))[None]
-            with torch.inference_mode():
-                image = reconstruct_tiled(net, spikes, gamma, args.tile, args.tile_overlap, device, bar.update)
+            image = reconstructor.reconstruct_window(torch.from_numpy(np.ascontiguousarray(window))[None], gamma,
+                                                     bar.update)
             despike_u8 = to_uint8(image[0, 0].cpu().numpy())
             name = f'{stem}_t{centre:06d}.png'
             write_png(osp.join(args.out, 'despike', name), despike_u8)
@@ -400,17 +249,10 @@ def run(args: argparse.Namespace) -> dict:
                 frame = np.pad(despike_u8, ((0, rec.height % 2), (0, rec.width % 2)), mode='edge')
                 writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
             if args.report:
-                images = {'despike': despike_u8}
-                local = centre - start
                 fpn_gamma = None if gamma is None else gamma[0, 0].numpy()  # γ = R_ref / R
-                for m in ('tfp', 'tfi'):
-                    images[m] = to_uint8(classical_display(window, m, center=local, window=args.tfp_window,
-                                                           eta=args.eta, threshold=args.threshold, fpn_gamma=fpn_gamma))
-                    write_png(osp.join(args.out, m, name), images[m])
-                write_png(
-                    osp.join(args.out, 'side_by_side', name),
-                    side_by_side([images[m] for m in METHODS], [METHOD_LABELS[m] for m in METHODS]))
-                rows.append(dict(centre=centre, window=[start, stop], **{m: measure(images[m]) for m in METHODS}))
+                measures = report_centre(args.out, name, window, centre - start, despike_u8, args.tfp_window,
+                                         args.eta, args.threshold, fpn_gamma)
+                rows.append(dict(centre=centre, window=[start, stop], **measures))
     finally:
         bar.close()
         if writer is not None:
@@ -419,8 +261,8 @@ def run(args: argparse.Namespace) -> dict:
     info = dict(
         input=args.input,
         weights=args.weights,
-        network=network_opt.get('type'),
-        network_source=source,
+        network=reconstructor.network_opt.get('type'),
+        network_source=reconstructor.network_source,
         height=rec.height,
         width=rec.width,
         frames=rec.frames,

@@ -20,6 +20,7 @@ from despike_basicsr import infer
 from despike_basicsr.archs.despike_arch import DeSpikeNet
 from despike_basicsr.infer import main
 from despike_basicsr.metrics.noref_metric import calculate_niqe_gray, calculate_rms_contrast
+from despike_basicsr.recording_report import to_uint8
 from despike_basicsr.spike import rate_to_display, read_dat, simulate, tfp, write_dat, write_npz
 from despike_basicsr.tiling import count_tiles
 
@@ -150,7 +151,7 @@ def test_dat_npz_head_and_flip_layouts_agree_with_direct_network_call(tiny, tmp_
     centre = steps // 2  # default centre; the default window is the net's longest (32 frames)
     with torch.inference_mode():
         direct = net(torch.from_numpy(spikes[centre - 16:centre + 16])[None].float())[0, 0].numpy()
-    expected = infer.to_uint8(direct)
+    expected = to_uint8(direct)
     for stem in runs:
         got = _png(tmp_path / stem / 'despike' / f'{stem}_t{centre:06d}.png')
         assert got.shape == (height, width)
@@ -196,10 +197,10 @@ def test_report_on_default_size_dat_with_side_by_side(stand_in, tmp_path):
 
     # written TFP equals the classical reconstruction of the same window, through rate_to_display
     start, stop = report['per_centre'][0]['window']
-    expected_tfp = infer.to_uint8(rate_to_display(tfp(spikes[start:stop], center=20 - start, window=41)))
+    expected_tfp = to_uint8(rate_to_display(tfp(spikes[start:stop], center=20 - start, window=41)))
     np.testing.assert_array_equal(_png(out / 'tfp' / 'real_t000020.png'), expected_tfp)
     # stand-in output = 2 × mean rate over the centre 16 frames
-    expected_despike = infer.to_uint8(2 * spikes[12:28].mean(0))
+    expected_despike = to_uint8(2 * spikes[12:28].mean(0))
     np.testing.assert_array_equal(_png(out / 'despike' / 'real_t000020.png'), expected_despike)
     panel = _png(out / 'side_by_side' / 'real_t000020.png')
     assert panel.shape == (250 + 22, 3 * 400 + 2 * 4)
@@ -287,8 +288,8 @@ def test_fpn_gamma_scales_input_and_classical_reconstructions(stand_in, tmp_path
     assert main(base + ['--fpn', str(tmp_path / 'fpn.npz'), '--out', str(tmp_path / 'fpn')]) == 0
     rate = spikes[12:28].mean(0)
     np.testing.assert_array_equal(
-        _png(tmp_path / 'fpn' / 'despike' / 'cam_t000020.png'), infer.to_uint8(2 * rate * gamma))
-    expected_tfp = infer.to_uint8(rate_to_display(tfp(spikes[12:28], center=8) * gamma))
+        _png(tmp_path / 'fpn' / 'despike' / 'cam_t000020.png'), to_uint8(2 * rate * gamma))
+    expected_tfp = to_uint8(rate_to_display(tfp(spikes[12:28], center=8) * gamma))
     np.testing.assert_array_equal(_png(tmp_path / 'fpn' / 'tfp' / 'cam_t000020.png'), expected_tfp)
     assert not np.array_equal(_png(tmp_path / 'plain' / 'tfp' / 'cam_t000020.png'), expected_tfp)
     # too small for NIQE: the report says n/a instead of failing
