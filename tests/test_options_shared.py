@@ -153,3 +153,38 @@ def test_keys_nothing_reads_are_rejected(key):
     opt[key] = True
     with pytest.raises(OptionsError, match=f"unknown top-level key '{key}'"):
         check_options(opt, 'demo.yml')
+
+
+PROTOCOL_DIR = osp.join(OPTIONS_DIR, 'dpdd_cpu')
+PROTOCOL_BUDGET = ('ema_decay', 'optim_g', 'scheduler', 'total_iter', 'warmup_iter', 'grad_clip_norm')
+
+
+def _protocol_differences(path: str, reference: str) -> list:
+    """Where a DPDD-protocol file departs from DeSpike's in data, metrics, seed or training budget."""
+    opt, ref = _load(path), _load(reference)
+    found = [section for section in SHARED_SECTIONS + ('manual_seed', ) if opt.get(section) != ref.get(section)]
+    found += [f'train.{key}' for key in PROTOCOL_BUDGET if opt['train'].get(key) != ref['train'].get(key)]
+    return found
+
+
+def test_the_dpdd_protocol_trains_all_five_methods_on_one_budget():
+    reference = osp.join(PROTOCOL_DIR, 'train_despike.yml')
+    files = sorted(glob.glob(osp.join(PROTOCOL_DIR, 'train_*.yml')))
+    cascades = {osp.basename(p) for p in files} - {'train_despike.yml'}
+    assert cascades == {f'train_{net}_{front}.yml' for net in ('gkmnet', 'nrknet') for front in ('tfp', 'tfi')}
+    for path in files:
+        assert _protocol_differences(path, reference) == [], _rel(path)
+        opt = _load(path)
+        if path != reference:
+            assert opt['model_type'] == 'CascadeModel' and opt['network_g']['in_channels'] == 1
+            assert opt['front_end']['type'] in osp.basename(path)
+    names = [_load(p)['name'] for p in files]
+    assert len(set(names)) == len(names), 'each method needs its own experiment folder'
+
+
+def test_the_protocol_budget_check_can_fail(tmp_path):
+    reference = osp.join(PROTOCOL_DIR, 'train_despike.yml')
+    text = open(osp.join(PROTOCOL_DIR, 'train_nrknet_tfp.yml'), encoding='utf-8').read()
+    changed = tmp_path / 'train_nrknet_tfp.yml'
+    changed.write_text(text.replace('total_iter: 1200', 'total_iter: 2400').replace('manual_seed: 2026', 'manual_seed: 1'))
+    assert _protocol_differences(str(changed), reference) == ['manual_seed', 'train.total_iter']
