@@ -1,6 +1,8 @@
-"""scripts/benchmark.py end to end on a tiny spike LMDB written here, with checkpoints saved here."""
-import importlib.util
+"""The benchmark (despike_basicsr.benchmarking, and its command line scripts/benchmark.py) end to end on a tiny spike
+LMDB written here, with checkpoints saved here."""
 import json
+import subprocess
+import sys
 from os import path as osp
 
 import cv2
@@ -13,7 +15,7 @@ from basicsr.utils import tensor2img
 from basicsr.utils.registry import ARCH_REGISTRY
 from scipy import ndimage
 
-from conftest import REPO_ROOT
+from despike_basicsr import benchmarking
 from despike_basicsr.checkpoint import CheckpointError
 from despike_basicsr.data.spike_lmdb import SpikeLMDBWriter
 from despike_basicsr.spike.camera import simulate
@@ -23,16 +25,6 @@ from despike_basicsr.spike.reconstruct import rate_to_display, tfp
 HEIGHT, WIDTH, FRAMES = 24, 28, 64
 GKMNET = {'type': 'GKMNet', 'in_channels': 1, 'width': 4, 'num_blocks': 1}
 NRKNET = {'type': 'NRKNet', 'in_channels': 1, 'widths': [8, 8, 8], 'num_blocks': [1, 1, 1]}
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location('benchmark_script', osp.join(REPO_ROOT, 'scripts', 'benchmark.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-benchmark = _load_script()
 
 
 def _write_lmdb(path: str, count: int = 3) -> None:
@@ -82,11 +74,10 @@ def _tfp_display(spikes: np.ndarray) -> torch.Tensor:
 def test_end_to_end_table_json_and_picture(workspace):
     out_dir = str(workspace['root'] / 'results')
     root = workspace['root']
-    report = benchmark.main([
-        '--lmdb', workspace['lmdb'], '--out-dir', out_dir, '--device', 'cpu', '--lpips', 'off', '--grid-samples', '2',
-        '--crop', '16', '--zoom', '2', '--methods', 'tfp', 'tfi',
-        f"gkmnet_tfp:{workspace['gkm_opt']}:{root / 'gkm.pth'}", f"nrknet_tfp:{workspace['nrk_opt']}:{root / 'nrk.pth'}"
-    ])
+    report = benchmarking.run_benchmark(
+        ['tfp', 'tfi', f"gkmnet_tfp:{workspace['gkm_opt']}:{root / 'gkm.pth'}",
+         f"nrknet_tfp:{workspace['nrk_opt']}:{root / 'nrk.pth'}"],
+        workspace['lmdb'], out_dir=out_dir, device='cpu', lpips_mode='off', grid_samples=2, crop=16, zoom=2)
     with open(osp.join(out_dir, 'benchmark.json'), encoding='utf-8') as f:
         saved = json.load(f)
     assert saved == json.loads(json.dumps(report))
@@ -108,6 +99,9 @@ def test_end_to_end_table_json_and_picture(workspace):
             expected[name].append(calculate_psnr(tensor2img([output]), gt, crop_border=0))
     for name, values in expected.items():
         assert methods[name]['psnr'] == pytest.approx(np.mean(values), abs=1e-6), name
+        per_sample = methods[name]['per_sample']
+        assert list(per_sample) == sorted(reader.keys)
+        assert [v['psnr'] for v in per_sample.values()] == pytest.approx(values, abs=1e-6), name
     assert methods['tfi']['psnr'] != methods['tfp']['psnr']
 
     gkm_params = sum(p.numel() for p in workspace['gkm'].parameters())
@@ -118,6 +112,11 @@ def test_end_to_end_table_json_and_picture(workspace):
 
     table = open(osp.join(out_dir, 'benchmark.md'), encoding='utf-8').read()
     assert f"| gkmnet_tfp | {methods['gkmnet_tfp']['psnr']:.2f} |" in table
+    per_image = table[table.index('## Per image'):]
+    assert '| Image | tfp | tfi | gkmnet_tfp | nrknet_tfp |' in per_image
+    score = methods['nrknet_tfp']['per_sample']['scene_01']
+    assert f"| scene_01 | {methods['tfp']['per_sample']['scene_01']['psnr']:.2f} / " in per_image
+    assert per_image.split('| scene_01 |')[1].splitlines()[0].endswith(f"{score['psnr']:.2f} / {score['ssim']:.3f} |")
     picture = cv2.imread(osp.join(out_dir, 'benchmark.png'), cv2.IMREAD_GRAYSCALE)
     tile = 16 * 2
     assert picture.shape == (22 + 2 * tile + 4, 5 * tile + 4 * 4)  # header + 2 rows; 4 methods + ground truth
@@ -125,29 +124,44 @@ def test_end_to_end_table_json_and_picture(workspace):
 
 def test_weights_default_to_the_options_path_and_missing_ones_are_named(workspace, tmp_path):
     with pytest.raises(FileNotFoundError, match=r'weights file .*missing\.pth does not exist'):
-        benchmark.main(['--lmdb', workspace['lmdb'], '--out-dir', str(tmp_path), '--lpips', 'off', '--methods',
-                        f"gkm:{workspace['gkm_opt']}:{tmp_path / 'missing.pth'}"])
+        benchmarking.run_benchmark([f"gkm:{workspace['gkm_opt']}:{tmp_path / 'missing.pth'}"], workspace['lmdb'],
+                                   out_dir=str(tmp_path), lpips_mode='off')
     with pytest.raises(ValueError, match=r"no weights given and .*gkm\.yml has no path\.pretrain_network_g"):
-        benchmark.main(['--lmdb', workspace['lmdb'], '--out-dir', str(tmp_path), '--lpips', 'off', '--methods',
-                        f"gkm:{workspace['gkm_opt']}"])
+        benchmarking.run_benchmark([f"gkm:{workspace['gkm_opt']}"], workspace['lmdb'], out_dir=str(tmp_path),
+                                   lpips_mode='off')
+
+
+def test_command_line_writes_the_same_outputs(workspace, tmp_path, repo_root, subprocess_env):
+    """scripts/benchmark.py: the flags reach run_benchmark, the table is printed, the command is recorded."""
+    argv = ['--lmdb', workspace['lmdb'], '--out-dir', str(tmp_path / 'out'), '--device', 'cpu', '--lpips', 'off',
+            '--grid-samples', '1', '--crop', '8', '--zoom', '1', '--tfp-window', '21', '--methods', 'tfp', 'tfi']
+    done = subprocess.run([sys.executable, osp.join(repo_root, 'scripts', 'benchmark.py')] + argv,
+                          capture_output=True, text=True, env=subprocess_env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = json.loads((tmp_path / 'out' / 'benchmark.json').read_text())
+    assert saved['command'] == 'python scripts/benchmark.py ' + ' '.join(argv)
+    assert [m['name'] for m in saved['methods']] == ['tfp', 'tfi'] and saved['val_len'] == 192
+    assert '[benchmark] tfi: PSNR' in done.stdout and '| Method | PSNR (dB) |' in done.stdout
+    assert (tmp_path / 'out' / 'benchmark.md').read_text() in done.stdout
+    assert cv2.imread(str(tmp_path / 'out' / 'benchmark.png'), cv2.IMREAD_GRAYSCALE).shape == (22 + 8, 3 * 8 + 2 * 4)
 
 
 def test_method_specs_and_checkpoint_layouts(tmp_path):
-    assert benchmark.parse_method('TFP').kind == 'tfp'
-    method = benchmark.parse_method('despike:options/test_despike_demo.yml:exp/net_g_latest.pth')
+    assert benchmarking.parse_method('TFP').kind == 'tfp'
+    method = benchmarking.parse_method('despike:options/test_despike_demo.yml:exp/net_g_latest.pth')
     assert (method.name, method.kind, method.options, method.weights) == (
         'despike', 'model', 'options/test_despike_demo.yml', 'exp/net_g_latest.pth')
-    long_tfp = benchmark.parse_method('tfp:191')
+    long_tfp = benchmarking.parse_method('tfp:191')
     assert (long_tfp.name, long_tfp.kind, long_tfp.window) == ('tfp191', 'tfp', 191)
     with pytest.raises(ValueError, match=r"method 'rsir': expected 'tfp', 'tfp:WINDOW', 'tfi' or 'NAME:OPTIONS.yml"):
-        benchmark.parse_method('rsir')
+        benchmarking.parse_method('rsir')
 
     state = {'w': torch.ones(2)}
     torch.save({'params': {'w': torch.zeros(2)}, 'params_ema': state}, tmp_path / 'both.pth')
-    assert torch.equal(benchmark.load_state_dict(str(tmp_path / 'both.pth'))['w'], torch.ones(2))
-    assert torch.equal(benchmark.load_state_dict(str(tmp_path / 'both.pth'), 'params')['w'], torch.zeros(2))
+    assert torch.equal(benchmarking.load_state_dict(str(tmp_path / 'both.pth'))['w'], torch.ones(2))
+    assert torch.equal(benchmarking.load_state_dict(str(tmp_path / 'both.pth'), 'params')['w'], torch.zeros(2))
     torch.save({'module.w': torch.ones(2)}, tmp_path / 'ddp.pth')
-    assert list(benchmark.load_state_dict(str(tmp_path / 'ddp.pth'))) == ['w']
+    assert list(benchmarking.load_state_dict(str(tmp_path / 'ddp.pth'))) == ['w']
     torch.save({'params': 3}, tmp_path / 'bad.pth')
     with pytest.raises(CheckpointError, match='bad.pth: expected a state dict of tensors'):
-        benchmark.load_state_dict(str(tmp_path / 'bad.pth'))
+        benchmarking.load_state_dict(str(tmp_path / 'bad.pth'))

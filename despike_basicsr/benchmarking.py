@@ -1,0 +1,366 @@
+"""Benchmark methods on one spike test LMDB: one data path, one metric code path, one table and one picture.
+
+The evaluation core of ``scripts/benchmark.py`` (the command line, with the method syntax and an example). Every
+method reads the same samples through the registered ``SpikeLMDBDataset`` and is scored with BasicSR's
+``calculate_psnr`` / ``calculate_ssim`` (and LPIPS when its weights are on this machine) on the same uint8 images that
+BasicSR's validation uses. :func:`run_benchmark` writes ``OUT/benchmark.md`` (the table, then PSNR/SSIM per image),
+``OUT/benchmark.json`` (per method, with ``per_sample`` PSNR/SSIM) and ``OUT/benchmark.png`` (the same crops across
+methods).
+
+Importing this module registers the plugin with BasicSR (:func:`despike_basicsr.register`).
+"""
+import json
+import os
+import platform
+import time
+from copy import deepcopy
+from dataclasses import dataclass, field
+from os import path as osp
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import despike_basicsr  # isort:skip
+
+despike_basicsr.register()  # isort:skip  (compat before basicsr loads; fills the registries)
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from basicsr.metrics import calculate_metric, calculate_psnr, calculate_ssim  # noqa: E402
+from basicsr.models import build_model  # noqa: E402
+from basicsr.utils import tensor2img  # noqa: E402
+from basicsr.utils.registry import DATASET_REGISTRY  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from despike_basicsr.checkpoint import load_network_weights  # noqa: E402
+from despike_basicsr.data.spike_lmdb import SpikeLMDBReader  # noqa: E402
+from despike_basicsr.device import synchronize  # noqa: E402
+from despike_basicsr.options import load_options_file  # noqa: E402
+from despike_basicsr.spike.reconstruct import classical_display  # noqa: E402
+
+CLASSICAL = ('tfp', 'tfi')
+
+
+@dataclass
+class Method:
+    """One entry of ``--methods``."""
+
+    name: str
+    kind: str  # 'tfp', 'tfi' or 'model'
+    options: Optional[str] = None
+    weights: Optional[str] = None
+    window: Optional[int] = None  # TFP window of this entry (``tfp:191``); None: --tfp-window
+    result: Dict[str, Any] = field(default_factory=dict)
+
+
+def parse_method(spec: str) -> Method:
+    """``tfp`` | ``tfp:WINDOW`` | ``tfi`` | ``NAME:OPTIONS.yml[:WEIGHTS]``.
+
+    Raises:
+        ValueError: Naming the accepted forms and what was found.
+    """
+    if spec.lower() in CLASSICAL:
+        return Method(name=spec.lower(), kind=spec.lower())
+    head, _, window = spec.partition(':')
+    if head.lower() == 'tfp' and window.isdigit() and int(window) > 0:
+        return Method(name=f'tfp{window}', kind='tfp', window=int(window))
+    parts = spec.split(':', 2)
+    if len(parts) < 2 or not parts[0] or not parts[1].endswith(('.yml', '.yaml')):
+        raise ValueError(f"method {spec!r}: expected 'tfp', 'tfp:WINDOW', 'tfi' or 'NAME:OPTIONS.yml[:WEIGHTS.pth]'")
+    return Method(name=parts[0], kind='model', options=parts[1], weights=parts[2] if len(parts) == 3 else None)
+
+
+def load_state_dict(path: str, param_key: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """Network weights from a checkpoint (weights-only load; ``param_key``, else ``params_ema``, else ``params``)."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'weights file {path} does not exist (train the method first, or pass '
+                                f'NAME:OPTIONS.yml:WEIGHTS.pth)')
+    return load_network_weights(path, param_key)
+
+
+def build_method_model(method: Method, device: torch.device):
+    """The method's BasicSR model in test mode, with its weights loaded (strictly) from ``method.weights``."""
+    opt = deepcopy(load_options_file(method.options))
+    opt.update(is_train=False, dist=False, rank=0, world_size=1, num_gpu=1 if device.type == 'cuda' else 0)
+    opt['path'] = dict(opt.get('path') or {})
+    method.weights = method.weights or opt['path'].get('pretrain_network_g')
+    if not method.weights:
+        raise ValueError(f'method {method.name!r}: no weights given and {method.options} has no '
+                         f'path.pretrain_network_g')
+    param_key = opt['path'].get('param_key_g')
+    opt['path']['pretrain_network_g'] = None  # loaded below, with weights_only=True
+    model = build_model(opt)
+    for net_name in ('net_g', 'net_g_ema'):
+        if hasattr(model, net_name):
+            model.get_bare_model(getattr(model, net_name)).load_state_dict(
+                load_state_dict(method.weights, param_key), strict=True)
+    return model
+
+
+def build_dataset(lmdb_path: str, val_len: int):
+    """The registered SpikeLMDBDataset in evaluation mode; FPN gamma when the LMDB carries ``fpn.npz``."""
+    opt = {
+        'name': 'benchmark', 'type': 'SpikeLMDBDataset', 'dataroot': lmdb_path, 'io_backend': {'type': 'lmdb'},
+        'phase': 'test', 'val_len': val_len, 'fpn': osp.isfile(osp.join(lmdb_path, 'fpn.npz'))
+    }
+    return DATASET_REGISTRY.get('SpikeLMDBDataset')(opt)
+
+
+def crop_frames(spikes: torch.Tensor, lengths) -> torch.Tensor:
+    """The centre ``min(lq_len)`` frames, as the models' ``feed_data`` keeps them."""
+    if lengths is None:
+        return spikes
+    shortest = min(int(torch.as_tensor(lengths).min()), spikes.shape[1])
+    start = spikes.shape[1] // 2 - shortest // 2
+    return spikes[:, start:start + shortest]
+
+
+def classical_image(kind: str, batch: Dict[str, Any], meta: Dict[str, Any], window: int) -> torch.Tensor:
+    """TFP or TFI of the target frame, through ``rate_to_display`` with the sample's own threshold and eta."""
+    spikes = crop_frames(batch['lq'], batch.get('lq_len'))
+    return classical_display(spikes, kind, window=window, eta=float(meta.get('eta', 1.0)),
+                             threshold=float(meta.get('threshold', 2.0)))[:, None]
+
+
+class LPIPSScorer:
+    """LPIPS through the registered ``calculate_lpips`` metric, or the reason it is unavailable."""
+
+    def __init__(self, mode: str, backbone_path: Optional[str]) -> None:
+        self.backbone_path = backbone_path
+        self.reason = None
+        if mode == 'off':
+            self.reason = 'disabled (--lpips off)'
+            return
+        try:
+            from despike_basicsr.losses.lpips_net import build_lpips_net
+            build_lpips_net(pretrained=True, backbone_path=backbone_path)
+        except Exception as err:  # missing weights (no internet), missing package...: report, do not fail
+            first_sentence = str(err).split('. ')[0].splitlines()[0][:200]
+            self.reason = f'n/a: {first_sentence}'
+
+    @property
+    def available(self) -> bool:
+        return self.reason is None
+
+    def __call__(self, img: np.ndarray, img2: np.ndarray) -> float:
+        metric_opt = {'type': 'calculate_lpips', 'crop_border': 0, 'backbone_path': self.backbone_path}
+        return float(calculate_metric({'img': img, 'img2': img2}, metric_opt))
+
+
+def evaluate(method: Method,
+             dataset,
+             device: torch.device,
+             lpips: LPIPSScorer,
+             reader: SpikeLMDBReader,
+             tfp_window: int = 41,
+             grid_samples: int = 3) -> Dict[str, Any]:
+    """Scores, parameter count, latency and the grid images of one method.
+
+    Args:
+        method: The method (:func:`parse_method`).
+        dataset: The evaluation dataset (:func:`build_dataset`).
+        device: Where the method runs.
+        lpips: The LPIPS scorer (or the reason it is off).
+        reader: The LMDB's reader, for each sample's threshold and eta.
+        tfp_window: TFP window of a ``tfp`` method without its own.
+        grid_samples: How many samples keep their images for the picture.
+
+    Returns:
+        The method's entry of ``benchmark.json`` (``per_sample`` holds each image's PSNR and SSIM), plus ``_images``.
+    """
+    model = build_method_model(method, device) if method.kind == 'model' else None
+    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0)
+    psnr, ssim, lpips_values, latency, keys, images = [], [], [], [], [], {}
+    for index, batch in enumerate(loader):
+        key = batch['lq_path'][0]
+        repeats = 2 if index == 0 else 1  # the first pass warms up (allocations, kernels) and is not timed
+        for repeat in range(repeats):
+            synchronize(device)
+            start = time.perf_counter()
+            if model is None:
+                on_device = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                output = classical_image(method.kind, on_device, reader.meta(key), method.window or tfp_window)
+            else:
+                model.feed_data(batch)
+                model.test()
+                output = model.output
+            synchronize(device)
+            elapsed = time.perf_counter() - start
+        latency.append(elapsed)
+        result = tensor2img([output.detach().float().cpu()])
+        gt = tensor2img([batch['gt']])
+        psnr.append(float(calculate_psnr(result, gt, crop_border=0, test_y_channel=False)))
+        ssim.append(float(calculate_ssim(result, gt, crop_border=0, test_y_channel=False)))
+        if lpips.available:
+            lpips_values.append(lpips(result, gt))
+        keys.append(key)
+        if index < grid_samples:
+            images[key] = (result, gt)
+    params = 0
+    if model is not None:
+        params = sum(p.numel() for p in model.get_bare_model(model.net_g).parameters())
+    return {
+        'name': method.name,
+        'kind': method.kind,
+        'options': method.options,
+        'weights': method.weights,
+        'psnr': float(np.mean(psnr)),
+        'ssim': float(np.mean(ssim)),
+        'lpips': float(np.mean(lpips_values)) if lpips.available else 'n/a',
+        'lpips_note': lpips.reason or 'AlexNet v0.1',
+        'params': int(params),
+        'latency_ms_per_frame': 1000 * float(np.median(latency)),
+        'per_sample': {k: {'psnr': p, 'ssim': s} for k, p, s in zip(keys, psnr, ssim)},
+        '_images': images,
+    }
+
+
+def centre_box(height: int, width: int, size: int) -> Tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)`` of the centred ``size`` × ``size`` crop (smaller where the image is)."""
+    size_h, size_w = min(size, height), min(size, width)
+    y0, x0 = (height - size_h) // 2, (width - size_w) // 2
+    return y0, y0 + size_h, x0, x0 + size_w
+
+
+def picture_grid(results: List[Dict[str, Any]], crop: int, zoom: int) -> np.ndarray:
+    """Rows: samples; columns: methods then the ground truth; the same centre crop everywhere; labelled columns."""
+    keys = list(results[0]['_images'])
+    columns = [r['name'] for r in results] + ['ground truth']
+    rows, gap, label_h = [], 4, 22
+    for key in keys:
+        tiles = [r['_images'][key][0] for r in results] + [results[0]['_images'][key][1]]
+        y0, y1, x0, x1 = centre_box(*tiles[0].shape[:2], crop)
+        tiles = [cv2.resize(t[y0:y1, x0:x1], None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST) for t in tiles]
+        row = []
+        for tile in tiles:
+            row += [tile, np.full((tile.shape[0], gap), 255, np.uint8)]
+        rows += [np.concatenate(row[:-1], axis=1), np.full((gap, sum(t.shape[1] for t in row[:-1])), 255, np.uint8)]
+    body = np.concatenate(rows[:-1], axis=0)
+    tile_w = (body.shape[1] + gap) // len(columns)
+    header = np.full((label_h, body.shape[1]), 255, np.uint8)
+    for i, name in enumerate(columns):
+        cv2.putText(header, name[:max(4, tile_w // 7)], (i * tile_w + 2, label_h - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                    0, 1, cv2.LINE_AA)
+    return np.concatenate([header, body], axis=0)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU and torch's thread count."""
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    return f'CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)'
+
+
+def markdown_table(report: Dict[str, Any]) -> str:
+    """``benchmark.md``: the table of every method, the picture and the command, then PSNR/SSIM per image."""
+    lines = [
+        '# Benchmark', '',
+        f"Test LMDB `{report['lmdb']}`: {report['num_samples']} samples, {report['val_len']}-frame windows centred on "
+        f"the target frame. Device: {report['device_name']}. PSNR/SSIM: BasicSR (uint8, no border crop); LPIPS: "
+        f"{report['lpips_note']}. Latency: median per reconstructed frame, front end included.", '',
+        '| Method | PSNR (dB) | SSIM | LPIPS | Parameters | Latency (ms/frame) |',
+        '|---|---:|---:|---:|---:|---:|',
+    ]
+    for r in report['methods']:
+        lpips = r['lpips'] if isinstance(r['lpips'], str) else f"{r['lpips']:.3f}"
+        params = f"{r['params'] / 1e6:.2f} M" if r['params'] else '0'
+        lines.append(f"| {r['name']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {lpips} | {params} | "
+                     f"{r['latency_ms_per_frame']:.1f} |")
+    lines += ['', f"Picture: `{report['picture']}` (columns: methods, then the ground truth).", '',
+              f"Command: `{report['command']}`", '']
+    lines += per_image_table(report['methods'])
+    return '\n'.join(lines)
+
+
+def per_image_table(methods: Sequence[Dict[str, Any]]) -> List[str]:
+    """Markdown lines of PSNR / SSIM per image (rows) and method (columns); none without per-sample scores."""
+    keys = list(dict.fromkeys(key for m in methods for key in m.get('per_sample') or {}))
+    if not keys:
+        return []
+    lines = ['## Per image', '', 'PSNR (dB) / SSIM of every sample.', '',
+             '| Image | ' + ' | '.join(m['name'] for m in methods) + ' |', '|---' + '|---:' * len(methods) + '|']
+    for key in keys:
+        cells = []
+        for m in methods:
+            score = (m.get('per_sample') or {}).get(key)
+            cells.append('-' if score is None else f"{score['psnr']:.2f} / {score['ssim']:.3f}")
+        lines.append(f'| {key} | ' + ' | '.join(cells) + ' |')
+    return lines + ['']
+
+
+def _print_flush(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_benchmark(methods: Sequence[str],
+                  lmdb: str,
+                  out_dir: str = 'results',
+                  device: str = 'cpu',
+                  val_len: int = 192,
+                  tfp_window: int = 41,
+                  lpips_mode: str = 'auto',
+                  lpips_backbone: Optional[str] = None,
+                  grid_samples: int = 3,
+                  crop: int = 96,
+                  zoom: int = 2,
+                  seed: int = 0,
+                  command: str = '',
+                  log: Callable[[str], None] = _print_flush) -> Dict[str, Any]:
+    """Score ``methods`` on one test LMDB; write ``OUT/benchmark.png``, ``benchmark.json`` and ``benchmark.md``.
+
+    Args:
+        methods: Method specs (:func:`parse_method`): ``tfp``, ``tfp:WINDOW``, ``tfi``, ``NAME:OPTIONS.yml[:WEIGHTS]``.
+        lmdb: Test spike LMDB.
+        out_dir: Output folder (created).
+        device: ``cpu`` or ``cuda``.
+        val_len: Frames per evaluated window, centred on the target.
+        tfp_window: TFP window of the plain ``tfp`` method.
+        lpips_mode: ``auto`` (LPIPS when its weights are on this machine) or ``off``.
+        lpips_backbone: AlexNet weights file for LPIPS.
+        grid_samples: Samples (rows) in the picture.
+        crop: Side of the centre crop shown in the picture.
+        zoom: Nearest-neighbour zoom of the picture crops.
+        seed: Torch seed.
+        command: The command line, recorded in the report.
+        log: Receives one progress line per method start and result.
+
+    Returns:
+        The report written to ``benchmark.json``.
+
+    Raises:
+        ValueError: A malformed method spec, repeated method names, or a model method without weights.
+        RuntimeError: ``cuda`` without a CUDA device.
+        FileNotFoundError: A weights file that does not exist.
+    """
+    parsed = [parse_method(spec) for spec in methods]
+    names = [m.name for m in parsed]
+    if len(set(names)) != len(names):
+        raise ValueError(f'method names must be unique, found {names}')
+    if device == 'cuda' and not torch.cuda.is_available():
+        raise RuntimeError('--device cuda was requested but torch sees no CUDA device')
+    torch.manual_seed(seed)
+    torch_device = torch.device(device)
+    dataset = build_dataset(lmdb, val_len)
+    reader = SpikeLMDBReader(lmdb)
+    lpips = LPIPSScorer(lpips_mode, lpips_backbone)
+
+    results = []
+    for method in parsed:
+        log(f'[benchmark] {method.name} ...')
+        results.append(evaluate(method, dataset, torch_device, lpips, reader, tfp_window, grid_samples))
+        r = results[-1]
+        log(f"[benchmark] {r['name']}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}, LPIPS {r['lpips']}, "
+            f"{r['latency_ms_per_frame']:.1f} ms/frame")
+
+    os.makedirs(out_dir, exist_ok=True)
+    picture = osp.join(out_dir, 'benchmark.png')
+    cv2.imwrite(picture, picture_grid(results, crop, zoom))
+    report = {
+        'lmdb': lmdb, 'num_samples': len(dataset), 'val_len': val_len, 'device': device,
+        'device_name': device_name(torch_device), 'torch': torch.__version__,
+        'lpips_note': lpips.reason or 'AlexNet v0.1', 'picture': picture, 'command': command,
+        'methods': [{k: v for k, v in r.items() if not k.startswith('_')} for r in results],
+    }
+    with open(osp.join(out_dir, 'benchmark.json'), 'w', encoding='utf-8') as f:
+        json.dump(report, f, indent=2)
+    with open(osp.join(out_dir, 'benchmark.md'), 'w', encoding='utf-8') as f:
+        f.write(markdown_table(report))
+    return report
