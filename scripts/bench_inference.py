@@ -30,13 +30,11 @@ docs/inference.md for figures measured here.
 import argparse
 import json
 import os.path as osp
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, Tuple
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:
@@ -46,9 +44,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import despike_basicsr  # noqa: E402
-from despike_basicsr.device import synchronize  # noqa: E402
-from despike_basicsr.options import read_network_options  # noqa: E402
-from despike_basicsr.spike import rate_to_display, simulate, tfp  # noqa: E402
+from despike_basicsr.profiling import cuda_peak, flops, latency, make_stream, peak_rss_bytes  # noqa: E402
+from despike_basicsr.reconstructor import DEFAULT_OPT, build_network_from_options, read_network_options  # noqa: E402
+from despike_basicsr.spike import rate_to_display, tfp  # noqa: E402
 
 despike_basicsr.register()  # compat first, then the registries
 
@@ -57,66 +55,22 @@ LABELS = {'despike': 'DeSpike', 'cascade': 'TFP->NRKNet'}
 TFP_WINDOW = 41
 
 
-def make_stream(height: int, width: int, steps: int, device: torch.device) -> torch.Tensor:
-    """A (1, T, H, W) uint8 stream of a random piecewise-constant scene (cost does not depend on content)."""
-    rng = np.random.default_rng(0)
-    scene = np.full((height, width), 0.4, np.float32)
-    for _ in range(64):
-        y, x = rng.integers(0, height), rng.integers(0, width)
-        scene[y:y + rng.integers(5, 80), x:x + rng.integers(5, 80)] = rng.uniform(0.05, 0.95)
-    return torch.from_numpy(simulate(scene, steps, seed=0))[None].to(device)
-
-
 def build(method: str, args: argparse.Namespace, device: torch.device) -> Tuple[torch.nn.Module, Callable]:
-    """The network of ``method`` (eval mode, on ``device``) and a function stream -> image."""
-    from basicsr.archs import build_network  # after despike_basicsr: its compat shim must load before basicsr
+    """The network of ``method`` (eval mode, on ``device``, untrained) and a function stream -> image."""
     torch.manual_seed(0)
     if method == 'despike':
-        net = build_network(read_network_options(args.opt)).to(device).eval()
+        net = build_network_from_options(read_network_options(args.opt), args.opt).to(device).eval()
 
         def run(spikes: torch.Tensor) -> torch.Tensor:
             return net(spikes.float())
     else:
-        net = build_network({'type': 'NRKNet', 'in_channels': 1}).to(device).eval()
+        net = build_network_from_options({'type': 'NRKNet', 'in_channels': 1}, 'the cascade').to(device).eval()
 
         def run(spikes: torch.Tensor) -> torch.Tensor:
             frame = rate_to_display(tfp(spikes, window=TFP_WINDOW))[:, None]  # (B, 1, H, W) display image
             return net(frame)[-1]
 
     return net, run
-
-
-def latency(run: Callable, spikes: torch.Tensor, device: torch.device, warmup: int, repeats: int) -> List[float]:
-    with torch.inference_mode():
-        for _ in range(warmup):
-            run(spikes)
-        synchronize(device)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run(spikes)
-            synchronize(device)
-            times.append(time.perf_counter() - start)
-    return times
-
-
-def flops(run: Callable, spikes: torch.Tensor) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-    counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        run(spikes)
-    return int(counter.get_total_flops())
-
-
-def cuda_peak(run: Callable, spikes: torch.Tensor, device: torch.device) -> int:
-    """Bytes allocated at the peak of one forward beyond what was allocated before it."""
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    with torch.inference_mode():
-        run(spikes)
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device) - before
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -129,19 +83,6 @@ def worker(args: argparse.Namespace) -> None:
         with torch.inference_mode():
             run(spikes)
     print(json.dumps({'maxrss_bytes': peak_rss_bytes()}))
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size: VmHWM on Linux (per address space), else ru_maxrss."""
-    try:
-        with open('/proc/self/status', encoding='ascii') as f:
-            for line in f:
-                if line.startswith('VmHWM:'):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    # ru_maxrss: kilobytes on Linux, bytes on macOS
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == 'darwin' else 1024)
 
 
 def cpu_peak(method: str, args: argparse.Namespace, stream_path: str) -> int:
@@ -166,7 +107,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument(
         '--opt',
-        default=osp.join(REPO_ROOT, 'options', 'test_despike_dpdd.yml'),
+        default=DEFAULT_OPT,
         help='options file whose network_g is DeSpike (default options/test_despike_dpdd.yml)')
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
     parser.add_argument('--height', type=int, default=250)

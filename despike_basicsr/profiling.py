@@ -1,0 +1,73 @@
+"""Measuring inference cost: a test stream, latency, FLOPs and peak memory (``scripts/bench_inference.py``,
+``scripts/gpu_check.py``).
+
+Numbers vary with the machine and its load; docs/performance.md lists figures measured here.
+"""
+import resource
+import sys
+import time
+from typing import Callable, List
+
+import numpy as np
+import torch
+
+from despike_basicsr.device import synchronize
+from despike_basicsr.spike import simulate
+
+
+def make_stream(height: int, width: int, steps: int, device: torch.device) -> torch.Tensor:
+    """A (1, T, H, W) uint8 stream of a random piecewise-constant scene (cost does not depend on content)."""
+    rng = np.random.default_rng(0)
+    scene = np.full((height, width), 0.4, np.float32)
+    for _ in range(64):
+        y, x = rng.integers(0, height), rng.integers(0, width)
+        scene[y:y + rng.integers(5, 80), x:x + rng.integers(5, 80)] = rng.uniform(0.05, 0.95)
+    return torch.from_numpy(simulate(scene, steps, seed=0))[None].to(device)
+
+
+def latency(run: Callable, spikes: torch.Tensor, device: torch.device, warmup: int, repeats: int) -> List[float]:
+    """Seconds of each of ``repeats`` calls ``run(spikes)`` after ``warmup`` untimed ones (device synchronised)."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            run(spikes)
+        synchronize(device)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run(spikes)
+            synchronize(device)
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def flops(run: Callable, spikes: torch.Tensor) -> int:
+    """FLOPs of one ``run(spikes)`` (``torch.utils.flop_counter``: convolutions and matrix products only)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        run(spikes)
+    return int(counter.get_total_flops())
+
+
+def cuda_peak(run: Callable, spikes: torch.Tensor, device: torch.device) -> int:
+    """Bytes allocated at the peak of one forward beyond what was allocated before it."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    with torch.inference_mode():
+        run(spikes)
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size: VmHWM on Linux (per address space), else ru_maxrss."""
+    try:
+        with open('/proc/self/status', encoding='ascii') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    # ru_maxrss: kilobytes on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == 'darwin' else 1024)
