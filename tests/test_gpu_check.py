@@ -1,17 +1,16 @@
-"""scripts/gpu_check.sh / gpu_check.py: refuses clearly without CUDA; every piece runs as a CPU dry run."""
+"""scripts/gpu_check.sh / gpu_check.py (despike_basicsr.gpu_check): refuses clearly without CUDA; every piece runs as
+a CPU dry run."""
 import json
 import os
 import subprocess
-import sys
 from os import path as osp
 
 import pytest
 import torch
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(REPO_ROOT, 'scripts'))
+from despike_basicsr import gpu_check
 
-import gpu_check  # noqa: E402
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def test_refuses_without_a_cuda_device(monkeypatch, capsys):
