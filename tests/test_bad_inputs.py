@@ -2,7 +2,7 @@
 as it was."""
 import pytest
 
-import bad_input_cases as bad_input_table  # pytest puts tests/ on sys.path (rootdir conftest)
+import bad_input_cases as bad_input_table  # tests/ is importable: pytest inserts the rootdir conftest's folder
 
 CASES = bad_input_table.build_cases()
 
