@@ -283,3 +283,41 @@ def test_direct_bank_equals_the_fft_bank_and_serves_inference():
         torch.testing.assert_close(bank(feat), fft_convolve_bank(feat, bank.weight[:, 0]), rtol=1e-4, atol=1e-5)
     assert bank(feat).requires_grad  # training takes the FFT path, with gradients
     torch.testing.assert_close(convolve_bank(feat, kernels), fft_convolve_bank(feat, kernels))
+
+
+def test_channels_last_bank_equals_the_fft_bank():
+    from despike_basicsr.archs.despike_blocks import channels_last_convolve_bank
+    generator = torch.Generator().manual_seed(2)
+    feat = torch.rand(2, 3, 13, 10, generator=generator)
+    kernels = torch.rand(4, 5, 5, generator=generator)
+    reference = fft_convolve_bank(feat, kernels)  # (B, m, C, H, W)
+    torch.testing.assert_close(channels_last_convolve_bank(feat, kernels), reference.permute(0, 3, 4, 2, 1), rtol=1e-4,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize('num_heads', [1, 2])
+def test_inference_fusion_layout_matches_the_training_layout(num_heads):
+    """Without gradients the fusion runs in channels-last layout; it must give what the reference layout gives."""
+    torch.manual_seed(3)
+    fusion, bank = CandidateAttentionFusion(8, num_heads=num_heads), PhysicalKernelBank(num_kernels=3, kernel_size=5)
+    with torch.no_grad():
+        bank.weight.add_(0.05 * torch.randn_like(bank.weight))  # trained kernels are no longer exact Gaussians
+    query, feat = torch.randn(2, 8, 11, 14), torch.randn(2, 8, 11, 14)
+    reference = fusion(query, feat, bank)  # gradients recorded: the reference layout (FFT bank)
+    assert reference.requires_grad
+    with torch.no_grad():
+        fast = fusion(query, feat, bank)
+    torch.testing.assert_close(fast, reference.detach(), rtol=1e-4, atol=1e-5)
+    fusion.region_size = 2  # region tokens keep the reference layout at inference too
+    with torch.no_grad():
+        regions = fusion(query, feat, bank)
+    torch.testing.assert_close(regions, fusion(query, feat, bank).detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_network_inference_matches_the_training_forward():
+    torch.manual_seed(4)
+    net = DeSpikeNet(**SMALL)
+    spikes = random_spikes(1, 32, 20, 28, seed=5)
+    training_forward = net(spikes)
+    with torch.no_grad():
+        torch.testing.assert_close(net(spikes), training_forward.detach(), rtol=1e-4, atol=1e-5)
