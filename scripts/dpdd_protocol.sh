@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The DPDD protocol behind results/dpdd/ (issue 14): DeSpike and the four TFP/TFI -> GKMNet/NRKNet cascades trained
-# from scratch on spikes simulated from DPDD's real defocused photographs, one budget for all (options/dpdd_cpu/: same
-# data, crops, batch, iterations, schedule, EMA and seed), then scored on the 4 DPDD val pairs in one benchmark run.
-# About 2 hours on this project's 2-core CPU; finished runs are reused, interrupted ones resume (--auto_resume).
+# The DPDD protocol behind results/dpdd/ (issue 14): DeSpike (paper setting, and the shipped model's size) and the
+# four TFP/TFI -> GKMNet/NRKNet cascades trained from scratch on spikes simulated from DPDD's real defocused
+# photographs, one budget for all (options/dpdd_cpu/: same data, crops, batch, iterations, schedule, EMA and seed),
+# then scored on the 4 DPDD val pairs in one benchmark run. About 2.5 hours on this project's 2-core CPU (run two at a
+# time with OMP_NUM_THREADS=1 to use both cores); finished runs are reused, interrupted ones resume (--auto_resume).
 # Usage: bash scripts/dpdd_protocol.sh [DPDD_ROOT] [--device cuda]   (DPDD_ROOT default ../shared/data/dpdd_gray768)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,7 @@ sensor=(--steps 256 --threshold 2.0 --eta 1.0 --gain-std 0.058 --shot-noise --no
 
 mkdir -p results/dpdd experiments
 methods=(tfp tfp:191 tfi)
-for method in despike nrknet_tfp gkmnet_tfp nrknet_tfi gkmnet_tfi; do
+for method in despike despike_small nrknet_tfp gkmnet_tfp nrknet_tfi gkmnet_tfi; do
   options=options/dpdd_cpu/train_$method.yml
   name=$("$py" -c "import yaml; print(yaml.safe_load(open('$options'))['name'])")
   weights=experiments/$name/models/net_g_latest.pth
