@@ -189,5 +189,6 @@ def test_the_protocol_budget_check_can_fail(tmp_path):
     reference = osp.join(PROTOCOL_DIR, 'train_despike.yml')
     text = open(osp.join(PROTOCOL_DIR, 'train_nrknet_tfp.yml'), encoding='utf-8').read()
     changed = tmp_path / 'train_nrknet_tfp.yml'
-    changed.write_text(text.replace('total_iter: 1200', 'total_iter: 2400').replace('manual_seed: 2026', 'manual_seed: 1'))
+    changed.write_text(text.replace('total_iter: 1200', 'total_iter: 2400').replace('manual_seed: 2026',
+                                                                                    'manual_seed: 1'))
     assert _protocol_differences(str(changed), reference) == ['manual_seed', 'train.total_iter']

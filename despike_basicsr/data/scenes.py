@@ -206,7 +206,10 @@ def generate_scene(height: int, width: int, seed: int, config: SceneConfig = Non
     return intensity, depth.astype(np.float32)
 
 
-def synthetic_depth_map(height: int, width: int, rng: np.random.Generator, depth_range: Tuple[float, float] = (1.0, 8.0),
+def synthetic_depth_map(height: int,
+                        width: int,
+                        rng: np.random.Generator,
+                        depth_range: Tuple[float, float] = (1.0, 8.0),
                         max_objects: int = 3) -> np.ndarray:
     """A plausible random depth map for a natural photograph that has none (meters).
 
