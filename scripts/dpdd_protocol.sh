@@ -23,6 +23,8 @@ sensor=(--steps 256 --threshold 2.0 --eta 1.0 --gain-std 0.058 --shot-noise --no
 [ -d $data/train.lmdb ] || "$py" scripts/prepare_dpdd.py --dpdd-root "$root" --split train --out $data/train.lmdb --seed 0 "${sensor[@]}"
 
 mkdir -p results/dpdd experiments
+times=results/dpdd/training_seconds.md
+[ -f $times ] || printf '# DPDD protocol: wall time of each training\n\n| method | seconds |\n| --- | ---: |\n' > $times
 methods=(tfp tfp:191 tfi)
 for method in despike despike_small nrknet_tfp gkmnet_tfp nrknet_tfi gkmnet_tfi; do
   options=options/dpdd_cpu/train_$method.yml
@@ -32,7 +34,7 @@ for method in despike despike_small nrknet_tfp gkmnet_tfp nrknet_tfi gkmnet_tfi;
     echo "[dpdd] training $method ($options), log experiments/dpdd_$method.log"
     start=$(date +%s)
     "$py" despike_basicsr/train.py -opt "$options" --auto_resume > "experiments/dpdd_$method.log" 2>&1
-    echo "| $method | $(( $(date +%s) - start )) |" >> results/dpdd/training_seconds.md
+    echo "| $method | $(( $(date +%s) - start )) |" >> $times
   fi
   methods+=("$method:$options:$weights")
 done
