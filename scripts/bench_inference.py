@@ -3,7 +3,8 @@
 
 Both methods run in the same invocation on the same simulated stream and device:
 
-- DeSpike: the ``network_g`` of ``--opt`` (default options/test_despike_dpdd.yml), input the uint8 stream as float;
+- DeSpike: the ``network_g`` of ``--opt`` (default options/test_despike_dpdd.yml), input the uint8 stream as it is
+  (the network counts spikes in integers and converts only the counts);
 - cascade: TFP (41-frame window, through ``rate_to_display``) feeding ``NRKNet(in_channels=1)`` (published widths
   64/128/256), its finest output.
 
@@ -62,7 +63,7 @@ def build(method: str, args: argparse.Namespace, device: torch.device) -> Tuple[
         net = build_network_from_options(read_network_options(args.opt), args.opt).to(device).eval()
 
         def run(spikes: torch.Tensor) -> torch.Tensor:
-            return net(spikes.float())
+            return net(spikes)
     else:
         net = build_network_from_options({'type': 'NRKNet', 'in_channels': 1}, 'the cascade').to(device).eval()
 

@@ -126,11 +126,13 @@ def test_window_bounds_are_centred_and_clipped():
     assert centred_window_bounds(300, [64]) == [(118, 182)]
 
 
-def test_integration_matches_the_if_recursion_step_by_step():
+@pytest.mark.parametrize('dtype', [torch.float32, torch.uint8, torch.bool, torch.float16])
+def test_integration_matches_the_if_recursion_step_by_step(dtype):
     spikes = random_spikes(2, 30, 4, 5, seed=7)
     gamma = torch.rand(2, 1, 4, 5, generator=torch.Generator().manual_seed(8)) + 0.5
-    bounds = [(10, 20), (0, 30), (3, 9)]
-    potentials = integrate_windows(spikes, bounds, gamma)
+    bounds = [(10, 20), (0, 30), (3, 9), (25, 28)]  # nested, overlapping and disjoint windows
+    potentials = integrate_windows(spikes.to(dtype), bounds, gamma)
+    assert potentials.dtype == torch.float32
     for i, (start, end) in enumerate(bounds):
         membrane = torch.zeros(2, 4, 5)
         for t in range(start, end):  # V(t) = V(t−1) + γ·S(t)

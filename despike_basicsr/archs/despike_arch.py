@@ -48,22 +48,25 @@ def centred_window_bounds(length: int, windows: Sequence[int]) -> List[Tuple[int
 def integrate_windows(spikes: Tensor, bounds: Sequence[Tuple[int, int]], gamma: Optional[Tensor] = None) -> Tensor:
     """Non-spiking IF neurons over each window: V(t) = V(t−1) + γ(x, y)·S(t), V(start) = 0.
 
-    Without reset the membrane potential at the window's end is γ·Σ_{t∈T_i} S(t); all windows are read from one
-    cumulative sum over time (no loop over steps).
+    Without reset the membrane potential at the window's end is γ·Σ_{t∈T_i} S(t). The frames are summed once, segment
+    by segment between the windows' edges (exact integer counts; uint8 streams are never converted to float), and
+    every window is a difference of two running segment totals.
 
     Args:
-        spikes: ``(B, T, H, W)`` 0/1 stream.
+        spikes: ``(B, T, H, W)`` 0/1 stream (uint8, bool or float).
         bounds: ``(start, end)`` frame range of every window.
         gamma: ``(B or 1, 1, H, W)`` FPN compensation factor γ = R_ref / R, or ``None`` for γ = 1.
 
     Returns:
-        ``(B, N_t, H, W)`` membrane potentials V_i.
+        ``(B, N_t, H, W)`` float32 membrane potentials V_i.
     """
-    lo = min(start for start, _ in bounds)
-    hi = max(end for _, end in bounds)
-    counts = spikes[:, lo:hi].float().cumsum(1)
-    counts = F.pad(counts, (0, 0, 0, 0, 1, 0))  # counts[:, t] = number of spikes in frames [lo, lo + t)
-    potential = torch.stack([counts[:, end - lo] - counts[:, start - lo] for start, end in bounds], dim=1)
+    edges = sorted({t for pair in bounds for t in pair})
+    dtype = spikes.dtype if spikes.is_floating_point() else torch.int32
+    totals = [spikes.new_zeros(spikes.shape[:1] + spikes.shape[2:], dtype=dtype)]  # spikes in [edges[0], edges[k])
+    for start, end in zip(edges[:-1], edges[1:]):
+        totals.append(totals[-1] + spikes[:, start:end].sum(1, dtype=dtype))
+    index = {t: k for k, t in enumerate(edges)}
+    potential = torch.stack([totals[index[end]] - totals[index[start]] for start, end in bounds], dim=1).float()
     return potential if gamma is None else potential * gamma
 
 
