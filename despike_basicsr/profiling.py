@@ -6,7 +6,7 @@ Numbers vary with the machine and its load; docs/performance.md lists figures me
 import resource
 import sys
 import time
-from typing import Callable, List
+from typing import Callable, Dict, List
 
 import numpy as np
 import torch
@@ -37,6 +37,40 @@ def latency(run: Callable, spikes: torch.Tensor, device: torch.device, warmup: i
             run(spikes)
             synchronize(device)
             times.append(time.perf_counter() - start)
+    return times
+
+
+def interleaved_latency(runs: Dict[str, Callable], spikes: torch.Tensor, device: torch.device, warmup: int,
+                        repeats: int) -> Dict[str, List[float]]:
+    """Seconds of ``repeats`` calls ``run(spikes)`` of every method, the methods taking turns.
+
+    Round r runs the methods in order, reversed every other round (A B, B A, A B, ...), so that a change in the
+    machine's load during the measurement falls on all of them alike; round r of every method can be compared
+    directly (a paired ratio). ``warmup`` untimed rounds come first.
+
+    Args:
+        runs: Method name -> function of the stream.
+        spikes: The input stream.
+        device: Its device (synchronised around every call).
+        warmup: Untimed rounds.
+        repeats: Timed rounds.
+
+    Returns:
+        Method name -> seconds of each timed call, in round order.
+    """
+    names = list(runs)
+    times: Dict[str, List[float]] = {name: [] for name in names}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for name in names:
+                runs[name](spikes)
+        synchronize(device)
+        for round_index in range(repeats):
+            for name in (names if round_index % 2 == 0 else names[::-1]):
+                start = time.perf_counter()
+                runs[name](spikes)
+                synchronize(device)
+                times[name].append(time.perf_counter() - start)
     return times
 
 

@@ -10,7 +10,9 @@ Both methods run in the same invocation on the same simulated stream and device:
 
 Reported per method: parameters, FLOPs of one forward (``torch.utils.flop_counter.FlopCounterMode``: convolutions and
 matrix products; FFTs, pooling and element-wise ops are not counted), median latency over ``--repeats`` runs after
-``--warmup`` runs, and peak memory of one reconstruction:
+``--warmup`` runs, and peak memory of one reconstruction. The two methods take turns (DeSpike, cascade, then cascade,
+DeSpike, ...), so a change in the machine's load falls on both; the latency ratio is the median of the per-round
+ratios (with their range), which is the figure to compare on a shared machine. Peak memory:
 
 - CPU: each method runs in its own subprocess, which reads its peak resident set size; a baseline
   subprocess that only imports, builds the network and loads the input is subtracted, leaving the inference's own
@@ -45,7 +47,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import despike_basicsr  # noqa: E402
-from despike_basicsr.profiling import cuda_peak, flops, latency, make_stream, peak_rss_bytes  # noqa: E402
+from despike_basicsr.profiling import cuda_peak, flops, interleaved_latency, make_stream, peak_rss_bytes  # noqa: E402
 from despike_basicsr.reconstructor import DEFAULT_OPT, build_network_from_options, read_network_options  # noqa: E402
 from despike_basicsr.spike import rate_to_display, tfp  # noqa: E402
 
@@ -139,28 +141,30 @@ def main(argv=None) -> Dict[str, dict]:
     stream_path = osp.join(workdir.name, 'stream.npy')
     np.save(stream_path, spikes.cpu().numpy())
 
+    built = {method: build(method, args, device) for method in METHODS}
+    times = interleaved_latency({method: run for method, (_, run) in built.items()}, spikes, device, args.warmup,
+                                args.repeats)
     figures = {}
-    for method in METHODS:
-        net, run = build(method, args, device)
-        times = latency(run, spikes, device, args.warmup, args.repeats)
+    for method, (net, run) in built.items():
         entry = {
             'params': sum(p.numel() for p in net.parameters()),
             'flops': flops(run, spikes),
-            'latency_ms_median': 1000 * statistics.median(times),
-            'latency_ms_all': [1000 * t for t in times],
+            'latency_ms_median': 1000 * statistics.median(times[method]),
+            'latency_ms_all': [1000 * t for t in times[method]],
         }
         if not args.no_memory:
             entry['peak_memory_bytes'] = cuda_peak(run, spikes, device) if device.type == 'cuda' else cpu_peak(
                 method, args, stream_path)
         figures[method] = entry
-        del net, run
-        if device.type == 'cuda':
-            torch.cuda.empty_cache()
+    del built
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+    paired = [a / b for a, b in zip(times['despike'], times['cascade'])]
 
     workdir.cleanup()
     gpu = f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else f' ({args.threads} threads)'
     print(f'One {args.height}x{args.width} reconstruction from {args.steps} steps on {args.device}{gpu}, '
-          f'torch {torch.__version__}; median of {args.repeats} after {args.warmup} warm-up run(s)')
+          f'torch {torch.__version__}; median of {args.repeats} interleaved runs after {args.warmup} warm-up run(s)')
     header = f'{"method":<14}{"params (M)":>12}{"GFLOPs":>10}{"latency (ms)":>14}{"peak mem (MB)":>15}'
     print(header)
     print('-' * len(header))
@@ -173,7 +177,10 @@ def main(argv=None) -> Dict[str, dict]:
         key: figures['despike'][key] / figures['cascade'][key]
         for key in ('params', 'flops', 'latency_ms_median', 'peak_memory_bytes') if figures['cascade'].get(key)
     }
+    ratios['latency_paired'] = statistics.median(paired)
     print('DeSpike / cascade: ' + ', '.join(f'{k} x{v:.2f}' for k, v in ratios.items()))
+    print(f'Latency ratio, median of {len(paired)} paired rounds: x{ratios["latency_paired"]:.2f} '
+          f'(range x{min(paired):.2f}-x{max(paired):.2f})')
     result = {
         'device': args.device + gpu,
         'torch': torch.__version__,

@@ -1,0 +1,40 @@
+"""Measuring tools of the benchmarks: interleaved latency and scripts/bench_inference.py at a toy size."""
+import json
+import os.path as osp
+import subprocess
+import sys
+
+import torch
+
+from despike_basicsr.profiling import interleaved_latency
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def test_methods_take_turns_and_every_round_is_timed():
+    calls = []
+    runs = {name: (lambda spikes, name=name: calls.append(name)) for name in ('a', 'b', 'c')}
+    times = interleaved_latency(runs, torch.zeros(1), torch.device('cpu'), warmup=1, repeats=3)
+    assert calls == ['a', 'b', 'c'] + ['a', 'b', 'c', 'c', 'b', 'a', 'a', 'b', 'c']
+    assert set(times) == {'a', 'b', 'c'}
+    assert all(len(t) == 3 and all(s >= 0 for s in t) for t in times.values())
+
+
+def test_bench_inference_reports_both_methods_and_the_paired_ratio(tmp_path):
+    out = tmp_path / 'bench.json'
+    done = subprocess.run([
+        sys.executable, 'scripts/bench_inference.py', '--height', '16', '--width', '24', '--repeats', '2',
+        '--threads', '1', '--no-memory', '--json',
+        str(out)
+    ],
+                          cwd=REPO_ROOT,
+                          capture_output=True,
+                          text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert set(result['figures']) == {'despike', 'cascade'}
+    assert all(len(f['latency_ms_all']) == 2 for f in result['figures'].values())
+    ratios = result['ratio_despike_over_cascade']
+    assert ratios['latency_paired'] > 0 and ratios['params'] < 0.1
+    assert 'median of 2 paired rounds' in done.stdout
