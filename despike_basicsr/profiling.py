@@ -25,21 +25,6 @@ def make_stream(height: int, width: int, steps: int, device: torch.device) -> to
     return torch.from_numpy(simulate(scene, steps, seed=0))[None].to(device)
 
 
-def latency(run: Callable, spikes: torch.Tensor, device: torch.device, warmup: int, repeats: int) -> List[float]:
-    """Seconds of each of ``repeats`` calls ``run(spikes)`` after ``warmup`` untimed ones (device synchronised)."""
-    with torch.inference_mode():
-        for _ in range(warmup):
-            run(spikes)
-        synchronize(device)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run(spikes)
-            synchronize(device)
-            times.append(time.perf_counter() - start)
-    return times
-
-
 def interleaved_latency(runs: Dict[str, Callable], spikes: torch.Tensor, device: torch.device, warmup: int,
                         repeats: int) -> Dict[str, List[float]]:
     """Seconds of ``repeats`` calls ``run(spikes)`` of every method, the methods taking turns.
