@@ -1,14 +1,11 @@
 """Measuring tools of the benchmarks: interleaved latency and scripts/bench_inference.py at a toy size."""
 import json
-import os.path as osp
 import subprocess
 import sys
 
 import torch
 
 from despike_basicsr.profiling import interleaved_latency
-
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def test_methods_take_turns_and_every_round_is_timed():
@@ -20,14 +17,12 @@ def test_methods_take_turns_and_every_round_is_timed():
     assert all(len(t) == 3 and all(s >= 0 for s in t) for t in times.values())
 
 
-def test_bench_inference_reports_both_methods_and_the_paired_ratio(tmp_path):
+def test_bench_inference_reports_both_methods_and_the_paired_ratio(tmp_path, repo_root, subprocess_env):
     out = tmp_path / 'bench.json'
-    done = subprocess.run([
-        sys.executable, 'scripts/bench_inference.py', '--height', '16', '--width', '24', '--repeats', '2',
-        '--threads', '1', '--no-memory', '--json',
-        str(out)
-    ],
-                          cwd=REPO_ROOT,
+    argv = ['--height', '16', '--width', '24', '--repeats', '2', '--threads', '1', '--no-memory', '--json', str(out)]
+    done = subprocess.run([sys.executable, 'scripts/bench_inference.py'] + argv,
+                          cwd=repo_root,
+                          env=subprocess_env,
                           capture_output=True,
                           text=True,
                           check=False)
