@@ -48,23 +48,32 @@ class Method:
     options: Optional[str] = None
     weights: Optional[str] = None
     window: Optional[int] = None  # TFP window of this entry (``tfp:191``); None: --tfp-window
+    fpn: bool = False  # classical entry with the LMDB's FPN correction (``tfp+fpn``)
     result: Dict[str, Any] = field(default_factory=dict)
 
 
 def parse_method(spec: str) -> Method:
-    """``tfp`` | ``tfp:WINDOW`` | ``tfi`` | ``NAME:OPTIONS.yml[:WEIGHTS]``.
+    """``tfp`` | ``tfp:WINDOW`` | ``tfi`` (each with an optional ``+fpn``) | ``NAME:OPTIONS.yml[:WEIGHTS]``.
+
+    ``+fpn`` (``tfp:191+fpn``, named ``tfp191_fpn``) multiplies the classical rates by the LMDB's FPN factor γ, the
+    compensation DeSpike applies; without it TFP/TFI have none, as in the published cascades.
 
     Raises:
         ValueError: Naming the accepted forms and what was found.
     """
-    if spec.lower() in CLASSICAL:
-        return Method(name=spec.lower(), kind=spec.lower())
-    head, _, window = spec.partition(':')
+    classical, plus, suffix = spec.rpartition('+')
+    fpn = bool(plus) and suffix.lower() == 'fpn'
+    classical = classical if fpn else spec
+    suffix = '_fpn' if fpn else ''
+    if classical.lower() in CLASSICAL:
+        return Method(name=classical.lower() + suffix, kind=classical.lower(), fpn=fpn)
+    head, _, window = classical.partition(':')
     if head.lower() == 'tfp' and window.isdigit() and int(window) > 0:
-        return Method(name=f'tfp{window}', kind='tfp', window=int(window))
+        return Method(name=f'tfp{window}{suffix}', kind='tfp', window=int(window), fpn=fpn)
     parts = spec.split(':', 2)
-    if len(parts) < 2 or not parts[0] or not parts[1].endswith(('.yml', '.yaml')):
-        raise ValueError(f"method {spec!r}: expected 'tfp', 'tfp:WINDOW', 'tfi' or 'NAME:OPTIONS.yml[:WEIGHTS.pth]'")
+    if fpn or len(parts) < 2 or not parts[0] or not parts[1].endswith(('.yml', '.yaml')):
+        raise ValueError(f"method {spec!r}: expected 'tfp', 'tfp:WINDOW', 'tfi' (each optionally with '+fpn') or "
+                         "'NAME:OPTIONS.yml[:WEIGHTS.pth]'")
     return Method(name=parts[0], kind='model', options=parts[1], weights=parts[2] if len(parts) == 3 else None)
 
 
@@ -113,11 +122,21 @@ def crop_frames(spikes: torch.Tensor, lengths) -> torch.Tensor:
     return spikes[:, start:start + shortest]
 
 
-def classical_image(kind: str, batch: Dict[str, Any], meta: Dict[str, Any], window: int) -> torch.Tensor:
-    """TFP or TFI of the target frame, through ``rate_to_display`` with the sample's own threshold and eta."""
+def classical_image(kind: str, batch: Dict[str, Any], meta: Dict[str, Any], window: int,
+                    fpn: bool = False) -> torch.Tensor:
+    """TFP or TFI of the target frame, through ``rate_to_display`` with the sample's own threshold and eta; with
+    ``fpn``, the rates are first multiplied by the batch's FPN factor ``gamma``.
+
+    Raises:
+        ValueError: ``fpn`` is asked for but the LMDB has no ``fpn.npz``.
+    """
     spikes = crop_frames(batch['lq'], batch.get('lq_len'))
+    gamma = batch.get('gamma')
+    if fpn and gamma is None:
+        raise ValueError('a +fpn method needs the LMDB to carry its FPN calibration fpn.npz, which it does not')
     return classical_display(spikes, kind, window=window, eta=float(meta.get('eta', 1.0)),
-                             threshold=float(meta.get('threshold', 2.0)))[:, None]
+                             threshold=float(meta.get('threshold', 2.0)),
+                             fpn_gamma=gamma[:, 0] if fpn else None)[:, None]
 
 
 class LPIPSScorer:
@@ -177,7 +196,8 @@ def evaluate(method: Method,
             start = time.perf_counter()
             if model is None:
                 on_device = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-                output = classical_image(method.kind, on_device, reader.meta(key), method.window or tfp_window)
+                output = classical_image(method.kind, on_device, reader.meta(key), method.window or tfp_window,
+                                         method.fpn)
             else:
                 model.feed_data(batch)
                 model.test()

@@ -122,6 +122,43 @@ def test_end_to_end_table_json_and_picture(workspace):
     assert picture.shape == (22 + 2 * tile + 4, 5 * tile + 4 * 4)  # header + 2 rows; 4 methods + ground truth
 
 
+def test_classical_fpn_rows_use_the_lmdb_calibration(tmp_path):
+    """``tfp+fpn`` multiplies the rates by the LMDB's gamma (and gains over plain TFP on a sensor with FPN)."""
+    from despike_basicsr.spike.fpn import FPNCalibration, save_fpn
+    gain = np.random.default_rng(7).uniform(0.8, 1.2, (HEIGHT, WIDTH))
+    lmdb_path = str(tmp_path / 'fpn.lmdb')
+    with SpikeLMDBWriter(lmdb_path) as writer:
+        streams = {}
+        for i in range(2):
+            sharp = ndimage.gaussian_filter(np.random.default_rng(i).random((HEIGHT, WIDTH)), 1.0)
+            sharp = (sharp - sharp.min()) / (sharp.max() - sharp.min())
+            spikes = simulate(display_to_linear(sharp) * 0.9 + 0.05, FRAMES, threshold=2.0, eta=1.0, gain=gain, seed=i)
+            streams[f'scene_{i:02d}'] = (spikes, sharp)
+            writer.add(f'scene_{i:02d}', sharp, {'threshold': 2.0, 'eta': 1.0, 'seed': i}, spikes=spikes)
+        gamma = (1.0 / gain).astype(np.float32)
+        calibration = FPNCalibration(response=(gain / 2).astype(np.float32), gamma=gamma, dark=np.zeros_like(gamma),
+                                     bad=np.zeros(gamma.shape, bool), ref=0.5)
+        save_fpn(writer.staging_path('fpn.npz'), calibration)
+    report = benchmarking.run_benchmark(['tfp', 'tfp+fpn'], lmdb_path, out_dir=str(tmp_path / 'out'),
+                                        lpips_mode='off', grid_samples=1, crop=8, zoom=1)
+    plain, corrected = report['methods']
+    assert (plain['name'], corrected['name']) == ('tfp', 'tfp_fpn')
+    for key, (spikes, sharp) in streams.items():
+        rate = tfp(torch.from_numpy(spikes).float()[None], window=41) * torch.from_numpy(gamma)
+        expected = calculate_psnr(tensor2img([rate_to_display(rate, eta=1.0, threshold=2.0)[:, None]]),
+                                  tensor2img([torch.from_numpy(sharp).float()[None, None]]), crop_border=0)
+        assert corrected['per_sample'][key]['psnr'] == pytest.approx(expected, abs=1e-6)
+    assert corrected['psnr'] > plain['psnr']
+    with pytest.raises(ValueError, match='needs the LMDB to carry its FPN calibration fpn.npz'):
+        benchmarking.run_benchmark(['tfp+fpn'], _tiny_lmdb(tmp_path), out_dir=str(tmp_path / 'out2'), lpips_mode='off')
+
+
+def _tiny_lmdb(folder) -> str:
+    path = str(folder / 'plain.lmdb')
+    _write_lmdb(path, count=1)
+    return path
+
+
 def test_weights_default_to_the_options_path_and_missing_ones_are_named(workspace, tmp_path):
     with pytest.raises(FileNotFoundError, match=r'weights file .*missing\.pth does not exist'):
         benchmarking.run_benchmark([f"gkm:{workspace['gkm_opt']}:{tmp_path / 'missing.pth'}"], workspace['lmdb'],
@@ -153,8 +190,14 @@ def test_method_specs_and_checkpoint_layouts(tmp_path):
         'despike', 'model', 'options/test_despike_demo.yml', 'exp/net_g_latest.pth')
     long_tfp = benchmarking.parse_method('tfp:191')
     assert (long_tfp.name, long_tfp.kind, long_tfp.window) == ('tfp191', 'tfp', 191)
-    with pytest.raises(ValueError, match=r"method 'rsir': expected 'tfp', 'tfp:WINDOW', 'tfi' or 'NAME:OPTIONS.yml"):
+    with pytest.raises(ValueError, match=r"method 'rsir': expected 'tfp', 'tfp:WINDOW', 'tfi' \(each optionally"):
         benchmarking.parse_method('rsir')
+    corrected = benchmarking.parse_method('tfp:191+fpn')
+    assert (corrected.name, corrected.kind, corrected.window, corrected.fpn) == ('tfp191_fpn', 'tfp', 191, True)
+    assert benchmarking.parse_method('TFI+fpn').name == 'tfi_fpn' and not long_tfp.fpn
+    for bad in ('despike:options/test_despike_demo.yml+fpn', 'tfp:x+fpn', 'tfp+gamma'):
+        with pytest.raises(ValueError, match='expected'):
+            benchmarking.parse_method(bad)
 
     state = {'w': torch.ones(2)}
     torch.save({'params': {'w': torch.zeros(2)}, 'params_ema': state}, tmp_path / 'both.pth')

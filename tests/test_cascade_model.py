@@ -125,6 +125,21 @@ def test_front_end_is_the_classical_reconstruction(kind):
     assert float((model.lq - model.gt).abs().mean()) < 0.3  # the front end already resembles the scene
 
 
+def test_front_end_fpn_applies_the_batch_gamma_only_when_asked():
+    batch = _batch()
+    gamma = torch.from_numpy(np.random.default_rng(3).uniform(0.8, 1.25, (1, 1) + SIZE).astype(np.float32))
+    rate = tfp(batch['lq'].float(), window=9)
+    plain = _model(SMALL_NETS['GKMNet'], front_end={'type': 'tfp', 'window': 9})
+    plain.feed_data(dict(batch, gamma=gamma))  # the published cascades: gamma is ignored
+    assert torch.allclose(plain.lq, rate_to_display(rate, eta=1.0, threshold=2.0)[:, None])
+    compensated = _model(SMALL_NETS['GKMNet'], front_end={'type': 'tfp', 'window': 9, 'fpn': True})
+    compensated.feed_data(dict(batch, gamma=gamma))
+    assert torch.allclose(compensated.lq, rate_to_display(rate * gamma[:, 0], eta=1.0, threshold=2.0)[:, None])
+    assert not torch.allclose(compensated.lq, plain.lq)
+    with pytest.raises(ValueError, match='front_end.fpn is true but the batch has no FPN gamma'):
+        compensated.feed_data(batch)
+
+
 def test_feed_data_crops_the_centre_of_the_shortest_stream():
     spikes = torch.zeros(2, 12, 4, 5)
     spikes[:, [0, 1, 10, 11]] = 1  # only outside the centre 8 frames [2, 10)
@@ -143,7 +158,9 @@ def test_feed_data_crops_the_centre_of_the_shortest_stream():
 
 def test_front_end_options_are_checked():
     assert parse_front_end({'type': 'TFI'}) == {'type': 'tfi', 'window': 41, 'eta': 1.0, 'threshold': 2.0,
-                                                'gamma': 2.2}
+                                                'gamma': 2.2, 'fpn': False}
+    with pytest.raises(ValueError, match="front_end.fpn must be true or false, found 'yes'"):
+        parse_front_end({'type': 'tfp', 'fpn': 'yes'})
     with pytest.raises(ValueError, match=r"front_end.type must be one of \('tfp', 'tfi'\), found 'rsir'"):
         parse_front_end({'type': 'rsir'})
     with pytest.raises(ValueError, match=r'front_end.window must be a positive integer \(frames\), found 0'):

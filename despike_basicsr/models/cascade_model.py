@@ -9,9 +9,13 @@ shared switches of :mod:`despike_basicsr.models.spike_base`.
 Options (besides BasicSR's usual ones)::
 
     front_end: {type: tfp, window: 41, eta: 1.0, threshold: 2.0}   # or {type: tfi, eta: 1.0, threshold: 2.0}
+
+``front_end.fpn: true`` multiplies the front end's rates by the batch's FPN factor ``gamma`` (the dataset's
+``fpn.npz``), the compensation DeSpike's integration applies; the default ``false`` is the published cascades, which
+have none.
 """
 from collections import OrderedDict
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from basicsr.losses import build_loss
@@ -25,18 +29,18 @@ FRONT_END_TYPES = ('tfp', 'tfi')
 
 
 def parse_front_end(options: Dict[str, Any]) -> Dict[str, Any]:
-    """Validate the ``front_end`` options and fill the defaults (window 41, eta 1, threshold 2, gamma 2.2).
+    """Validate the ``front_end`` options and fill the defaults (window 41, eta 1, threshold 2, gamma 2.2, no fpn).
 
     Raises:
         ValueError: Naming the option, what was expected and what was found.
     """
     if not isinstance(options, dict) or 'type' not in options:
         raise ValueError(f"CascadeModel needs a 'front_end' option like {{type: tfp, window: 41}}, found {options!r}")
-    known = {'type', 'window', 'eta', 'threshold', 'gamma'}
+    known = {'type', 'window', 'eta', 'threshold', 'gamma', 'fpn'}
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f'front_end: unknown option(s) {unknown}; expected some of {sorted(known)}')
-    parsed = {'window': 41, 'eta': 1.0, 'threshold': 2.0, 'gamma': 2.2, **options}
+    parsed = {'window': 41, 'eta': 1.0, 'threshold': 2.0, 'gamma': 2.2, 'fpn': False, **options}
     parsed['type'] = str(parsed['type']).lower()
     if parsed['type'] not in FRONT_END_TYPES:
         raise ValueError(f"front_end.type must be one of {FRONT_END_TYPES}, found {options['type']!r}")
@@ -45,13 +49,19 @@ def parse_front_end(options: Dict[str, Any]) -> Dict[str, Any]:
     for name in ('eta', 'threshold', 'gamma'):
         if not isinstance(parsed[name], (int, float)) or parsed[name] <= 0:
             raise ValueError(f'front_end.{name} must be a positive number, found {parsed[name]!r}')
+    if not isinstance(parsed['fpn'], bool):
+        raise ValueError(f"front_end.fpn must be true or false, found {parsed['fpn']!r}")
     return parsed
 
 
-def classical_reconstruction(spikes: Tensor, front_end: Dict[str, Any]) -> Tensor:
-    """TFP or TFI at the centre frame, mapped to a display image: ``(B, T, H, W)`` spikes -> ``(B, 1, H, W)``."""
+def classical_reconstruction(spikes: Tensor, front_end: Dict[str, Any], fpn_gamma: Optional[Tensor] = None) -> Tensor:
+    """TFP or TFI at the centre frame, mapped to a display image: ``(B, T, H, W)`` spikes -> ``(B, 1, H, W)``.
+
+    ``fpn_gamma`` ``(B or 1, 1, H, W)`` is applied when ``front_end['fpn']`` is true (and ignored otherwise).
+    """
+    fpn = fpn_gamma[:, 0] if (front_end.get('fpn') and fpn_gamma is not None) else None
     image = classical_display(spikes, front_end['type'], window=front_end['window'], eta=front_end['eta'],
-                              threshold=front_end['threshold'], gamma=front_end['gamma'])
+                              threshold=front_end['threshold'], gamma=front_end['gamma'], fpn_gamma=fpn)
     return image.unsqueeze(1).float()
 
 
@@ -86,8 +96,13 @@ class CascadeModel(SpikeSRModel):
             found = tuple(spikes.shape) if torch.is_tensor(spikes) else type(spikes).__name__
             raise ValueError(f'CascadeModel expects lq spikes shaped (B, T, H, W), found {found}')
         spikes = crop_center_frames(spikes, data.get('lq_len'))
+        gamma = data.get('gamma')
+        if self.front_end['fpn'] and gamma is None:
+            raise ValueError('CascadeModel: front_end.fpn is true but the batch has no FPN gamma: set the dataset '
+                             "option fpn (true reads <dataroot>/fpn.npz)")
         with torch.no_grad():
-            self.lq = classical_reconstruction(spikes.to(self.device), self.front_end)
+            self.lq = classical_reconstruction(spikes.to(self.device), self.front_end,
+                                               gamma.to(self.device).float() if gamma is not None else None)
         if 'gt' in data:
             self.gt = data['gt'].to(self.device)
 
