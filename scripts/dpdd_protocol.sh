@@ -25,8 +25,8 @@ sensor=(--steps 256 --threshold 2.0 --eta 1.0 --gain-std 0.058 --shot-noise --no
 mkdir -p results/dpdd experiments
 times=results/dpdd/training_seconds.md
 [ -f $times ] || printf '# DPDD protocol: wall time of each training\n\n| method | seconds |\n| --- | ---: |\n' > $times
-methods=(tfp tfp:191 tfi)
-for method in despike despike_small nrknet_tfp gkmnet_tfp nrknet_tfi gkmnet_tfi; do
+methods=(tfp tfp:191 tfi tfp:191+fpn tfi+fpn)
+for method in despike despike_small nrknet_tfp nrknet_tfp_fpn gkmnet_tfp nrknet_tfi gkmnet_tfi; do
   options=options/dpdd_cpu/train_$method.yml
   name=$("$py" -c "import yaml; print(yaml.safe_load(open('$options'))['name'])")
   weights=experiments/$name/models/net_g_latest.pth

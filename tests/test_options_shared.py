@@ -172,7 +172,8 @@ def test_the_dpdd_protocol_trains_every_method_on_one_budget():
     files = sorted(glob.glob(osp.join(PROTOCOL_DIR, 'train_*.yml')))
     despike = {'train_despike.yml', 'train_despike_small.yml'}
     cascades = {osp.basename(p) for p in files} - despike
-    assert cascades == {f'train_{net}_{front}.yml' for net in ('gkmnet', 'nrknet') for front in ('tfp', 'tfi')}
+    published = {f'train_{net}_{front}.yml' for net in ('gkmnet', 'nrknet') for front in ('tfp', 'tfi')}
+    assert cascades == published | {'train_nrknet_tfp_fpn.yml'}
     for path in files:
         assert _protocol_differences(path, reference) == [], _rel(path)
         opt = _load(path)
@@ -181,6 +182,12 @@ def test_the_dpdd_protocol_trains_every_method_on_one_budget():
         else:
             assert opt['model_type'] == 'CascadeModel' and opt['network_g']['in_channels'] == 1
             assert opt['front_end']['type'] in osp.basename(path)
+            # the published cascades have no FPN compensation; the _fpn variant differs from its twin only there
+            assert opt['front_end'].get('fpn', False) == osp.basename(path).endswith('_fpn.yml')
+            if osp.basename(path).endswith('_fpn.yml'):
+                twin = _load(path.replace('_fpn.yml', '.yml'))
+                twin['front_end']['fpn'], twin['name'] = True, opt['name']
+                assert opt == twin, _rel(path)
     names = [_load(p)['name'] for p in files]
     assert len(set(names)) == len(names), 'each method needs its own experiment folder'
 
