@@ -58,8 +58,14 @@ def classical_reconstruction(spikes: Tensor, front_end: Dict[str, Any], fpn_gamm
     """TFP or TFI at the centre frame, mapped to a display image: ``(B, T, H, W)`` spikes -> ``(B, 1, H, W)``.
 
     ``fpn_gamma`` ``(B or 1, 1, H, W)`` is applied when ``front_end['fpn']`` is true (and ignored otherwise).
+
+    Raises:
+        ValueError: ``front_end['fpn']`` is true but no ``fpn_gamma`` is given.
     """
-    fpn = fpn_gamma[:, 0] if (front_end.get('fpn') and fpn_gamma is not None) else None
+    if front_end.get('fpn') and fpn_gamma is None:
+        raise ValueError('CascadeModel: front_end.fpn is true but the batch has no FPN gamma: set the dataset '
+                         'option fpn (true reads <dataroot>/fpn.npz)')
+    fpn = fpn_gamma[:, 0] if front_end.get('fpn') else None
     image = classical_display(spikes, front_end['type'], window=front_end['window'], eta=front_end['eta'],
                               threshold=front_end['threshold'], gamma=front_end['gamma'], fpn_gamma=fpn)
     return image.unsqueeze(1).float()
@@ -97,9 +103,6 @@ class CascadeModel(SpikeSRModel):
             raise ValueError(f'CascadeModel expects lq spikes shaped (B, T, H, W), found {found}')
         spikes = crop_center_frames(spikes, data.get('lq_len'))
         gamma = data.get('gamma')
-        if self.front_end['fpn'] and gamma is None:
-            raise ValueError('CascadeModel: front_end.fpn is true but the batch has no FPN gamma: set the dataset '
-                             "option fpn (true reads <dataroot>/fpn.npz)")
         with torch.no_grad():
             self.lq = classical_reconstruction(spikes.to(self.device), self.front_end,
                                                gamma.to(self.device).float() if gamma is not None else None)
