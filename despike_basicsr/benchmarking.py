@@ -3,9 +3,11 @@
 The evaluation core of ``scripts/benchmark.py`` (the command line, with the method syntax and an example). Every
 method reads the same samples through the registered ``SpikeLMDBDataset`` and is scored with BasicSR's
 ``calculate_psnr`` / ``calculate_ssim`` (and LPIPS when its weights are on this machine) on the same uint8 images that
-BasicSR's validation uses. :func:`run_benchmark` writes ``OUT/benchmark.md`` (the table, then PSNR/SSIM per image),
-``OUT/benchmark.json`` (per method, with ``per_sample`` PSNR/SSIM) and ``OUT/benchmark.png`` (the same crops across
-methods).
+BasicSR's validation uses, and with PSNR once more after a least-squares gain/offset fit to the ground truth
+(``psnr_fit``: the score with a global exposure difference forgiven; the two photographs of a real-lens pair such as
+DPDD's differ in brightness, which no reconstruction from the stream can know). :func:`run_benchmark` writes
+``OUT/benchmark.md`` (the table, then PSNR/SSIM per image), ``OUT/benchmark.json`` (per method, with ``per_sample``
+PSNR/SSIM/PSNR fit) and ``OUT/benchmark.png`` (the same crops across methods).
 
 Importing this module registers the plugin with BasicSR (:func:`despike_basicsr.register`).
 """
@@ -33,6 +35,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from despike_basicsr.checkpoint import load_network_weights  # noqa: E402
 from despike_basicsr.data.spike_lmdb import SpikeLMDBReader  # noqa: E402
 from despike_basicsr.device import synchronize  # noqa: E402
+from despike_basicsr.evaluation import gain_offset_fit  # noqa: E402
 from despike_basicsr.options import load_options_file  # noqa: E402
 from despike_basicsr.spike.reconstruct import classical_display  # noqa: E402
 
@@ -187,7 +190,7 @@ def evaluate(method: Method,
     """
     model = build_method_model(method, device) if method.kind == 'model' else None
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0)
-    psnr, ssim, lpips_values, latency, keys, images = [], [], [], [], [], {}
+    psnr, psnr_fit, ssim, lpips_values, latency, keys, images = [], [], [], [], [], [], {}
     for index, batch in enumerate(loader):
         key = batch['lq_path'][0]
         repeats = 2 if index == 0 else 1  # the first pass warms up (allocations, kernels) and is not timed
@@ -208,6 +211,8 @@ def evaluate(method: Method,
         result = tensor2img([output.detach().float().cpu()])
         gt = tensor2img([batch['gt']])
         psnr.append(float(calculate_psnr(result, gt, crop_border=0, test_y_channel=False)))
+        fitted = gain_offset_fit(output.detach().float().cpu()[0, 0].numpy(), batch['gt'][0, 0].numpy())
+        psnr_fit.append(float(calculate_psnr(tensor2img([torch.from_numpy(fitted)]), gt, crop_border=0)))
         ssim.append(float(calculate_ssim(result, gt, crop_border=0, test_y_channel=False)))
         if lpips.available:
             lpips_values.append(lpips(result, gt))
@@ -223,12 +228,13 @@ def evaluate(method: Method,
         'options': method.options,
         'weights': method.weights,
         'psnr': float(np.mean(psnr)),
+        'psnr_fit': float(np.mean(psnr_fit)),
         'ssim': float(np.mean(ssim)),
         'lpips': float(np.mean(lpips_values)) if lpips.available else 'n/a',
         'lpips_note': lpips.reason or 'AlexNet v0.1',
         'params': int(params),
         'latency_ms_per_frame': 1000 * float(np.median(latency)),
-        'per_sample': {k: {'psnr': p, 'ssim': s} for k, p, s in zip(keys, psnr, ssim)},
+        'per_sample': {k: {'psnr': p, 'ssim': s, 'psnr_fit': f} for k, p, s, f in zip(keys, psnr, ssim, psnr_fit)},
         '_images': images,
     }
 
@@ -274,15 +280,16 @@ def markdown_table(report: Dict[str, Any]) -> str:
     lines = [
         '# Benchmark', '',
         f"Test LMDB `{report['lmdb']}`: {report['num_samples']} samples, {report['val_len']}-frame windows centred on "
-        f"the target frame. Device: {report['device_name']}. PSNR/SSIM: BasicSR (uint8, no border crop); LPIPS: "
-        f"{report['lpips_note']}. Latency: median per reconstructed frame, front end included.", '',
-        '| Method | PSNR (dB) | SSIM | LPIPS | Parameters | Latency (ms/frame) |',
-        '|---|---:|---:|---:|---:|---:|',
+        f"the target frame. Device: {report['device_name']}. PSNR/SSIM: BasicSR (uint8, no border crop); PSNR fit: "
+        f"PSNR after a least-squares gain/offset fit to the ground truth; LPIPS: {report['lpips_note']}. Latency: "
+        f"median per reconstructed frame, front end included.", '',
+        '| Method | PSNR (dB) | SSIM | PSNR fit (dB) | LPIPS | Parameters | Latency (ms/frame) |',
+        '|---|---:|---:|---:|---:|---:|---:|',
     ]
     for r in report['methods']:
         lpips = r['lpips'] if isinstance(r['lpips'], str) else f"{r['lpips']:.3f}"
         params = f"{r['params'] / 1e6:.2f} M" if r['params'] else '0'
-        lines.append(f"| {r['name']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {lpips} | {params} | "
+        lines.append(f"| {r['name']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['psnr_fit']:.2f} | {lpips} | {params} | "
                      f"{r['latency_ms_per_frame']:.1f} |")
     lines += ['', f"Picture: `{report['picture']}` (columns: methods, then the ground truth).", '',
               f"Command: `{report['command']}`", '']

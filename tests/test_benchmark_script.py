@@ -89,6 +89,7 @@ def test_end_to_end_table_json_and_picture(workspace):
     from despike_basicsr.data.spike_lmdb import SpikeLMDBReader
     reader = SpikeLMDBReader(workspace['lmdb'])
     expected = {'tfp': [], 'gkmnet_tfp': [], 'nrknet_tfp': []}
+    expected_fit = {name: [] for name in expected}
     for key in sorted(reader.keys):
         spikes, gt = reader.read_sample(key)
         image = _tfp_display(spikes)
@@ -97,8 +98,14 @@ def test_end_to_end_table_json_and_picture(workspace):
                        'nrknet_tfp': workspace['nrk'](image)[-1]}
         for name, output in outputs.items():
             expected[name].append(calculate_psnr(tensor2img([output]), gt, crop_border=0))
+            x, target = output[0, 0].double().numpy(), gt.astype(np.float64) / 255.0
+            gain, offset = np.polyfit(x.ravel(), target.ravel(), 1)  # least squares a·x + b
+            fitted = np.clip(np.round(np.clip(gain * x + offset, 0, 1) * 255), 0, 255).astype(np.uint8)
+            expected_fit[name].append(calculate_psnr(fitted, gt, crop_border=0))
     for name, values in expected.items():
         assert methods[name]['psnr'] == pytest.approx(np.mean(values), abs=1e-6), name
+        assert methods[name]['psnr_fit'] == pytest.approx(np.mean(expected_fit[name]), abs=0.02), name
+        assert methods[name]['psnr_fit'] > methods[name]['psnr'], name  # the best gain/offset can only lower the error
         per_sample = methods[name]['per_sample']
         assert list(per_sample) == sorted(reader.keys)
         assert [v['psnr'] for v in per_sample.values()] == pytest.approx(values, abs=1e-6), name
@@ -111,7 +118,8 @@ def test_end_to_end_table_json_and_picture(workspace):
         assert method['lpips'] == 'n/a' and 'disabled' in method['lpips_note']
 
     table = open(osp.join(out_dir, 'benchmark.md'), encoding='utf-8').read()
-    assert f"| gkmnet_tfp | {methods['gkmnet_tfp']['psnr']:.2f} |" in table
+    gkm = methods['gkmnet_tfp']
+    assert f"| gkmnet_tfp | {gkm['psnr']:.2f} | {gkm['ssim']:.3f} | {gkm['psnr_fit']:.2f} |" in table
     per_image = table[table.index('## Per image'):]
     assert '| Image | tfp | tfi | gkmnet_tfp | nrknet_tfp |' in per_image
     score = methods['nrknet_tfp']['per_sample']['scene_01']
