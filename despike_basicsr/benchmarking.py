@@ -34,9 +34,11 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from despike_basicsr.checkpoint import load_network_weights  # noqa: E402
 from despike_basicsr.data.spike_lmdb import SpikeLMDBReader  # noqa: E402
+from despike_basicsr.data.preparation import resize, to_display_uint8  # noqa: E402
 from despike_basicsr.device import synchronize  # noqa: E402
 from despike_basicsr.evaluation import gain_offset_fit  # noqa: E402
 from despike_basicsr.options import load_options_file  # noqa: E402
+from despike_basicsr.spike.images import read_linear_intensity  # noqa: E402
 from despike_basicsr.spike.reconstruct import classical_display  # noqa: E402
 
 CLASSICAL = ('tfp', 'tfi')
@@ -47,8 +49,8 @@ class Method:
     """One entry of ``--methods``."""
 
     name: str
-    kind: str  # 'tfp', 'tfi' or 'model'
-    options: Optional[str] = None
+    kind: str  # 'tfp', 'tfi', 'defocused' or 'model'
+    options: Optional[str] = None  # the model's options file; the DPDD root of 'defocused'
     weights: Optional[str] = None
     window: Optional[int] = None  # TFP window of this entry (``tfp:191``); None: --tfp-window
     fpn: bool = False  # classical entry with the LMDB's FPN correction (``tfp+fpn``)
@@ -56,10 +58,12 @@ class Method:
 
 
 def parse_method(spec: str) -> Method:
-    """``tfp`` | ``tfp:WINDOW`` | ``tfi`` (each with an optional ``+fpn``) | ``NAME:OPTIONS.yml[:WEIGHTS]``.
+    """``tfp`` | ``tfp:WINDOW`` | ``tfi`` (each with an optional ``+fpn``) | ``defocused:DPDD_ROOT`` |
+    ``NAME:OPTIONS.yml[:WEIGHTS]``.
 
     ``+fpn`` (``tfp:191+fpn``, named ``tfp191_fpn``) multiplies the classical rates by the LMDB's FPN factor γ, the
-    compensation DeSpike applies; without it TFP/TFI have none, as in the published cascades.
+    compensation DeSpike applies; without it TFP/TFI have none, as in the published cascades. ``defocused:DPDD_ROOT``
+    scores the defocused photographs a DPDD-mode LMDB was simulated from (:func:`defocused_image`).
 
     Raises:
         ValueError: Naming the accepted forms and what was found.
@@ -71,12 +75,14 @@ def parse_method(spec: str) -> Method:
     if classical.lower() in CLASSICAL:
         return Method(name=classical.lower() + suffix, kind=classical.lower(), fpn=fpn)
     head, _, window = classical.partition(':')
+    if head.lower() == 'defocused' and window and not window.endswith(('.yml', '.yaml')) and not fpn:
+        return Method(name='defocused', kind='defocused', options=window)
     if head.lower() == 'tfp' and window.isdigit() and int(window) > 0:
         return Method(name=f'tfp{window}{suffix}', kind='tfp', window=int(window), fpn=fpn)
     parts = spec.split(':', 2)
     if fpn or len(parts) < 2 or not parts[0] or not parts[1].endswith(('.yml', '.yaml')):
-        raise ValueError(f"method {spec!r}: expected 'tfp', 'tfp:WINDOW', 'tfi' (each optionally with '+fpn') or "
-                         "'NAME:OPTIONS.yml[:WEIGHTS.pth]'")
+        raise ValueError(f"method {spec!r}: expected 'tfp', 'tfp:WINDOW', 'tfi' (each optionally with '+fpn'), "
+                         "'defocused:DPDD_ROOT' or 'NAME:OPTIONS.yml[:WEIGHTS.pth]'")
     return Method(name=parts[0], kind='model', options=parts[1], weights=parts[2] if len(parts) == 3 else None)
 
 
@@ -142,6 +148,37 @@ def classical_image(kind: str, batch: Dict[str, Any], meta: Dict[str, Any], wind
                              fpn_gamma=gamma[:, 0] if fpn else None)[:, None]
 
 
+def defocused_image(dpdd_root: str, meta: Dict[str, Any], key: str) -> torch.Tensor:
+    """The defocused photograph a ``dpdd``-mode sample was simulated from, processed as its ground truth was (linear
+    luminance, rescaled by the sample's ``scale``, display gamma, uint8): the no-deblur reference that a method must
+    beat to have deblurred at all.
+
+    Args:
+        dpdd_root: The DPDD layout ``{root}/{train,val,test}_c/source`` the LMDB was prepared from.
+        meta: The sample's LMDB metadata (``mode``, ``blurred_file``, ``scale``, ``gamma``).
+        key: The sample's key, for the messages.
+
+    Returns:
+        ``(1, 1, H, W)`` float image in [0, 1].
+
+    Raises:
+        ValueError: The sample was not simulated from a DPDD photograph.
+        FileNotFoundError: Its photograph is in none of the root's ``source`` folders.
+    """
+    name = meta.get('blurred_file')
+    if meta.get('mode') != 'dpdd' or not name:
+        raise ValueError(f"sample {key}: 'defocused' needs an LMDB made by scripts/prepare_dpdd.py (mode dpdd, with "
+                         f"blurred_file), but this sample has mode {meta.get('mode')!r}")
+    paths = [osp.join(dpdd_root, f'{split}_c', 'source', name) for split in ('train', 'val', 'test')]
+    found = [path for path in paths if osp.isfile(path)]
+    if not found:
+        raise FileNotFoundError(f'sample {key}: its photograph {name} is in none of '
+                                f'{osp.join(dpdd_root, "{train,val,test}_c", "source")}')
+    gamma = float(meta.get('gamma', 2.2))
+    linear = resize(read_linear_intensity(found[0], gamma), float(meta.get('scale', 1.0)))
+    return torch.from_numpy(to_display_uint8(linear, gamma).astype(np.float32) / 255.0)[None, None]
+
+
 class LPIPSScorer:
     """LPIPS through the registered ``calculate_lpips`` metric, or the reason it is unavailable."""
 
@@ -197,7 +234,9 @@ def evaluate(method: Method,
         for repeat in range(repeats):
             synchronize(device)
             start = time.perf_counter()
-            if model is None:
+            if method.kind == 'defocused':
+                output = defocused_image(method.options, reader.meta(key), key)
+            elif model is None:
                 on_device = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
                 output = classical_image(method.kind, on_device, reader.meta(key), method.window or tfp_window,
                                          method.fpn)
@@ -210,6 +249,9 @@ def evaluate(method: Method,
         latency.append(elapsed)
         result = tensor2img([output.detach().float().cpu()])
         gt = tensor2img([batch['gt']])
+        if result.shape != gt.shape:
+            raise ValueError(f'method {method.name!r}, sample {key}: the image is {result.shape[1]}x{result.shape[0]} '
+                             f'but the ground truth is {gt.shape[1]}x{gt.shape[0]}')
         psnr.append(float(calculate_psnr(result, gt, crop_border=0, test_y_channel=False)))
         fitted = gain_offset_fit(output.detach().float().cpu()[0, 0].numpy(), batch['gt'][0, 0].numpy())
         psnr_fit.append(float(calculate_psnr(tensor2img([torch.from_numpy(fitted)]), gt, crop_border=0)))

@@ -7,7 +7,9 @@ BasicSR's validation uses. Writes ``OUT/benchmark.md``, ``OUT/benchmark.json`` a
 crops across methods).
 
 Methods (``--methods``, any number):
-    tfp, tfi                      classical reconstructions alone (TFP window ``--tfp-window``)
+    tfp, tfi                      classical reconstructions alone (TFP window ``--tfp-window``); ``tfp:WINDOW``
+                                  for another window; ``+fpn`` multiplies the rates by the LMDB's FPN factor
+    defocused:DPDD_ROOT           the defocused photographs a prepare_dpdd.py LMDB was simulated from (no deblurring)
     NAME:OPTIONS.yml[:WEIGHTS]    a trained BasicSR model (DeSpikeModel, CascadeModel, ...) built from its test options
                                   file; WEIGHTS defaults to the file's ``path.pretrain_network_g``
 
@@ -28,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument('--methods', nargs='+', required=True,
-                        help="'tfp', 'tfp:WINDOW', 'tfi' or NAME:OPTIONS.yml[:WEIGHTS]")
+                        help="'tfp', 'tfp:WINDOW', 'tfi' (optionally +fpn), 'defocused:DPDD_ROOT' or "
+                        "NAME:OPTIONS.yml[:WEIGHTS]")
     parser.add_argument('--lmdb', required=True, help='test spike LMDB (a .lmdb folder)')
     parser.add_argument('--out-dir', default='results', help='where benchmark.md/.json/.png go')
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])

@@ -2,8 +2,9 @@
 # The DPDD protocol behind results/dpdd/ (issue 14): DeSpike (paper setting, and the shipped model's size) and the
 # four TFP/TFI -> GKMNet/NRKNet cascades trained from scratch on spikes simulated from DPDD's real defocused
 # photographs, one budget for all (options/dpdd_cpu/: same data, crops, batch, iterations, schedule, EMA and seed),
-# then scored on the 4 DPDD val pairs in one benchmark run. About 2.5 hours on this project's 2-core CPU (run two at a
-# time with OMP_NUM_THREADS=1 to use both cores); finished runs are reused, interrupted ones resume (--auto_resume).
+# then scored on the 4 DPDD val pairs in one benchmark run, beside the defocused photographs themselves. About 2.5
+# hours on this project's 2-core CPU (run two at a time with OMP_NUM_THREADS=1 to use both cores); finished runs are
+# reused, interrupted ones resume (--auto_resume).
 # Usage: bash scripts/dpdd_protocol.sh [DPDD_ROOT] [--device cuda]   (DPDD_ROOT default ../shared/data/dpdd_gray768)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +26,7 @@ sensor=(--steps 256 --threshold 2.0 --eta 1.0 --gain-std 0.058 --shot-noise --no
 mkdir -p results/dpdd experiments
 times=results/dpdd/training_seconds.md
 [ -f $times ] || printf '# DPDD protocol: wall time of each training\n\n| method | seconds |\n| --- | ---: |\n' > $times
-methods=(tfp tfp:191 tfi tfp:191+fpn tfi+fpn)
+methods=("defocused:$root" tfp tfp:191 tfi tfp:191+fpn tfi+fpn)
 for method in despike despike_small nrknet_tfp nrknet_tfp_fpn gkmnet_tfp nrknet_tfi gkmnet_tfi; do
   options=options/dpdd_cpu/train_$method.yml
   name=$("$py" -c "import yaml; print(yaml.safe_load(open('$options'))['name'])")

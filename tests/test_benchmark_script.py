@@ -161,6 +161,45 @@ def test_classical_fpn_rows_use_the_lmdb_calibration(tmp_path):
         benchmarking.run_benchmark(['tfp+fpn'], _tiny_lmdb(tmp_path), out_dir=str(tmp_path / 'out2'), lpips_mode='off')
 
 
+def test_defocused_photographs_are_scored_against_the_ground_truth(tmp_path):
+    """``defocused:ROOT`` scores the DPDD-layout photographs a prepare_dpdd.py LMDB was simulated from."""
+    from despike_basicsr.data import preparation as prep
+    root = tmp_path / 'DPDD'
+    names = {}
+    for i in range(2):
+        (root / 'val_c' / 'source').mkdir(parents=True, exist_ok=True)
+        (root / 'val_c' / 'target').mkdir(parents=True, exist_ok=True)
+        sharp = ndimage.gaussian_filter(np.random.default_rng(i).random((HEIGHT, WIDTH)), 1.0)
+        sharp = np.round(255 * (sharp - sharp.min()) / (sharp.max() - sharp.min())).astype(np.uint8)
+        blurred = np.round(ndimage.gaussian_filter(sharp.astype(float), 2.0) * 0.8 + 20).astype(np.uint8)
+        cv2.imwrite(str(root / 'val_c' / 'source' / f'1P0A{i:04d}.png'), blurred)
+        cv2.imwrite(str(root / 'val_c' / 'target' / f'1P0A{i:04d}.png'), sharp)
+        names[f'1P0A{i:04d}'] = blurred
+    config = prep.SimulationConfig(mode='dpdd', steps=192, seed=1)
+    lmdb_path = prep.prepare_lmdb([prep.SampleSpec(key=f'{i:04d}_{name}', sharp_path=str(root / 'val_c' / 'target' /
+                                                   f'{name}.png'), blurred_path=str(root / 'val_c' / 'source' /
+                                                   f'{name}.png')) for i, name in enumerate(names)],
+                                  str(tmp_path / 'dpdd.lmdb'), config, tag='val', progress=False)
+    report = benchmarking.run_benchmark([f'defocused:{root}', 'tfp'], lmdb_path, out_dir=str(tmp_path / 'out'),
+                                        lpips_mode='off', grid_samples=1, crop=8, zoom=1)
+    defocused = report['methods'][0]
+    assert defocused['name'] == 'defocused' and defocused['kind'] == 'defocused' and defocused['params'] == 0
+    from despike_basicsr.data.spike_lmdb import SpikeLMDBReader
+    reader = SpikeLMDBReader(lmdb_path)
+    for key in reader.keys:
+        _, gt = reader.read_sample(key)
+        expected = calculate_psnr(names[key.split('_', 1)[1]], gt, crop_border=0)  # the photograph as it is on disk
+        assert defocused['per_sample'][key]['psnr'] == pytest.approx(expected, abs=0.05)
+    assert defocused['psnr'] > report['methods'][1]['psnr']  # 192 noisy frames hold less than the photograph
+
+    with pytest.raises(FileNotFoundError, match=r'sample 0000_1P0A0000: its photograph 1P0A0000\.png is in none of'):
+        benchmarking.run_benchmark([f"defocused:{tmp_path / 'elsewhere'}"], lmdb_path, out_dir=str(tmp_path / 'o2'),
+                                   lpips_mode='off')
+    with pytest.raises(ValueError, match=r"needs an LMDB made by scripts/prepare_dpdd.py .* mode None"):
+        benchmarking.run_benchmark([f'defocused:{root}'], _tiny_lmdb(tmp_path), out_dir=str(tmp_path / 'o3'),
+                                   lpips_mode='off')
+
+
 def _tiny_lmdb(folder) -> str:
     path = str(folder / 'plain.lmdb')
     _write_lmdb(path, count=1)
@@ -203,7 +242,9 @@ def test_method_specs_and_checkpoint_layouts(tmp_path):
     corrected = benchmarking.parse_method('tfp:191+fpn')
     assert (corrected.name, corrected.kind, corrected.window, corrected.fpn) == ('tfp191_fpn', 'tfp', 191, True)
     assert benchmarking.parse_method('TFI+fpn').name == 'tfi_fpn' and not long_tfp.fpn
-    for bad in ('despike:options/test_despike_demo.yml+fpn', 'tfp:x+fpn', 'tfp+gamma'):
+    photo = benchmarking.parse_method('defocused:../shared/data/dpdd_gray768')
+    assert (photo.name, photo.kind, photo.options) == ('defocused', 'defocused', '../shared/data/dpdd_gray768')
+    for bad in ('despike:options/test_despike_demo.yml+fpn', 'tfp:x+fpn', 'tfp+gamma', 'defocused', 'defocused+fpn'):
         with pytest.raises(ValueError, match='expected'):
             benchmarking.parse_method(bad)
 
