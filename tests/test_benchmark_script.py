@@ -195,6 +195,10 @@ def test_defocused_photographs_are_scored_against_the_ground_truth(tmp_path):
     with pytest.raises(FileNotFoundError, match=r'sample 0000_1P0A0000: its photograph 1P0A0000\.png is in none of'):
         benchmarking.run_benchmark([f"defocused:{tmp_path / 'elsewhere'}"], lmdb_path, out_dir=str(tmp_path / 'o2'),
                                    lpips_mode='off')
+    cv2.imwrite(str(root / 'val_c' / 'source' / '1P0A0001.png'), np.zeros((HEIGHT, WIDTH + 4), np.uint8))
+    with pytest.raises(ValueError, match=rf"'defocused', sample 0001_1P0A0001: the image is {WIDTH + 4}x{HEIGHT} but "
+                                         rf"the ground truth is {WIDTH}x{HEIGHT}"):
+        benchmarking.run_benchmark([f'defocused:{root}'], lmdb_path, out_dir=str(tmp_path / 'o4'), lpips_mode='off')
     with pytest.raises(ValueError, match=r"needs an LMDB made by scripts/prepare_dpdd.py .* mode None"):
         benchmarking.run_benchmark([f'defocused:{root}'], _tiny_lmdb(tmp_path), out_dir=str(tmp_path / 'o3'),
                                    lpips_mode='off')
