@@ -247,13 +247,14 @@ def evaluate(method: Method,
             synchronize(device)
             elapsed = time.perf_counter() - start
         latency.append(elapsed)
-        result = tensor2img([output.detach().float().cpu()])
+        output = output.detach().float().cpu()
+        result = tensor2img([output])
         gt = tensor2img([batch['gt']])
         if result.shape != gt.shape:
             raise ValueError(f'method {method.name!r}, sample {key}: the image is {result.shape[1]}x{result.shape[0]} '
                              f'but the ground truth is {gt.shape[1]}x{gt.shape[0]}')
         psnr.append(float(calculate_psnr(result, gt, crop_border=0, test_y_channel=False)))
-        fitted = gain_offset_fit(output.detach().float().cpu()[0, 0].numpy(), batch['gt'][0, 0].numpy())
+        fitted = gain_offset_fit(output[0, 0].numpy(), batch['gt'][0, 0].numpy())
         psnr_fit.append(float(calculate_psnr(tensor2img([torch.from_numpy(fitted)]), gt, crop_border=0)))
         ssim.append(float(calculate_ssim(result, gt, crop_border=0, test_y_channel=False)))
         if lpips.available:
