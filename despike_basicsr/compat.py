@@ -29,6 +29,9 @@ patch                                  why
                                        tells the resumed sampler where the saved run stopped (read from the
                                        ``path.resume_state`` file, no state shared between patches)
 ``Registry.get``                       an unknown ``type:`` gave "No object named X"; now lists what is registered
+``basicsr.train.train_pipeline``,      never destroy the process group; a gloo process leaving it to interpreter
+``basicsr.test.test_pipeline``         exit can abort there (SIGABRT, "terminate called without an active
+                                       exception"; pytorch/pytorch#190489); now destroyed when the pipeline ends
 =====================================  ====================================================================
 """
 import math
@@ -43,7 +46,7 @@ from despike_basicsr.checkpoint import (CheckpointError, atomic_torch_save, chec
 
 __all__ = [
     'apply', 'CheckpointError', 'atomic_torch_save', 'safe_torch_load', 'find_latest_state', 'capture_rng_state',
-    'restore_rng_state', 'choose_dist_backend'
+    'restore_rng_state', 'choose_dist_backend', 'release_process_group'
 ]
 
 _APPLIED = False
@@ -117,6 +120,31 @@ def _init_dist_pytorch(backend: str = 'nccl', **kwargs: Any) -> None:
     if os.environ.get(DIST_TIMEOUT_ENV) and 'timeout' not in kwargs:
         kwargs['timeout'] = datetime.timedelta(minutes=float(os.environ[DIST_TIMEOUT_ENV]))
     dist.init_process_group(backend=backend, **kwargs)
+
+
+def release_process_group() -> None:
+    """Destroy the default process group, if any, while the interpreter is fully alive.
+
+    Left to interpreter exit, gloo's worker threads may still hold work whose tensors need the GIL being torn down, and
+    the process aborts (seen on a 2-core CI run: the rank that finished first died with SIGABRT while rank 0 validated).
+    Destroying is local to this rank: it neither waits for nor disturbs the others.
+    """
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _make_releasing_pipeline(original: Callable) -> Callable:
+    """basicsr <= 1.4.2 ``train_pipeline`` / ``test_pipeline`` return with the process group still alive; the
+    wrapper releases it (:func:`release_process_group`) once the pipeline returns. After an exception the group is
+    left as it is: another rank may still be inside a collective with this one."""
+
+    def pipeline(root_path: str) -> None:
+        original(root_path)
+        release_process_group()
+
+    pipeline.__wrapped__ = original
+    return pipeline
 
 
 def _model_to_device(self, net):
@@ -392,6 +420,7 @@ def apply() -> None:
         return
     _install_functional_tensor_alias()
 
+    import basicsr.test
     import basicsr.train
     from basicsr.models import base_model
     from basicsr.utils import dist_util, registry
@@ -406,4 +435,6 @@ def apply() -> None:
     basicsr.train.create_train_val_dataloader = _make_create_train_val_dataloader(
         basicsr.train.create_train_val_dataloader)
     registry.Registry.get = _make_registry_get(registry.Registry.get)
+    basicsr.train.train_pipeline = _make_releasing_pipeline(basicsr.train.train_pipeline)
+    basicsr.test.test_pipeline = _make_releasing_pipeline(basicsr.test.test_pipeline)
     _APPLIED = True

@@ -100,3 +100,33 @@ def test_compat_makes_basicsr_importable_and_cpu_safe():
     if not torch.cuda.is_available():
         assert compat.choose_dist_backend('nccl') == 'gloo'
     assert compat.choose_dist_backend('gloo') == 'gloo'
+
+
+def test_pipelines_release_the_process_group_only_when_they_return(tmp_path):
+    import despike_basicsr
+    despike_basicsr.register()
+    import basicsr.test
+    import basicsr.train
+    import torch.distributed as dist
+
+    from despike_basicsr import compat
+    assert basicsr.train.train_pipeline.__wrapped__ is not None and basicsr.test.test_pipeline.__wrapped__ is not None
+    calls = []
+
+    def pipeline(root_path: str) -> None:  # a one-rank gloo run, as basicsr's init_dist would start it
+        calls.append(root_path)
+        dist.init_process_group('gloo', init_method=f'file://{tmp_path / f"store{len(calls)}"}', rank=0, world_size=1)
+        if root_path == 'fails':
+            raise RuntimeError('stopped mid-run')
+
+    releasing = compat._make_releasing_pipeline(pipeline)
+    releasing('root')
+    assert calls == ['root'] and not dist.is_initialized()
+    try:
+        with pytest.raises(RuntimeError, match='stopped mid-run'):
+            releasing('fails')
+        assert dist.is_initialized(), 'after an exception another rank may still be in a collective with this one'
+    finally:
+        compat.release_process_group()
+    assert not dist.is_initialized()
+    compat.release_process_group()  # nothing to release: no error

@@ -3,7 +3,9 @@
 Each iteration every rank runs ``optimize_parameters`` and then ``model.validation`` (which, with ``opt['dist']``,
 validates on rank 0 only: ``SRModel.dist_validation``); after the last iteration the ranks exchange a sentinel with
 ``all_reduce`` (it must still pair up: a collective issued by rank 0 alone during validation would take its place),
-and rank 0 validates once more, as BasicSR does after the last save, while the other ranks finish.
+and rank 0 validates once more, as BasicSR does after the last save, while the other ranks finish. Each rank then
+releases its process group, as the plugin's patched ``train_pipeline`` does (a gloo group left to interpreter exit can
+abort the rank that finished first).
 
 Writes ``<out>/rank<r>.pt``: ``{'sentinel': list, 'validations': int, 'psnr': list, 'rank': int}``. The process group
 has a short timeout (``--pg-timeout``), so a collective left without a partner fails in seconds instead of hanging.
@@ -21,6 +23,7 @@ import despike_basicsr
 despike_basicsr.register()  # compat patches before basicsr loads; registers our archs and models
 from basicsr.models import build_model  # noqa: E402
 from basicsr.utils.dist_util import get_dist_info, init_dist  # noqa: E402
+from despike_basicsr.compat import release_process_group  # noqa: E402
 from grad_worker import make_batch, make_options, slice_batch  # noqa: E402
 
 
@@ -80,6 +83,7 @@ def main(argv: List[str]) -> None:
     record = {'rank': rank, 'sentinel': sentinel.tolist(), 'validations': validations, 'psnr': psnr}
     os.makedirs(args.out, exist_ok=True)
     torch.save(record, os.path.join(args.out, f'rank{rank}.pt'))
+    release_process_group()
 
 
 if __name__ == '__main__':
