@@ -1,4 +1,6 @@
 """BasicSR's train/test pipelines through our entries on CPU: train, validate, save, resume, torchrun, errors."""
+import os
+
 import pytest
 import torch
 from conftest import free_port
@@ -130,3 +132,21 @@ def test_pipelines_release_the_process_group_only_when_they_return(tmp_path):
         compat.release_process_group()
     assert not dist.is_initialized()
     compat.release_process_group()  # nothing to release: no error
+
+
+def test_dist_params_timeout_reaches_the_process_group(tmp_path, monkeypatch):
+    import datetime
+
+    import torch.distributed as dist
+
+    from despike_basicsr import compat, entry
+    monkeypatch.delenv(compat.DIST_TIMEOUT_ENV, raising=False)
+    monkeypatch.delenv(compat.DIST_BACKEND_ENV, raising=False)
+    monkeypatch.setattr('sys.argv', ['train.py'])
+    opt = tiny_options(tmp_path, 'timeout', 1, **{'dist_params': {'backend': 'gloo', 'timeout': 45}})
+    entry.prepare(['-opt', opt, '--launcher', 'pytorch'])
+    assert os.environ[compat.DIST_TIMEOUT_ENV] == '45' and os.environ[compat.DIST_BACKEND_ENV] == 'gloo'
+    started = {}
+    monkeypatch.setattr(dist, 'init_process_group', lambda **kwargs: started.update(kwargs))
+    compat._init_dist_pytorch('nccl')
+    assert started == {'backend': 'gloo', 'timeout': datetime.timedelta(minutes=45)}
