@@ -34,6 +34,7 @@ patch                                  why
                                        exception"; pytorch/pytorch#190489); now destroyed when the pipeline ends
 =====================================  ====================================================================
 """
+import functools
 import math
 import os
 import random
@@ -139,11 +140,11 @@ def _make_releasing_pipeline(original: Callable) -> Callable:
     wrapper releases it (:func:`release_process_group`) once the pipeline returns. After an exception the group is
     left as it is: another rank may still be inside a collective with this one."""
 
+    @functools.wraps(original)
     def pipeline(root_path: str) -> None:
         original(root_path)
         release_process_group()
 
-    pipeline.__wrapped__ = original
     return pipeline
 
 
