@@ -18,11 +18,11 @@ import numpy as np
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
-from despike_basicsr.data.preparation import (dpdd_pairs, fit_thin_lens, list_images, read_linear_intensity,
-                                              sample_seed, to_display_uint8)
+from despike_basicsr.data.preparation import (align_sharp_to_blurred, dpdd_pairs, fit_thin_lens, list_images,
+                                              read_linear_intensity, sample_seed, to_display_uint8)
 from despike_basicsr.data.scenes import synthetic_depth_map
 from despike_basicsr.data.spike_lmdb_dataset import apply_augmentation, draw_augmentation, make_item, random_crop_box
-from despike_basicsr.spike import camera, optics
+from despike_basicsr.spike import camera, lens_psf, optics
 
 #: Default sensor ranges (training draws); every one is an option of the same name.
 DEFAULT_RANGES: Dict[str, Tuple[float, float]] = {
@@ -40,6 +40,11 @@ DEFAULT_EVAL_SENSOR: Dict[str, float] = {
     'mean_rate': 0.15, 'threshold': 2.0, 'eta': 1.0, 'gain_std': 0.05, 'dark_rate': 0.0, 'electrons': 500.0
 }
 SOURCES = ('dpdd', 'depth')
+#: Defaults of the signed-CoC synthetic defocus (used once ``coc_far_range`` is given): CoC diameters in pixels.
+DEFAULT_COC_RANGES: Dict[str, Tuple[float, float]] = {
+    'coc_near_range': (0.0, 3.0),  # |CoC| at the near end (or at the focus plane when it lies inside the scene)
+    'coc_far_range': (6.0, 26.0),  # largest |CoC| in the crop
+}
 
 
 def _uniform(rng: np.random.Generator, bounds: Sequence[float], log: bool = False) -> float:
@@ -78,6 +83,26 @@ def simulate_sensor(intensity: np.ndarray, sensor: Dict[str, float], steps: int,
     return spikes, gain, eta * light / threshold
 
 
+def signed_coc_map(depth: np.ndarray, coc_near: float, coc_far: float, focus_inside: bool,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Signed thin-lens CoC diameters (px) over a depth map:  ``c(d) = K·(1 − d_f / d)``  (negative in front of d_f).
+
+    With the focus plane in front of the scene (``focus_inside`` false) d_f and K make |c| run from ``coc_near`` at the
+    nearest depth to ``coc_far`` at the farthest (:func:`~despike_basicsr.data.preparation.fit_thin_lens`'s
+    geometry); with it inside, d_f is drawn log-uniformly over the depths and K scales the largest |c| to
+    ``coc_far``.
+    """
+    d = depth.astype(np.float64)
+    near, far = float(d.min()), float(d.max()) * 1.0001
+    if focus_inside:
+        focus = float(math.exp(rng.uniform(math.log(near), math.log(far))))
+    else:
+        ratio = coc_near / coc_far
+        focus = (1.0 - ratio) / (1.0 / near - ratio / far)
+    shape = 1.0 - focus / d
+    return shape * (coc_far / max(float(np.abs(shape).max()), 1e-9))
+
+
 @DATASET_REGISTRY.register()
 class NaturalSpikeDataset(data.Dataset):
     """Spike streams simulated at every draw from natural photographs, over ranges of cameras and light levels.
@@ -100,6 +125,15 @@ class NaturalSpikeDataset(data.Dataset):
         phase, gt_size, temporal_len (int or [min, max]: steps simulated), val_len, use_flip, use_rot, seed: as
             :class:`~despike_basicsr.data.simulated_spike_dataset.SimulatedSpikeDataset`.
         cache_images (bool): Keep the decoded images in memory (per worker; default true).
+        align_pairs (bool): Bring each DPDD sharp image onto its defocused twin's sub-pixel position, gain and offset
+            (:func:`~despike_basicsr.data.preparation.align_sharp_to_blurred`) before it is used as ground truth, so
+            the network is not taught to shift or re-expose (default false).
+        psf_family (str): ``gaussian`` or ``lens`` (:func:`~despike_basicsr.spike.lens_psf.draw_lens_psf`: round or
+            bladed irises, bright or soft rims, cat's eyes), for the signed-CoC synthetic defocus.
+        coc_near_range, coc_far_range: Setting ``coc_far_range`` switches the ``depth`` source to signed-CoC defocus
+            (:data:`DEFAULT_COC_RANGES`, CoC diameters in pixels) with ``psf_family`` PSFs; with probability
+            ``focus_inside_probability`` (default 0.3) the focus plane lies inside the scene, so the near side blurs too.
+            Without it the legacy thin-lens Gaussian σ ranges apply.
     """
 
     def __init__(self, opt: Dict[str, Any]) -> None:
@@ -129,6 +163,16 @@ class NaturalSpikeDataset(data.Dataset):
         self.use_flip = bool(opt.get('use_flip', opt.get('use_hflip', False)))
         self.use_rot = bool(opt.get('use_rot', False))
         self.cache: Optional[Dict[int, Tuple]] = {} if opt.get('cache_images', True) else None
+        self.align_pairs = bool(opt.get('align_pairs', False))
+        self.psf_family = str(opt.get('psf_family', 'gaussian'))
+        if self.psf_family not in lens_psf.PSF_FAMILIES:
+            raise ValueError(f'NaturalSpikeDataset: psf_family must be one of {lens_psf.PSF_FAMILIES}, '
+                             f'got {self.psf_family!r}')
+        self.signed_coc = 'coc_far_range' in opt
+        self.coc_ranges = {name: tuple(opt.get(name, default)) for name, default in DEFAULT_COC_RANGES.items()}
+        if self.signed_coc and not 0 <= self.coc_ranges['coc_near_range'][1] < self.coc_ranges['coc_far_range'][0]:
+            raise ValueError(f'NaturalSpikeDataset: need 0 <= coc_near_range < coc_far_range, got {self.coc_ranges}')
+        self.focus_inside_probability = float(opt.get('focus_inside_probability', 0.3))
 
     @staticmethod
     def _find_sources(opt: Dict[str, Any]) -> List[Tuple[Optional[str], str]]:
@@ -155,6 +199,8 @@ class NaturalSpikeDataset(data.Dataset):
         blurred = read_linear_intensity(blurred_path, self.display_gamma) if blurred_path else None
         if blurred is not None and blurred.shape != sharp.shape:
             raise ValueError(f'{blurred_path} is {blurred.shape} but its sharp twin {sharp_path} is {sharp.shape}')
+        if blurred is not None and self.align_pairs:
+            sharp, _ = align_sharp_to_blurred(sharp, blurred)
         loaded = (sharp, blurred)
         if self.cache is not None:
             self.cache[index] = loaded
@@ -175,6 +221,26 @@ class NaturalSpikeDataset(data.Dataset):
         rendered = optics.render_depth_defocus(region, depth, lens, num_layers=12)
         return rendered[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0]
 
+    def _signed_coc_defocus(self, sharp: np.ndarray, box: Tuple[int, int, int, int],
+                            rng: np.random.Generator) -> np.ndarray:
+        """Layered defocus of ``box`` with :attr:`psf_family` PSFs over a random depth map and thin-lens CoC map."""
+        coc_near = _uniform(rng, self.coc_ranges['coc_near_range'])
+        coc_far = _uniform(rng, self.coc_ranges['coc_far_range'])
+        margin = int(math.ceil(0.5 * coc_far)) + 4
+        y0, y1, x0, x1 = box
+        height, width = sharp.shape
+        ey0, ey1, ex0, ex1 = max(y0 - margin, 0), min(y1 + margin, height), max(x0 - margin, 0), min(x1 + margin, width)
+        region = sharp[ey0:ey1, ex0:ex1]
+        depth = synthetic_depth_map(*region.shape, rng)
+        signed = signed_coc_map(depth, coc_near, coc_far, rng.random() < self.focus_inside_probability, rng)
+        if self.psf_family == 'lens':
+            field = ((y0 + y1) / height - 1.0, (x0 + x1) / width - 1.0)
+            psf = lens_psf.draw_lens_psf(rng, field).kernel
+        else:
+            psf = lens_psf.gaussian_psf_for_coc
+        rendered = lens_psf.render_layered_defocus(region, signed, psf, num_layers=12)
+        return rendered[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0]
+
     def __getitem__(self, index: int) -> Dict[str, Any]:
         seed = random.getrandbits(32) if self.train else sample_seed(self.seed, 'natural-eval', index)
         rng = np.random.default_rng(seed)
@@ -185,6 +251,8 @@ class NaturalSpikeDataset(data.Dataset):
         use_real = blurred is not None and (rng.random() < self.p_dpdd if self.train else True)
         if use_real:
             intensity = blurred[box[0]:box[1], box[2]:box[3]]
+        elif self.signed_coc:
+            intensity = self._signed_coc_defocus(sharp, box, rng)
         else:
             intensity = self._synthetic_defocus(sharp, box, rng)
         gt = to_display_uint8(sharp[box[0]:box[1], box[2]:box[3]], self.display_gamma).astype(np.float32) / 255.0

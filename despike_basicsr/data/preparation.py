@@ -16,6 +16,7 @@ Pairs are matched by sorted file name order (DPDD's blurred and sharp files have
 agree. Every sample gets its own seed derived from the data set seed, a tag (e.g. the split) and its index, so a
 preparation is reproducible and independent of processing order.
 """
+import math
 import os
 import os.path as osp
 import re
@@ -496,3 +497,59 @@ def run_cli(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]
     except KeyboardInterrupt:
         print('interrupted: no output was written', file=sys.stderr)
         return 130
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# DPDD pair alignment
+
+
+def align_sharp_to_blurred(sharp: np.ndarray, blurred: np.ndarray, smoothing: float = 4.0,
+                           max_shift: float = 4.0, exposure_smoothing: float = 12.0) -> Tuple[np.ndarray, Dict[str, float]]:
+    """Bring a sharp photograph onto its defocused twin's geometry and exposure (DPDD pairs disagree on both).
+
+    Both images are band-passed (Gaussian of ``smoothing`` px minus one of ``exposure_smoothing`` px, so that neither
+    the defocus difference nor slow shading steers it) and the sub-pixel shift t comes from ECC maximisation (cv2.findTransformECC, translation only: it is invariant to
+    gain and offset, and sub-pixel accurate where phase correlation of smooth images is not), and gain a and offset b from least squares
+    ``min Σ (B_e − a·S_e − b)²`` on the shifted images smoothed much more (``exposure_smoothing`` px, so that the
+    blurred image's lost contrast does not bias a towards 0); the sharp image is returned as ``a·S(x − t) + b``.
+    A shift beyond ``max_shift`` px or a gain outside [0.5, 2] is not trusted and left out (reported as 0 / 1).
+
+    Args:
+        sharp: (H, W) linear sharp image.
+        blurred: (H, W) linear defocused image of the same scene.
+        smoothing: σ in pixels of the smoothing before the shift is matched.
+        max_shift: Largest shift accepted.
+        exposure_smoothing: σ in pixels of the smoothing before gain and offset are fitted.
+
+    Returns:
+        ``(aligned sharp (H, W) float32 ≥ 0, {'dy', 'dx', 'gain', 'offset'})``.
+    """
+    if sharp.shape != blurred.shape:
+        raise ValueError(f'align_sharp_to_blurred: shapes differ, {sharp.shape} and {blurred.shape}')
+    def band_pass(image: np.ndarray) -> np.ndarray:
+        image = image.astype(np.float32)
+        return cv2.GaussianBlur(image, (0, 0), smoothing) - cv2.GaussianBlur(image, (0, 0), exposure_smoothing)
+
+    s, b = band_pass(sharp), band_pass(blurred)
+    warp = np.eye(2, 3, dtype=np.float32)
+    try:  # finds t with b(x) ≈ s(x − t)
+        _, warp = cv2.findTransformECC(s, b, warp, cv2.MOTION_TRANSLATION,
+                                       (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-6), None, 1)
+        dx, dy = float(warp[0, 2]), float(warp[1, 2])
+    except cv2.error:  # no convergence (a flat image): keep the geometry
+        dx = dy = 0.0
+    if math.hypot(dx, dy) > max_shift:
+        dx = dy = 0.0
+    shift = np.float32([[1, 0, dx], [0, 1, dy]])
+    shifted = cv2.warpAffine(sharp.astype(np.float32), shift, s.shape[::-1], flags=cv2.INTER_CUBIC,
+                             borderMode=cv2.BORDER_REFLECT)
+    s_low = cv2.GaussianBlur(shifted, (0, 0), exposure_smoothing)
+    b_low = cv2.GaussianBlur(blurred.astype(np.float32), (0, 0), exposure_smoothing)
+    margin = int(math.ceil(max_shift + 2 * exposure_smoothing))
+    x = s_low[margin:-margin, margin:-margin].ravel().astype(np.float64)
+    y = b_low[margin:-margin, margin:-margin].ravel().astype(np.float64)
+    gain, offset = np.polyfit(x, y, 1) if x.std() > 1e-6 else (1.0, 0.0)
+    if not 0.5 <= gain <= 2.0:
+        gain, offset = 1.0, 0.0
+    aligned = np.clip(gain * shifted + offset, 0.0, None).astype(np.float32)
+    return aligned, {'dy': float(dy), 'dx': float(dx), 'gain': float(gain), 'offset': float(offset)}

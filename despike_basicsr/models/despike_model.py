@@ -1,7 +1,8 @@
 """DeSpikeModel: trains and evaluates DeSpikeNet in BasicSR's loop.
 
 L = λ1 Σ_{i,s} β_{i,s} MSE_{i,s} (``pixel_opt``, logged as ``l_grid``) + λ2 L_FFT (``fft_opt``, ``l_fft``)
-  + λ3 L_LPIPS (``lpips_opt``, ``l_lpips``); each term is optional and its λ is the ``loss_weight`` of its options.
+  + λ3 L_LPIPS (``lpips_opt``, ``l_lpips``) + λ4 L_grad (``grad_opt``, ``l_grad``: image-gradient L1); each term is
+  optional and its λ is the ``loss_weight`` of its options.
 """
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional
@@ -34,10 +35,13 @@ class DeSpikeModel(SpikeSRModel):
         self.cri_grid = self._build_optional_loss(train_opt.get('pixel_opt'))
         self.cri_fft = self._build_optional_loss(train_opt.get('fft_opt'))
         self.cri_lpips = self._build_optional_loss(train_opt.get('lpips_opt'))
-        if self.cri_grid is None and self.cri_fft is None and self.cri_lpips is None:
-            raise ValueError('DeSpikeModel needs at least one loss: train.pixel_opt, train.fft_opt or train.lpips_opt')
+        self.cri_grad = self._build_optional_loss(train_opt.get('grad_opt'))
+        if self.cri_grid is None and self.cri_fft is None and self.cri_lpips is None and self.cri_grad is None:
+            raise ValueError('DeSpikeModel needs at least one loss: train.pixel_opt, train.fft_opt, train.lpips_opt '
+                             'or train.grad_opt')
         self.fft_scales = self._check_scales('fft_scales', train_opt.get('fft_scales', 'final'))
         self.lpips_scales = self._check_scales('lpips_scales', train_opt.get('lpips_scales', 'final'))
+        self.grad_scales = self._check_scales('grad_scales', train_opt.get('grad_scales', 'final'))
         self.grad_clip_norm = train_opt.get('grad_clip_norm')
 
         self.setup_optimizers()
@@ -104,6 +108,8 @@ class DeSpikeModel(SpikeSRModel):
                 loss_dict['l_fft'] = self._aux_loss(self.cri_fft, self.fft_scales, grid)
             if self.cri_lpips is not None:
                 loss_dict['l_lpips'] = self._aux_loss(self.cri_lpips, self.lpips_scales, grid)
+            if self.cri_grad is not None:
+                loss_dict['l_grad'] = self._aux_loss(self.cri_grad, self.grad_scales, grid)
         self.apply_losses(loss_dict)
 
     def test(self) -> None:
