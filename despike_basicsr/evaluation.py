@@ -238,6 +238,179 @@ def picture(images: Dict[Tuple[str, str, str], Dict[str, np.ndarray]], crop: int
     return np.concatenate([header, body], axis=0)
 
 
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation: Pearson's correlation of the ranks (ties share their mean rank); NaN when either
+    input is constant or has fewer than two values."""
+    from scipy.stats import rankdata
+
+    x, y = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    if x.size != y.size:
+        raise ValueError(f'spearman: inputs differ in size ({x.size} and {y.size})')
+    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float('nan')
+    return float(np.corrcoef(rankdata(x), rankdata(y))[0, 1])
+
+
+def defocus_map_scores(predicted: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> Dict[str, float]:
+    """Spearman correlation and mean absolute error (px) of a σ map against the true σ on the pixels of ``mask``
+    (the textured ones, :func:`~despike_basicsr.data.defocus_map_data.texture_mask`), and the share of those pixels."""
+    predicted, truth, mask = np.asarray(predicted), np.asarray(truth), np.asarray(mask, bool)
+    if predicted.shape != truth.shape or mask.shape != truth.shape:
+        raise ValueError(f'defocus_map_scores: shapes differ: {predicted.shape}, {truth.shape}, {mask.shape}')
+    if not mask.any():
+        raise ValueError('defocus_map_scores: the mask selects no pixel')
+    p, t = predicted[mask].astype(np.float64), truth[mask].astype(np.float64)
+    return {'spearman': spearman(p, t), 'mae': float(np.abs(p - t).mean()), 'textured': float(mask.mean())}
+
+
+#: Held-out defocus-map setting (docs/pretrained.md, "Defocus map"): true σ from 0 to this many pixels, 256-step
+#: streams at the bright and dim light levels of :data:`EVAL_CAMERA` (5 % gain spread), no FPN calibration.
+DEFOCUS_MAX_SIGMA = 3.5
+DEFOCUS_STEPS = 256
+#: PSF families of the defocus-map sets: the thin-lens Gaussian and random lens-like PSFs (discs, polygons, rims).
+DEFOCUS_FAMILIES = ('gaussian', 'lens')
+
+
+@dataclass
+class DefocusScene:
+    """One held-out scene with known blur: sharp and defocused linear intensity and the true σ (px) per pixel."""
+
+    set_name: str
+    key: str
+    sharp: np.ndarray
+    blurred: np.ndarray
+    sigma: np.ndarray
+
+
+def defocus_map_scenes(images: Dict[str, np.ndarray], seed: int = 24, max_sigma: float = DEFOCUS_MAX_SIGMA,
+                       psf_family: str = 'gaussian', max_side: int = 512) -> List[DefocusScene]:
+    """Photographs defocused over :func:`synthetic_depth_map` with their true σ map (one seed per image).
+
+    The CoC grows from 0 to its largest value c_max, with the focus plane in front of the scene (even-numbered
+    images) or inside it (odd-numbered: both sides blur). Gaussian family: c_max = 4·``max_sigma`` + 1, so σ =
+    max(c − 1, 0)/4 spans 0 to ``max_sigma``; lens family (one random lens per image,
+    :func:`~despike_basicsr.spike.lens_psf.draw_lens_psf`): c_max = 4·``max_sigma`` (a uniform disc's σ is c/4).
+    The true σ is the second moment of the PSF at each pixel
+    (:func:`~despike_basicsr.data.defocus_map_data.sigma_for_coc`).
+    """
+    from despike_basicsr.data.defocus_map_data import defocus_scene
+    from despike_basicsr.spike import lens_psf
+
+    scenes = []
+    for index, (key, image) in enumerate(sorted(images.items())):
+        linear = display_to_linear_luminance(np.asarray(image, dtype=np.float32))
+        scale = min(1.0, max_side / max(linear.shape))
+        if scale < 1.0:
+            size = (int(round(linear.shape[1] * scale)), int(round(linear.shape[0] * scale)))
+            linear = cv2.resize(linear, size, interpolation=cv2.INTER_AREA)
+        rng = np.random.default_rng([seed, index, 24])
+        if psf_family == 'gaussian':
+            psf, coc_max = lens_psf.gaussian_psf_for_coc, 4.0 * max_sigma + 1.0
+        else:
+            psf, coc_max = lens_psf.draw_lens_psf(rng).kernel, 4.0 * max_sigma
+        blurred, sigma = defocus_scene(linear, rng, 0.0, coc_max, index % 2 == 1, psf, num_layers=16)
+        scenes.append(DefocusScene(f'photos+depth/{psf_family}', key, linear.astype(np.float32), blurred, sigma))
+    return scenes
+
+
+def evaluate_defocus_map(scenes: Sequence[DefocusScene],
+                         estimator: Callable[[np.ndarray, Optional[np.ndarray]], np.ndarray],
+                         steps: int = DEFOCUS_STEPS, seed: int = 0, levels: Dict[str, float] = LIGHT_LEVELS,
+                         progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """Spearman correlation and MAE of a σ map against the truth, on the textured pixels of every scene and level.
+
+    Args:
+        scenes: Scenes from :func:`defocus_map_scenes`.
+        estimator: ``f(spikes (T, H, W) uint8, gamma or None) -> (H, W)`` σ map; called with ``gamma=None`` (no FPN
+            file: the 5 % gain spread stays in the stream).
+        steps: Stream length.
+        seed: Simulation seed (each scene and level derives its own).
+        levels: ``{name: mean rate per step}``.
+        progress: Called with a line per finished scene.
+
+    Returns:
+        ``{'rows': [{set, key, level, spearman, mae, textured, sigma_max}], 'summary': [mean per (set, level)],
+        '_maps': {(set, key, level): {sharp, blurred, truth, predicted, mask}} of each set's first scene}``.
+    """
+    from despike_basicsr.data.defocus_map_data import texture_mask
+
+    rows, maps = [], {}
+    for index, scene in enumerate(scenes):
+        mask = texture_mask(to_display(scene.sharp))
+        for level_index, (level, rate) in enumerate(levels.items()):
+            sensor = dict(EVAL_CAMERA, mean_rate=rate)
+            spikes, _, _ = simulate_sensor(scene.blurred, sensor, steps, seed * 100003 + index * 101 + level_index + 7)
+            predicted = np.asarray(estimator(spikes, None), dtype=np.float32)
+            rows.append(dict(set=scene.set_name, key=scene.key, level=level, sigma_max=float(scene.sigma.max()),
+                             **defocus_map_scores(predicted, scene.sigma, mask)))
+            if not any(k[0] == scene.set_name and k[2] == level for k in maps):
+                maps[(scene.set_name, scene.key, level)] = dict(
+                    sharp=to_display(scene.sharp), blurred=to_display(scene.blurred), truth=scene.sigma,
+                    predicted=predicted, mask=mask)
+        if progress is not None:
+            progress(f'{scene.set_name}/{scene.key} defocus map done')
+    groups: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row['set'], row['level']), []).append(row)
+    summary = [dict(set=set_name, level=level, count=len(members),
+                    **{m: float(np.mean([r[m] for r in members])) for m in ('spearman', 'mae', 'textured')})
+               for (set_name, level), members in groups.items()]
+    return {'rows': rows, 'summary': summary, '_maps': maps}
+
+
+def defocus_map_markdown(report: Dict[str, Any]) -> str:
+    """One table per set: a row per scene, Spearman / MAE at every light level, and the mean."""
+    lines = []
+    for set_name in dict.fromkeys(r['set'] for r in report['rows']):
+        rows = [r for r in report['rows'] if r['set'] == set_name]
+        levels = list(dict.fromkeys(r['level'] for r in rows))
+        header = ' | '.join(f'{lv} Spearman | {lv} MAE (px)' for lv in levels)
+        lines += [f'### defocus map, {set_name}', '', f'| scene | textured | true σ max (px) | {header} |',
+                  '| --- | ---: | ---: |' + ' ---: | ---: |' * len(levels)]
+        for key in dict.fromkeys(r['key'] for r in rows):
+            cells = []
+            for level in levels:
+                r = next(r for r in rows if r['key'] == key and r['level'] == level)
+                cells += [f"{r['spearman']:.3f}", f"{r['mae']:.3f}"]
+            first = next(r for r in rows if r['key'] == key)
+            lines.append(f"| {key} | {100 * first['textured']:.0f} % | {first['sigma_max']:.2f} | " +
+                         ' | '.join(cells) + ' |')
+        cells = []
+        for level in levels:
+            s = next(s for s in report['summary'] if s['set'] == set_name and s['level'] == level)
+            cells += [f"**{s['spearman']:.3f}**", f"**{s['mae']:.3f}**"]
+        lines += ['| **mean** | | | ' + ' | '.join(cells) + ' |', '']
+    return '\n'.join(lines)
+
+
+def defocus_map_picture(maps: Dict[Tuple[str, str, str], Dict[str, np.ndarray]], top: float = 4.0,
+                        crop: int = 256) -> np.ndarray:
+    """Rows: (set, scene, level); columns: sharp, defocused, true σ, predicted σ (with colour bar), BGR uint8; the
+    same centre crop of at most ``crop`` pixels in every column."""
+    from despike_basicsr.defocus_map import colour_map_image
+
+    gap, label_h, rows = 4, 18, []
+    for (set_name, key, level), full in maps.items():
+        height, width = full['truth'].shape
+        y0, x0 = max((height - crop) // 2, 0), max((width - crop) // 2, 0)
+        m = {name: value[y0:y0 + crop, x0:x0 + crop] for name, value in full.items()}
+        gray = [cv2.cvtColor(np.clip(np.round(m[n] * 255), 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+                for n in ('sharp', 'blurred')]
+        truth = colour_map_image(m['truth'], top)[:, :m['truth'].shape[1]]
+        tiles = gray + [truth, colour_map_image(m['predicted'], top)]
+        height = max(t.shape[0] for t in tiles)
+        tiles = [np.pad(t, ((0, height - t.shape[0]), (0, 0), (0, 0)), constant_values=255) for t in tiles]
+        row = tiles[0]
+        for tile in tiles[1:]:
+            row = np.concatenate([row, np.full((height, gap, 3), 255, np.uint8), tile], axis=1)
+        band = np.full((label_h, row.shape[1], 3), 255, np.uint8)
+        cv2.putText(band, f'{set_name} / {key} / {level}: sharp | defocused | true sigma | predicted sigma (px)',
+                    (2, label_h - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        rows += [band, row]
+    width = max(r.shape[1] for r in rows)
+    return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
+
+
 def write_results(report: Dict[str, Any], out_dir: str, info: Dict[str, Any]) -> Dict[str, str]:
     """``heldout.json`` (rows + summary + info), ``heldout.md`` and ``heldout.png`` in ``out_dir``."""
     os.makedirs(out_dir, exist_ok=True)
@@ -249,4 +422,18 @@ def write_results(report: Dict[str, Any], out_dir: str, info: Dict[str, Any]) ->
                 markdown(report['summary']))
     if report['_images']:
         cv2.imwrite(paths['png'], picture(report['_images']))
+    return paths
+
+
+def write_defocus_map_results(report: Dict[str, Any], out_dir: str, info: Dict[str, Any]) -> Dict[str, str]:
+    """``defocus_map.json`` (rows + summary + info), ``defocus_map.md`` and ``defocus_map.png`` in ``out_dir``."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {name: osp.join(out_dir, f'defocus_map.{name}') for name in ('json', 'md', 'png')}
+    with open(paths['json'], 'w', encoding='utf-8') as f:
+        json.dump({'info': info, 'summary': report['summary'], 'rows': report['rows']}, f, indent=1)
+    with open(paths['md'], 'w', encoding='utf-8') as f:
+        f.write('# Held-out defocus maps\n\n' + '\n'.join(f'- {k}: {v}' for k, v in info.items()) + '\n\n' +
+                defocus_map_markdown(report))
+    if report['_maps']:
+        cv2.imwrite(paths['png'], defocus_map_picture(report['_maps']))
     return paths
