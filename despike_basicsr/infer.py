@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from despike_basicsr.defocus_map import DEFOCUS_WEIGHTS, DefocusMapEstimator, write_defocus_map
 from despike_basicsr.errors import DespikeUserError, run_cli
 from despike_basicsr.reconstructor import DEFAULT_OPT, PRETRAINED_WEIGHTS, DeSpikeReconstructor
 from despike_basicsr.recording_report import (REPORT_FILES, REPORT_FOLDERS, report_centre, to_uint8, write_png,
@@ -142,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help='frames fed to the network per reconstruction (default: the '
         'longest window the network reads, 192 for the paper setting)')
+    parser.add_argument(
+        '--defocus-map',
+        nargs='?',
+        const=DEFOCUS_WEIGHTS,
+        metavar='WEIGHTS',
+        help='also write DIR/defocus/<stem>_t<centre>.npy (float32 defocus σ in pixels per pixel) and a colour-mapped '
+        '.png, from the shipped defocus-map network or WEIGHTS (docs/inference.md, "Defocus map")')
     parser.add_argument('--video', action='store_true', help='also write DIR/<stem>_despike.mp4 (mp4v)')
     parser.add_argument('--fps', type=float, default=25.0, help='frame rate of the MP4 (default 25)')
     parser.add_argument('--tile', type=int, default=256, help='tile size in pixels, 0 = whole frame (default 256)')
@@ -176,6 +184,19 @@ def planned_outputs(out_dir: str, stem: str, centres: Sequence[int], video: bool
     if video:
         names.append(f'{stem}_despike.mp4')
     return [osp.join(out_dir, n) for n in names]
+
+
+def defocus_outputs(out_dir: str, stem: str, centres: Sequence[int]) -> List[str]:
+    """The ``--defocus-map`` files: ``DIR/defocus/<stem>_t<centre>.npy`` and ``.png`` per centre."""
+    return [osp.join(out_dir, 'defocus', f'{stem}_t{c:06d}{ext}') for c in centres for ext in ('.npy', '.png')]
+
+
+def write_defocus_centre(out_dir: str, stem: str, centre: int, rec: RecordingReader, estimator: DefocusMapEstimator,
+                         gamma: Optional[torch.Tensor]) -> None:
+    """The defocus map of one centre time, from a window of the frames the estimator reads (its own length)."""
+    start, stop = window_for_centre(centre, rec.frames, estimator.frames_needed)
+    window = torch.from_numpy(np.ascontiguousarray(rec.read(start, stop)))[None]
+    write_defocus_map(osp.join(out_dir, 'defocus', f'{stem}_t{centre:06d}'), estimator.estimate_window(window, gamma))
 
 
 def load_reconstructor(args: argparse.Namespace) -> DeSpikeReconstructor:
@@ -217,10 +238,16 @@ def run(args: argparse.Namespace) -> dict:
 
     stem = osp.splitext(osp.basename(args.input))[0]
     outputs = planned_outputs(args.out, stem, centres, args.video, args.report)
+    outputs += defocus_outputs(args.out, stem, centres) if args.defocus_map else []
     existing = [p for p in outputs if osp.exists(p)]
     if existing and not args.overwrite:
         raise InferError(f'{existing[0]}: output exists ({len(existing)} of this run\'s {len(outputs)} files are '
                          'already in --out); pass --overwrite to replace them')
+    estimator = None
+    if args.defocus_map:
+        if not osp.isfile(args.defocus_map):
+            raise InferError(f'{args.defocus_map}: no such defocus-map weights file (--defocus-map)')
+        estimator = DefocusMapEstimator(args.defocus_map, reconstructor.device, args.tile, args.tile_overlap)
     for sub in ('despike', ) + (REPORT_FOLDERS if args.report else ()):
         os.makedirs(osp.join(args.out, sub), exist_ok=True)
 
@@ -245,6 +272,8 @@ def run(args: argparse.Namespace) -> dict:
             despike_u8 = to_uint8(image[0, 0].cpu().numpy())
             name = f'{stem}_t{centre:06d}.png'
             write_png(osp.join(args.out, 'despike', name), despike_u8)
+            if estimator is not None:
+                write_defocus_centre(args.out, stem, centre, rec, estimator, gamma)
             if writer is not None:
                 frame = np.pad(despike_u8, ((0, rec.height % 2), (0, rec.width % 2)), mode='edge')
                 writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
@@ -272,6 +301,8 @@ def run(args: argparse.Namespace) -> dict:
         tile=args.tile,
         tile_overlap=args.tile_overlap,
         centres=centres)
+    if estimator is not None:
+        info['defocus_map'] = estimator.weights
     if args.report:
         info = write_report(args.out, info, rows)
     return info

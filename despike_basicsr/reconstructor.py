@@ -324,3 +324,21 @@ class DeSpikeReconstructor:
             gamma_map = gamma_map[None, None]
         image = self.reconstruct_window(window, gamma_map)[0, 0].float()
         return (image.clamp(0, 1) if clip else image).cpu().numpy()
+
+    def defocus_map(self,
+                    spikes: Array,
+                    gamma: Optional[Array] = None,
+                    centre: Optional[int] = None,
+                    weights: Optional[str] = None) -> np.ndarray:
+        """How defocused each pixel is at ``centre``: ``(H, W)`` float32 Gaussian σ in pixels.
+
+        A separate network (:class:`~despike_basicsr.defocus_map.DefocusMapEstimator`, the shipped
+        ``weights/defocus_map.pth`` unless ``weights`` names another) reads the same stream, on this reconstructor's
+        device and tiles; the reconstructed image does not depend on it.
+        """
+        from despike_basicsr.defocus_map import DEFOCUS_WEIGHTS, DefocusMapEstimator
+        estimator = getattr(self, '_defocus_estimator', None)
+        if estimator is None or estimator.weights != (weights or DEFOCUS_WEIGHTS):
+            estimator = DefocusMapEstimator(weights, self.device, self.tile, self.tile_overlap)
+            self._defocus_estimator = estimator
+        return estimator.estimate(spikes, gamma, centre)
