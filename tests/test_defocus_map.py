@@ -192,3 +192,18 @@ def test_shipped_weights_see_the_blurred_half_as_more_defocused():
     left, right = sigma[:, 8:56][mask[:, 8:56]].mean(), sigma[:, 72:120][mask[:, 72:120]].mean()
     assert right > left + 1.0, (left, right)
     assert 1.5 < right < 4.5  # the blurred half's σ is 3 px
+
+
+def test_evaluate_heldout_defocus_only_writes_its_own_section(weights, tmp_path, monkeypatch, repo_root):
+    import importlib.util
+    path = osp.join(repo_root, 'scripts', 'evaluate_heldout.py')
+    spec = importlib.util.spec_from_file_location('evaluate_heldout', path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    image = np.random.default_rng(0).random((40, 56)).astype(np.float32)
+    monkeypatch.setattr(evaluation, 'skimage_images', lambda: {'noise': image})
+    out = tmp_path / 'heldout'
+    assert script.main(['--defocus-only', '--defocus-weights', weights[1], '--device', 'cpu', '--out', str(out)]) == 0
+    text = (out / 'defocus_map.md').read_text(encoding='utf-8')
+    assert 'photos+depth/gaussian' in text and 'photos+depth/lens' in text and '| **mean** |' in text
+    assert (out / 'defocus_map.png').is_file() and not (out / 'heldout.md').exists()
