@@ -4,7 +4,9 @@ Each module is small and works on ``(B, C, H, W)`` feature maps; the kernel bank
 feature map, shaped ``(B, m, C, H, W)``, which the fusion modules reduce back to ``(B, C, H, W)``.
 """
 import math
-from typing import Sequence
+import os
+import time
+from typing import Dict, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -105,54 +107,283 @@ class PhysicalKernelBank(nn.Module):
         return convolve_bank(feat, self.weight[:, 0])
 
 
-def convolve_bank(feat: Tensor, kernels: Tensor) -> Tensor:
-    """k_j * F for every channel and kernel, replicate borders: by FFT when gradients are recorded, else directly.
+#: The kernel bank's implementations (:func:`bank_implementation`): every one computes k_j * F_c, replicate borders.
+BANK_IMPLS = ('grouped_cl', 'grouped', 'depthwise_cl', 'direct', 'unshuffle2', 'unshuffle4', 'fft')
+#: Environment variable naming one of :data:`BANK_IMPLS` to use everywhere instead of measuring.
+BANK_IMPL_ENV = 'DESPIKE_BANK_IMPL'
+#: Kernel entries smaller than this fraction of their kernel's largest magnitude are treated as zero by the spatial
+#: convolutions (:func:`flush_tiny_kernel_entries`).
+KERNEL_FLUSH_RATIO = 1e-20
 
-    Both give the same convolution (to float rounding). On CPUs the direct convolution is about 2× faster forward
-    (measured: 31 against 63 ms for 32 channels × 8 kernels of 11×11 at 125×200), but PyTorch's backward pass of
-    a one-input-channel convolution on CPUs is an order of magnitude slower than the FFT's, so training keeps the FFT.
+_PLANS: Dict[tuple, str] = {}  # measured choices, by layout, gradients, shapes, dtype and thread count
+_forced_impl: Optional[str] = None
+
+
+def flush_tiny_kernel_entries(kernels: Tensor, ratio: float = KERNEL_FLUSH_RATIO) -> Tensor:
+    """Set kernel entries below ``ratio`` × the kernel's largest magnitude to zero (forward only).
+
+    A Gaussian of σ = 0.5 on an 11×11 grid has corner entries of 1e-44, float32 denormals (and products of features
+    with entries near 1e-38 are denormal too). Many x86 CPUs take a microcode assist for every such multiply: measured
+    on a CPU whose oneDNN reports AVX10.1/AMX, the bank's grouped convolution took 250 ms instead of 30–40 ms with the
+    untrained (Gaussian-initialised) kernels. Dropping entries 1e-20 times smaller than the kernel's peak changes the
+    output by less than 1e-20 of its magnitude, far below float32 rounding. The gradient still reaches every entry
+    (straight-through), so training is unchanged.
+
+    Args:
+        kernels: ``(..., k, k)`` kernels.
+        ratio: Relative size below which an entry counts as zero.
+
+    Returns:
+        The kernels with tiny entries zeroed, same shape and dtype.
     """
-    if torch.is_grad_enabled() and (feat.requires_grad or kernels.requires_grad):
-        return fft_convolve_bank(feat, kernels)
-    return direct_convolve_bank(feat, kernels)
+    limit = kernels.detach().abs().amax(dim=(-2, -1), keepdim=True) * ratio
+    flushed = torch.where(kernels.detach().abs() < limit, torch.zeros_like(kernels), kernels)
+    if kernels.requires_grad:
+        return kernels + (flushed - kernels).detach()
+    return flushed
+
+
+def _spatial_kernels(kernels: Tensor, dtype: torch.dtype) -> Tensor:
+    """The correlation weights of a true convolution: flipped, tiny entries flushed, in ``dtype``."""
+    return flush_tiny_kernel_entries(kernels).flip(-1, -2).to(dtype)
+
+
+def set_bank_implementation(name: Optional[str]) -> None:
+    """Use ``name`` (one of :data:`BANK_IMPLS`) for every kernel-bank call, or ``None`` to measure again.
+
+    Also :data:`BANK_IMPL_ENV` in the environment; this call takes precedence. For benchmarks and tests.
+    """
+    if name is not None and name not in BANK_IMPLS:
+        raise ValueError(f'unknown kernel-bank implementation {name!r}; choose one of {", ".join(BANK_IMPLS)}')
+    global _forced_impl
+    _forced_impl = name
+
+
+def bank_plans() -> Dict[tuple, str]:
+    """The implementations chosen so far by measurement: ``(layout, grad, feat shape, dtype, kernels shape,
+    threads)`` → name."""
+    return dict(_PLANS)
+
+
+def clear_bank_plans() -> None:
+    """Forget every measured choice (the next call of each shape measures again)."""
+    _PLANS.clear()
+
+
+def _default_impl(layout: str, grad: bool) -> str:
+    if grad:
+        return 'fft'
+    return 'grouped_cl' if layout == 'bhwcm' else 'direct'
+
+
+def _can_measure(feat: Tensor) -> bool:
+    """Measuring needs eager CPU execution: not while tracing, exporting, compiling or under autocast."""
+    if feat.device.type != 'cpu' or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False
+    if torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        return False
+    return not torch.is_autocast_enabled('cpu')
+
+
+def bank_implementation(feat: Tensor, kernels: Tensor, layout: str) -> str:
+    """Which of :data:`BANK_IMPLS` computes the bank for this call.
+
+    On the CPU the fastest one is measured the first time a shape is seen (per layout, with or without gradients,
+    dtype and thread count) and remembered: oneDNN picks a different kernel for each convolution form on each
+    instruction set, and the fastest form differs between CPUs (a grouped convolution with one input and m output
+    channels per group, a depthwise one without channel multiplier, single-channel maps, the FFT). With gradients the
+    forward and backward passes are timed together. Elsewhere (CUDA, tracing, ONNX export, ``torch.compile``,
+    autocast) a fixed default is used: the FFT with gradients, else the grouped convolution (channels-last layout)
+    or single-channel maps. :func:`set_bank_implementation` or :data:`BANK_IMPL_ENV` fix the choice.
+    """
+    grad = torch.is_grad_enabled() and (feat.requires_grad or kernels.requires_grad)
+    forced = _forced_impl or os.environ.get(BANK_IMPL_ENV) or None
+    if forced is not None:
+        if forced not in BANK_IMPLS:
+            raise ValueError(f'{BANK_IMPL_ENV}={forced!r} is not a kernel-bank implementation; choose one of '
+                             f'{", ".join(BANK_IMPLS)}')
+        return forced
+    if not _can_measure(feat):
+        return _default_impl(layout, grad)
+    key = (layout, grad, tuple(feat.shape), feat.dtype, tuple(kernels.shape), torch.get_num_threads())
+    if key not in _PLANS:
+        _PLANS[key] = _measure_fastest(feat, kernels, layout, grad)
+    return _PLANS[key]
+
+
+def _measure_fastest(feat: Tensor, kernels: Tensor, layout: str, grad: bool, rounds: int = 3) -> str:
+    """The fastest of :data:`BANK_IMPLS` on these inputs: best of ``rounds − 1`` timed rounds after a warm-up
+    round, the implementations taking turns (reversed every other round) so that load changes fall on all."""
+    feat, kernels = feat.detach(), kernels.detach()
+    best = {name: math.inf for name in BANK_IMPLS}
+    out_grad = None
+    for round_index in range(rounds):
+        for name in (BANK_IMPLS if round_index % 2 == 0 else BANK_IMPLS[::-1]):
+            if grad:
+                with torch.enable_grad():
+                    x, k = feat.clone().requires_grad_(True), kernels.clone().requires_grad_(True)
+                    start = time.perf_counter()
+                    out = _run_bank(name, x, k, layout)
+                    if out_grad is None:
+                        out_grad = torch.ones_like(out)
+                    out.backward(out_grad)
+            else:
+                with torch.no_grad():
+                    start = time.perf_counter()
+                    _run_bank(name, feat, kernels, layout)
+            if round_index:
+                best[name] = min(best[name], time.perf_counter() - start)
+    return min(best, key=best.get)
+
+
+def _run_bank(name: str, feat: Tensor, kernels: Tensor, layout: str) -> Tensor:
+    """Implementation ``name`` of the bank, as a contiguous tensor in ``layout`` (``bmchw`` or ``bhwcm``)."""
+    if name == 'fft':
+        out = fft_convolve_bank(feat, kernels)  # (B, m, C, H, W)
+        return out if layout == 'bmchw' else out.permute(0, 3, 4, 2, 1).contiguous()
+    if name == 'direct':
+        out = direct_convolve_bank(feat, kernels)  # (B, m, C, H, W), a transposed view of (B, C, m, H, W)
+        return out.contiguous() if layout == 'bmchw' else out.permute(0, 3, 4, 2, 1).contiguous()
+    if name in ('grouped_cl', 'grouped', 'depthwise_cl', 'unshuffle2', 'unshuffle4'):
+        if name.startswith('unshuffle'):
+            out = unshuffled_convolve_bank(feat, kernels, int(name[len('unshuffle'):]))  # (B, H, W, C, m)
+        else:
+            out = _grouped_convolve_bank(feat, kernels, name)  # (B, H, W, C, m)
+        return out.permute(0, 4, 3, 1, 2).contiguous() if layout == 'bmchw' else out.contiguous()
+    raise ValueError(f'unknown kernel-bank implementation {name!r}; choose one of {", ".join(BANK_IMPLS)}')
+
+
+def convolve_bank(feat: Tensor, kernels: Tensor) -> Tensor:
+    """k_j * F for every channel and kernel, replicate borders: ``(B, C, H, W)``, ``(m, k, k)`` → ``(B, m, C, H, W)``.
+
+    The implementation is chosen by :func:`bank_implementation` (measured on the CPU; the FFT with gradients and
+    single-channel maps without them elsewhere). All give the same convolution to float rounding.
+    """
+    return _run_bank(bank_implementation(feat, kernels, 'bmchw'), feat, kernels, 'bmchw')
+
+
+def channels_last_convolve_bank(feat: Tensor, kernels: Tensor) -> Tensor:
+    """:func:`convolve_bank` in channels-last layout: ``(B, C, H, W)``, ``(m, k, k)`` → ``(B, H, W, C, m)``.
+
+    Entry ``[..., c, j]`` is k_j * F_c, replicate borders; the implementation is chosen by
+    :func:`bank_implementation` (a depthwise convolution with m output channels per input channel on channels-last
+    memory where nothing is measured).
+    """
+    return _run_bank(bank_implementation(feat, kernels, 'bhwcm'), feat, kernels, 'bhwcm')
 
 
 def direct_convolve_bank(feat: Tensor, kernels: Tensor) -> Tensor:
     """:func:`fft_convolve_bank` as a spatial convolution: ``(B, C, H, W)``, ``(m, k, k)`` → ``(B, m, C, H, W)``.
 
-    One single-channel map per (batch, channel) through the m kernels. A depthwise ``groups=C`` convolution in
-    channels-last memory convolves twice as fast, but leaves the candidates in a layout that costs more to read
-    (attention) or to copy back than it saves.
+    One single-channel map per (batch, channel) through the m kernels (a transposed view of ``(B, C, m, H, W)``).
     """
     b, c, h, w = feat.shape
     radius = kernels.shape[-1] // 2
     padded = F.pad(feat.reshape(b * c, 1, h, w), (radius, radius, radius, radius), mode='replicate')
-    out = F.conv2d(padded, kernels.flip(-1, -2)[:, None].to(feat.dtype))  # conv2d correlates: flip for a convolution
+    out = F.conv2d(padded, _spatial_kernels(kernels, feat.dtype)[:, None])  # conv2d correlates: flipped kernels
     return out.reshape(b, c, kernels.shape[0], h, w).transpose(1, 2)
 
 
-def channels_last_convolve_bank(feat: Tensor, kernels: Tensor) -> Tensor:
-    """:func:`direct_convolve_bank` in channels-last layout: ``(B, C, H, W)``, ``(m, k, k)`` → ``(B, H, W, C, m)``.
+def _grouped_convolve_bank(feat: Tensor, kernels: Tensor, form: str) -> Tensor:
+    """The bank as one convolution of all C channels: ``(B, C, H, W)``, ``(m, k, k)`` → ``(B, H, W, C, m)``.
 
-    One depthwise (``groups=C``) convolution with m output channels per input channel, on channels-last memory,
-    which oneDNN runs about twice as fast on CPUs as m passes over single-channel maps. Entry ``[..., c, j]`` is
-    k_j * F_c, replicate borders, exactly as in the other two routes.
+    Output channel ``c·m + j`` is k_j * F_c. ``form``:
+
+    - ``grouped_cl``: ``groups=C``, one input and m output channels per group, channels-last memory (the output is
+      then already ``(B, H, W, C, m)``);
+    - ``grouped``: the same in contiguous (NCHW) memory, permuted afterwards;
+    - ``depthwise_cl``: every channel repeated m times, then a depthwise convolution (``groups=C·m``, no channel
+      multiplier), channels-last memory.
     """
     b, c, h, w = feat.shape
     m, size = kernels.shape[0], kernels.shape[-1]
     radius = size // 2
-    weight = kernels.flip(-1, -2).to(feat.dtype)[None].expand(c, m, size, size).reshape(c * m, 1, size, size)
+    weight = _spatial_kernels(kernels, feat.dtype)[None].expand(c, m, size, size).reshape(c * m, 1, size, size)
     padded = F.pad(feat, (radius, radius, radius, radius), mode='replicate')
-    out = F.conv2d(padded.contiguous(memory_format=torch.channels_last), weight.contiguous(), groups=c)
+    if form == 'grouped':
+        out = F.conv2d(padded, weight.contiguous(), groups=c)
+    elif form == 'grouped_cl':
+        out = F.conv2d(padded.contiguous(memory_format=torch.channels_last), weight.contiguous(), groups=c)
+    else:
+        repeated = padded.permute(0, 2, 3, 1)[..., None].expand(-1, -1, -1, -1, m)
+        repeated = repeated.reshape(b, *padded.shape[-2:], c * m)
+        out = F.conv2d(repeated.permute(0, 3, 1, 2), weight.contiguous(), groups=c * m)  # channels-last memory
     return out.permute(0, 2, 3, 1).reshape(b, h, w, c, m)
+
+
+def unshuffled_convolve_bank(feat: Tensor, kernels: Tensor, factor: int) -> Tensor:
+    """The bank as a dense convolution on a space-to-depth grid: ``(B, C, H, W)``, ``(m, k, k)`` → ``(B, H, W, C, m)``.
+
+    Every channel map, replicate-padded, is pixel-unshuffled by ``factor`` s into s² maps on an s-times coarser grid;
+    a k×k kernel then acts as a dense convolution from s² to m·s² channels with ⌈(k + s − 1) / s⌉-sized kernels
+    (:func:`unshuffled_bank_weight`), whose pixel shuffle is the full-resolution result. The products are the same as
+    a direct convolution's (plus products with zeros); dense convolutions with several input and output channels run
+    near the CPU's peak where a one-input-channel or depthwise one does not.
+
+    Args:
+        feat: ``(B, C, H, W)``.
+        kernels: ``(m, k, k)`` with k odd.
+        factor: Space-to-depth factor s ≥ 1.
+
+    Returns:
+        ``(B, H, W, C, m)``, entry ``[..., c, j]`` = k_j * F_c.
+    """
+    b, c, h, w = feat.shape
+    m, size = kernels.shape[0], kernels.shape[-1]
+    radius, s = size // 2, factor
+    taps = (s + size - 2) // s + 1
+    rows, cols = -(-h // s), -(-w // s)  # output grid; input grid rows + taps − 1 (the extra rows feed cropped outputs)
+    pads = (radius, s * (cols + taps - 1) - w - radius, radius, s * (rows + taps - 1) - h - radius)
+    padded = F.pad(feat.reshape(b * c, 1, h, w), pads, mode='replicate')
+    in_rows, in_cols = padded.shape[-2] // s, padded.shape[-1] // s
+    # pixel unshuffle straight into channels-last memory: (B·C, rows', cols', s, s) viewed as (B·C, s², rows', cols')
+    grid = padded.reshape(b * c, in_rows, s, in_cols, s).permute(0, 1, 3, 2, 4).reshape(b * c, in_rows, in_cols, s * s)
+    out = F.conv2d(grid.permute(0, 3, 1, 2), unshuffled_bank_weight(_spatial_kernels(kernels, feat.dtype), s))
+    # (B·C, m·s², rows, cols), whatever its memory layout: one copy to (B, rows, s, cols, s, C, m) = (B, H', W', C, m)
+    out = out.reshape(b, c, m, s, s, rows, cols).permute(0, 5, 3, 6, 4, 1, 2).reshape(b, rows * s, cols * s, c, m)
+    return out[:, :h, :w]
+
+
+def unshuffled_bank_weight(weights: Tensor, factor: int) -> Tensor:
+    """Correlation weights ``(m, k, k)`` as the dense ``(m·s², s², t, t)`` weight of :func:`unshuffled_convolve_bank`.
+
+    Output channel ``j·s² + a_y·s + a_x`` (output sub-pixel a), input channel ``b_y·s + b_x`` (input sub-pixel b), tap
+    q: weight ``w_j[s·q_y + b_y − a_y, s·q_x + b_x − a_x]``, zero outside the kernel. A gather, so gradients flow.
+    """
+    m, size = weights.shape[0], weights.shape[-1]
+    index = _unshuffle_index(size, factor, str(weights.device))
+    flat = torch.cat([weights.reshape(m, size * size), weights.new_zeros(m, 1)], dim=1)  # last column: zero
+    taps = (factor + size - 2) // factor + 1
+    return flat[:, index].reshape(m * factor**2, factor**2, taps, taps)
+
+
+_UNSHUFFLE_INDEX: Dict[tuple, Tensor] = {}
+
+
+def _unshuffle_index(size: int, factor: int, device: str) -> Tensor:
+    """Flat kernel index (``size²`` = the zero column) of every entry of :func:`unshuffled_bank_weight`."""
+    key = (size, factor, device)
+    if key not in _UNSHUFFLE_INDEX:
+        s, taps = factor, (factor + size - 2) // factor + 1
+        sub = torch.arange(s)
+        q = torch.arange(taps)
+        # offset along one axis for (a, b, q): s·q + b − a
+        offset = s * q[None, None, :] + sub[None, :, None] - sub[:, None, None]  # (a, b, q)
+        valid = (offset >= 0) & (offset < size)
+        dy = offset[:, None, :, None, :, None]  # (a_y, ·, b_y, ·, q_y, ·)
+        dx = offset[None, :, None, :, None, :]  # (·, a_x, ·, b_x, ·, q_x)
+        inside = valid[:, None, :, None, :, None] & valid[None, :, None, :, None, :]
+        index = torch.where(inside, dy * size + dx, torch.full_like(dy * size + dx, size * size))
+        _UNSHUFFLE_INDEX[key] = index.reshape(-1).to(device)
+    return _UNSHUFFLE_INDEX[key]
 
 
 def fft_convolve_bank(feat: Tensor, kernels: Tensor) -> Tensor:
     """True convolution (k_j * F, kernel flipped) of every channel with every kernel, replicate borders, via FFT.
 
-    On CPUs PyTorch's backward pass for a one-input-channel convolution is an order of magnitude slower than this
-    FFT route; the image is replicate-padded by the kernel radius on each side, so the circular wrap-around falls
-    only on rows and columns that are cropped away.
+    The cost does not grow with the kernel size, and the backward pass is cheap on CPUs; the image is
+    replicate-padded by the kernel radius on each side, so the circular wrap-around falls only on rows and columns
+    that are cropped away.
 
     Args:
         feat: ``(B, C, H, W)``.
@@ -316,17 +547,23 @@ class CandidateAttentionFusion(nn.Module):
     def _attend_channels_last(self, query: Tensor, feat: Tensor, bank: 'PhysicalKernelBank') -> Tensor:
         """:func:`psf_candidates` of K and V and :func:`candidate_attention`, per pixel, in channels-last layout.
 
-        A depthwise convolution blurs the C key (and the C value) channels with all m kernels into a channels-last
-        ``(B, H, W, C, m)`` block (on CPUs faster than m single-channel passes), and the attention reads every
-        pixel's m candidates from contiguous memory as small matrix products, so nothing is copied back to
-        ``(B, m, C, H, W)``.
+        One bank call blurs all 2C key and value channels with all m kernels into a channels-last block
+        ``(B, H, W, heads, 2, d, m)`` (:func:`channels_last_convolve_bank`; the K/V projection's output channels are
+        taken head by head, keys then values, so that each head's keys and values are views of it), and the attention
+        reads every pixel's m candidates from contiguous memory as small matrix products, so nothing is copied back
+        to ``(B, m, C, H, W)``.
         """
         b, c, h, w = feat.shape
         heads, d = self.num_heads, c // self.num_heads
-        keys, values = (channels_last_convolve_bank(x, bank.weight[:, 0]).reshape(b, h, w, heads, d, -1)
-                        for x in self.to_kv(self.norm_kv(feat)).chunk(2, dim=1))  # (B, H, W, heads, d, m)
+        order = torch.arange(2 * c, device=feat.device).reshape(2, heads, d).transpose(0, 1).reshape(-1)
+        kv = F.conv2d(self.norm_kv(feat), self.to_kv.weight[order], self.to_kv.bias[order])  # (B, 2C): heads, K/V, d
+        candidates = channels_last_convolve_bank(kv, bank.weight[:, 0]).reshape(b, h, w, heads, 2, d, -1)
+        keys, values = candidates[..., 0, :, :], candidates[..., 1, :, :]  # (B, H, W, heads, d, m) views
         q = self.to_q(self.norm_q(query)).permute(0, 2, 3, 1).reshape(b, h, w, heads, 1, d)
-        weights = torch.softmax(torch.matmul(q, keys) / math.sqrt(d), dim=-1)  # (B, H, W, heads, 1, m)
+        logits = torch.matmul(q, keys) / math.sqrt(d)  # (B, H, W, heads, 1, m)
+        # softmax over m written out: torch.softmax over a last dimension of 8 is several times slower on CPUs
+        weights = (logits - logits.amax(-1, keepdim=True)).exp_()
+        weights = weights / weights.sum(-1, keepdim=True)
         fused = torch.matmul(values, weights.transpose(-1, -2))  # (B, H, W, heads, d, 1)
         return fused.reshape(b, h, w, c).permute(0, 3, 1, 2)
 
