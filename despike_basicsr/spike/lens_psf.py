@@ -76,7 +76,7 @@ class LensPSF:
         weight = np.where(inside, np.maximum(1.0 + rim * (2.0 * rho2 - 1.0), 0.0), 0.0)
         kernel = weight.reshape(2 * half + 1, s, 2 * half + 1, s).mean(axis=(1, 3))
         if self.edge_softness > 0:
-            kernel = convolve_same(kernel, _gaussian_2d(self.edge_softness))
+            kernel = np.maximum(convolve_same(kernel, _gaussian_2d(self.edge_softness)), 0.0)  # FFT round-off
         total = kernel.sum()
         return kernel / total if total > 0 else _delta()
 

@@ -1,0 +1,158 @@
+"""The learning curve of a training campaign: DPDD val per image against iterations and one-thread CPU hours.
+
+Every saved ``experiments/<name>/models/net_g_<iter>.pth`` (EMA weights) is scored on the real DPDD val pairs at the
+held-out evaluation's bright light level (:mod:`despike_basicsr.evaluation`), image by image, beside the defocused
+photograph (the no-deblur reference): the gain over the photograph is what deblurring adds. Results accumulate in
+``results/training/curve.json`` (committed, so the curve spans sittings although experiments/ does not), and
+``curve.md`` / ``curve.png`` are written from it.
+
+CPU hours come from BasicSR's training log (``time (data): t`` averaged over each print interval, times the interval):
+the campaign runs on one thread, so its wall time is its CPU time. Iterations before the json's last entry keep the
+hours recorded then.
+"""
+import json
+import os
+import os.path as osp
+import re
+from typing import Any, Dict, List, Optional, Sequence
+
+import cv2
+import numpy as np
+
+#: Log line of BasicSR's MessageLogger: iteration and the averaged seconds per iteration.
+_LOG_LINE = re.compile(r'iter:\s*([\d,]+),.*?time \(data\): ([\d.]+)')
+
+
+def iteration_seconds(log_paths: Sequence[str], print_freq: int) -> Dict[int, float]:
+    """``{iteration: seconds spent on the print interval ending there}`` from BasicSR training logs."""
+    seconds: Dict[int, float] = {}
+    for path in log_paths:
+        with open(path, encoding='utf-8', errors='replace') as f:
+            for line in f:
+                match = _LOG_LINE.search(line)
+                if match:
+                    seconds[int(match.group(1).replace(',', ''))] = float(match.group(2)) * print_freq
+    return seconds
+
+
+def cpu_hours(iteration: int, known: List[Dict[str, Any]], seconds: Dict[int, float]) -> Optional[float]:
+    """Hours up to ``iteration``: the latest earlier json entry's hours plus the logged intervals since."""
+    earlier = [e for e in known if e['iteration'] <= iteration and e.get('cpu_hours') is not None]
+    base_iter, base_hours = (0, 0.0) if not earlier else max((e['iteration'], e['cpu_hours']) for e in earlier)
+    spent = [s for i, s in seconds.items() if base_iter < i <= iteration]
+    if not spent and iteration > base_iter:
+        return None
+    return base_hours + sum(spent) / 3600.0
+
+
+def score_checkpoint(weights: str, scenes, steps: int = 192, seed: int = 0, mean_rate: float = 0.3) -> Dict[str, Any]:
+    """DeSpike (EMA weights of ``weights``) and the photograph on every scene: per-image PSNR/SSIM, raw and fitted."""
+    from despike_basicsr import evaluation
+    from despike_basicsr.reconstructor import DeSpikeReconstructor
+
+    reconstructor = DeSpikeReconstructor(weights, device='cpu')
+
+    def despike(spikes, gamma):
+        return reconstructor.reconstruct(spikes, gamma, clip=False, exposure='fixed')
+
+    report = evaluation.evaluate(scenes, despike, reconstructor.net.reference_rate, steps, seed,
+                                 levels={'bright': mean_rate}, keep_images=0)
+    per_image = {}
+    for row in report['rows']:
+        if row['method'] in ('despike', 'defocused'):
+            per_image.setdefault(row['key'], {})[row['method']] = {
+                k: round(row[k], 4) for k in ('psnr', 'ssim', 'psnr_fit', 'ssim_fit')}
+    return per_image
+
+
+def load_curve(path: str) -> List[Dict[str, Any]]:
+    """The entries of a curve json (empty when the file does not exist yet)."""
+    if not osp.isfile(path):
+        return []
+    with open(path, encoding='utf-8') as f:
+        return json.load(f)['entries']
+
+
+def save_curve(path: str, name: str, entries: List[Dict[str, Any]]) -> None:
+    """Write the json atomically, entries sorted by iteration."""
+    os.makedirs(osp.dirname(path) or '.', exist_ok=True)
+    tmp = path + '.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+        json.dump({'name': name, 'entries': sorted(entries, key=lambda e: e['iteration'])}, f, indent=1)
+    os.replace(tmp, path)
+
+
+def gains(entry: Dict[str, Any], metric: str = 'psnr_fit') -> Dict[str, float]:
+    """Per image: DeSpike minus the photograph in ``metric``."""
+    return {key: v['despike'][metric] - v['defocused'][metric] for key, v in entry['images'].items()}
+
+
+def mean_of(entry: Dict[str, Any], method: str, metric: str) -> float:
+    return float(np.mean([v[method][metric] for v in entry['images'].values()]))
+
+
+def markdown(name: str, entries: List[Dict[str, Any]]) -> str:
+    """The curve as a table: mean scores, then per-image gains over the photograph (fitted PSNR)."""
+    if not entries:
+        return f'# Learning curve: {name}\n\nNo checkpoint scored yet.\n'
+    keys = sorted(entries[0]['images'])
+    photo = {k: entries[0]['images'][k]['defocused'] for k in keys}
+    lines = [
+        f'# Learning curve: {name}', '',
+        'DPDD val (4 real lens-defocus pairs), bright level (mean 0.3 spikes per step, θ 2, η 1, 5 % gain spread, '
+        'FPN γ given), 192 frames, EMA weights. PSNR / SSIM raw, then after the gain/offset fit; the last columns are '
+        'each image\'s fitted-PSNR gain over the defocused photograph (positive = deblurred past it). Written by '
+        '`python scripts/training_curve.py`.', '',
+        'The photograph itself (no deblurring): ' + ', '.join(
+            f'{k} {photo[k]["psnr_fit"]:.2f} dB fit' for k in keys) +
+        f'; mean {np.mean([photo[k]["psnr_fit"] for k in keys]):.2f} dB fit, '
+        f'{np.mean([photo[k]["psnr"] for k in keys]):.2f} / {np.mean([photo[k]["ssim"] for k in keys]):.3f} raw.', '',
+        '| iteration | CPU hours | PSNR / SSIM | fit PSNR / SSIM | ' + ' | '.join(f'Δ {k}' for k in keys) + ' |',
+        '| ---: | ---: | ---: | ---: |' + ' ---: |' * len(keys)]
+    for e in entries:
+        hours = 'n/a' if e.get('cpu_hours') is None else f'{e["cpu_hours"]:.2f}'
+        delta = gains(e)
+        lines.append(f'| {e["iteration"]} | {hours} | {mean_of(e, "despike", "psnr"):.2f} / '
+                     f'{mean_of(e, "despike", "ssim"):.3f} | {mean_of(e, "despike", "psnr_fit"):.2f} / '
+                     f'{mean_of(e, "despike", "ssim_fit"):.3f} | ' + ' | '.join(f'{delta[k]:+.2f}' for k in keys) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def plot(name: str, entries: List[Dict[str, Any]], size=(760, 420)) -> np.ndarray:
+    """A line plot (OpenCV, no plotting library): per-image fitted-PSNR gain over the photograph and their mean."""
+    width, height = size
+    img = np.full((height, width, 3), 255, np.uint8)
+    left, right, top, bottom = 60, 170, 30, 40
+    x_max = max([e['iteration'] for e in entries] + [1])
+    series = {}
+    for e in entries:
+        for key, value in gains(e).items():
+            series.setdefault(key, []).append((e['iteration'], value))
+        series.setdefault('mean', []).append((e['iteration'], float(np.mean(list(gains(e).values())))))
+    values = [v for points in series.values() for _, v in points] + [0.0]
+    y_lo, y_hi = min(values) - 0.1, max(values) + 0.1
+
+    def to_px(x: float, y: float):
+        return (int(left + x / x_max * (width - left - right)),
+                int(top + (y_hi - y) / (y_hi - y_lo) * (height - top - bottom)))
+
+    cv2.rectangle(img, (left, top), (width - right, height - bottom), (0, 0, 0), 1)
+    cv2.line(img, to_px(0, 0), to_px(x_max, 0), (150, 150, 150), 1)
+    for frac in (0.0, 0.5, 1.0):
+        y = y_lo + frac * (y_hi - y_lo)
+        cv2.putText(img, f'{y:+.1f}', (5, to_px(0, y)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+        x = frac * x_max
+        cv2.putText(img, f'{int(x)}', (to_px(x, y_lo)[0] - 15, height - bottom + 15), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                    (0, 0, 0), 1)
+    cv2.putText(img, f'{name}: DPDD val fitted-PSNR gain over the photograph (dB) vs iteration', (left, 20),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+    colours = [(200, 80, 0), (0, 140, 0), (0, 0, 200), (160, 0, 160), (0, 160, 200)]
+    for i, (key, points) in enumerate(sorted(series.items(), key=lambda kv: kv[0] == 'mean')):
+        colour, thick = ((0, 0, 0), 2) if key == 'mean' else (colours[i % len(colours)], 1)
+        pts = [to_px(x, y) for x, y in points]
+        for a, b in zip(pts, pts[1:]):
+            cv2.line(img, a, b, colour, thick, cv2.LINE_AA)
+        for p in pts:
+            cv2.circle(img, p, 2, colour, -1)
+        cv2.putText(img, key, (width - right + 10, top + 18 * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1)
+    return img

@@ -1,0 +1,67 @@
+#!/usr/bin/env python
+"""Score a campaign's checkpoints on DPDD val and write its learning curve (despike_basicsr/training_curve.py).
+
+    python scripts/training_curve.py                      # options/train_despike_deblur.yml's experiment
+    python scripts/training_curve.py --every 1000 --opt options/train_despike_deblur.yml
+
+Checkpoints already in results/training/curve.json are not scored again; the json, curve.md and curve.png are
+written to --out (default results/training). One thread is enough and leaves the training its core.
+"""
+import argparse
+import glob
+import os.path as osp
+import re
+import sys
+from typing import List, Optional
+
+import cv2
+import yaml
+
+from despike_basicsr import training_curve as tc
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--opt', default='options/train_despike_deblur.yml', help='the campaign\'s options file')
+    parser.add_argument('--dpdd-root', default='../shared/data/dpdd_gray768', help='DPDD layout with val_c/')
+    parser.add_argument('--every', type=int, default=500, help='score checkpoints at multiples of this iteration')
+    parser.add_argument('--out', default='results/training', help='folder of curve.json / .md / .png')
+    args = parser.parse_args(argv)
+    with open(args.opt, encoding='utf-8') as f:
+        opt = yaml.safe_load(f)
+    name, print_freq = opt['name'], int(opt['logger']['print_freq'])
+    experiment = osp.join('experiments', name)
+    json_path = osp.join(args.out, 'curve.json')
+    entries = tc.load_curve(json_path)
+    done = {e['iteration'] for e in entries}
+    seconds = tc.iteration_seconds(sorted(glob.glob(osp.join(experiment, 'train_*.log'))), print_freq)
+
+    from despike_basicsr import evaluation
+    scenes = evaluation.dpdd_val_scenes(args.dpdd_root)
+    found = []
+    start = (opt.get('path') or {}).get('pretrain_network_g')
+    if start and osp.isfile(start) and 0 not in done:  # where the campaign started from, as iteration 0
+        found.append((0, start))
+    for path in glob.glob(osp.join(experiment, 'models', 'net_g_*.pth')):
+        match = re.fullmatch(r'net_g_(\d+)\.pth', osp.basename(path))
+        if match and int(match.group(1)) % args.every == 0 and int(match.group(1)) not in done:
+            found.append((int(match.group(1)), path))
+    for iteration, path in sorted(found):
+        hours = 0.0 if iteration == 0 else tc.cpu_hours(iteration, entries, seconds)
+        entry = {'iteration': iteration, 'cpu_hours': hours,
+                 'images': tc.score_checkpoint(path, scenes)}
+        entries.append(entry)
+        tc.save_curve(json_path, name, entries)
+        print(f'[curve] {name} iteration {iteration}: fit PSNR {tc.mean_of(entry, "despike", "psnr_fit"):.2f} dB, '
+              f'gains {", ".join(f"{k} {v:+.2f}" for k, v in tc.gains(entry).items())}', flush=True)
+    entries = sorted(entries, key=lambda e: e['iteration'])
+    with open(osp.join(args.out, 'curve.md'), 'w', encoding='utf-8') as f:
+        f.write(tc.markdown(name, entries))
+    if entries:
+        cv2.imwrite(osp.join(args.out, 'curve.png'), tc.plot(name, entries))
+    print(f'[curve] {len(entries)} checkpoints in {json_path}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
