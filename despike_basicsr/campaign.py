@@ -95,7 +95,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     iteration = (snapshot if args.action == 'snapshot' else restore)(args.name, args.root)
     verb = 'saved' if args.action == 'snapshot' else 'restored'
-    print(f'[campaign] {args.name}: ' + (f'{verb} iteration {iteration}' if iteration is not None else f'nothing {verb}'))
+    what = f'{verb} iteration {iteration}' if iteration is not None else f'nothing {verb}'
+    print(f'[campaign] {args.name}: {what}')
     return 0
 
 

@@ -111,10 +111,10 @@ def markdown(name: str, entries: List[Dict[str, Any]]) -> str:
         '| ---: | ---: | ---: | ---: |' + ' ---: |' * len(keys)]
     for e in entries:
         hours = 'n/a' if e.get('cpu_hours') is None else f'{e["cpu_hours"]:.2f}'
-        delta = gains(e)
+        delta = ' | '.join(f'{gains(e)[k]:+.2f}' for k in keys)
         lines.append(f'| {e["iteration"]} | {hours} | {mean_of(e, "despike", "psnr"):.2f} / '
                      f'{mean_of(e, "despike", "ssim"):.3f} | {mean_of(e, "despike", "psnr_fit"):.2f} / '
-                     f'{mean_of(e, "despike", "ssim_fit"):.3f} | ' + ' | '.join(f'{delta[k]:+.2f}' for k in keys) + ' |')
+                     f'{mean_of(e, "despike", "ssim_fit"):.3f} | {delta} |')
     return '\n'.join(lines) + '\n'
 
 

@@ -132,7 +132,8 @@ class NaturalSpikeDataset(data.Dataset):
             bladed irises, bright or soft rims, cat's eyes), for the signed-CoC synthetic defocus.
         coc_near_range, coc_far_range: Setting ``coc_far_range`` switches the ``depth`` source to signed-CoC defocus
             (:data:`DEFAULT_COC_RANGES`, CoC diameters in pixels) with ``psf_family`` PSFs; with probability
-            ``focus_inside_probability`` (default 0.3) the focus plane lies inside the scene, so the near side blurs too.
+            ``focus_inside_probability`` (default 0.3) the focus plane lies inside the scene, so the near side blurs
+            too.
             Without it the legacy thin-lens Gaussian σ ranges apply.
     """
 

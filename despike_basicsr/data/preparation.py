@@ -503,15 +503,19 @@ def run_cli(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]
 # DPDD pair alignment
 
 
-def align_sharp_to_blurred(sharp: np.ndarray, blurred: np.ndarray, smoothing: float = 4.0,
-                           max_shift: float = 4.0, exposure_smoothing: float = 12.0) -> Tuple[np.ndarray, Dict[str, float]]:
+def align_sharp_to_blurred(sharp: np.ndarray,
+                           blurred: np.ndarray,
+                           smoothing: float = 4.0,
+                           max_shift: float = 4.0,
+                           exposure_smoothing: float = 12.0) -> Tuple[np.ndarray, Dict[str, float]]:
     """Bring a sharp photograph onto its defocused twin's geometry and exposure (DPDD pairs disagree on both).
 
     Both images are band-passed (Gaussian of ``smoothing`` px minus one of ``exposure_smoothing`` px, so that neither
-    the defocus difference nor slow shading steers it) and the sub-pixel shift t comes from ECC maximisation (cv2.findTransformECC, translation only: it is invariant to
-    gain and offset, and sub-pixel accurate where phase correlation of smooth images is not), and gain a and offset b from least squares
-    ``min Σ (B_e − a·S_e − b)²`` on the shifted images smoothed much more (``exposure_smoothing`` px, so that the
-    blurred image's lost contrast does not bias a towards 0); the sharp image is returned as ``a·S(x − t) + b``.
+    the defocus difference nor slow shading steers it) and the sub-pixel shift t comes from ECC maximisation
+    (cv2.findTransformECC, translation only: it is invariant to gain and offset, and sub-pixel accurate where phase
+    correlation of smooth images is not); gain a and offset b come from least squares ``min Σ (B_e − a·S_e − b)²``
+    on the shifted images smoothed much more (``exposure_smoothing`` px, so that the blurred image's lost contrast
+    does not bias a towards 0); the sharp image is returned as ``a·S(x − t) + b``.
     A shift beyond ``max_shift`` px or a gain outside [0.5, 2] is not trusted and left out (reported as 0 / 1).
 
     Args:
@@ -526,6 +530,7 @@ def align_sharp_to_blurred(sharp: np.ndarray, blurred: np.ndarray, smoothing: fl
     """
     if sharp.shape != blurred.shape:
         raise ValueError(f'align_sharp_to_blurred: shapes differ, {sharp.shape} and {blurred.shape}')
+
     def band_pass(image: np.ndarray) -> np.ndarray:
         image = image.astype(np.float32)
         return cv2.GaussianBlur(image, (0, 0), smoothing) - cv2.GaussianBlur(image, (0, 0), exposure_smoothing)

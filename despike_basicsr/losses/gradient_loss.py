@@ -3,7 +3,6 @@
 A blurred output loses its gradients while its pixels stay close to the target, so a pixel loss alone lets a
 network settle for blur; this term prices the missing edges directly.
 """
-import torch
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch import Tensor, nn
 
