@@ -330,7 +330,8 @@ def evaluate_defocus_map(scenes: Sequence[DefocusScene],
 
     Returns:
         ``{'rows': [{set, key, level, spearman, mae, textured, sigma_max}], 'summary': [mean per (set, level)],
-        '_maps': {(set, key, level): {sharp, blurred, truth, predicted, mask}} of each set's first scene}``.
+        '_maps': {(set, key, level): {sharp, blurred, truth, predicted, mask}} of each set's first scene at the
+        first level}``.
     """
     from despike_basicsr.data.defocus_map_data import texture_mask
 
@@ -343,7 +344,7 @@ def evaluate_defocus_map(scenes: Sequence[DefocusScene],
             predicted = np.asarray(estimator(spikes, None), dtype=np.float32)
             rows.append(dict(set=scene.set_name, key=scene.key, level=level, sigma_max=float(scene.sigma.max()),
                              **defocus_map_scores(predicted, scene.sigma, mask)))
-            if not any(k[0] == scene.set_name and k[2] == level for k in maps):
+            if level_index == 0 and not any(k[0] == scene.set_name for k in maps):
                 maps[(scene.set_name, scene.key, level)] = dict(
                     sharp=to_display(scene.sharp), blurred=to_display(scene.blurred), truth=scene.sigma,
                     predicted=predicted, mask=mask)
@@ -384,7 +385,7 @@ def defocus_map_markdown(report: Dict[str, Any]) -> str:
 
 
 def defocus_map_picture(maps: Dict[Tuple[str, str, str], Dict[str, np.ndarray]], top: float = 4.0,
-                        crop: int = 256) -> np.ndarray:
+                        crop: int = 224) -> np.ndarray:
     """Rows: (set, scene, level); columns: sharp, defocused, true σ, predicted σ (with colour bar), BGR uint8; the
     same centre crop of at most ``crop`` pixels in every column."""
     from despike_basicsr.defocus_map import colour_map_image
