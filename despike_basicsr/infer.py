@@ -8,7 +8,8 @@ Example::
 Reads the recording one window at a time (``.dat`` files are memory-mapped, so a long recording never sits in memory),
 runs the network on overlapping tiles of each frame (bounded memory for 1000×1000 sensors), and writes
 
-- ``DIR/despike/<stem>_t<centre>.png`` for every centre time,
+- ``DIR/despike/<stem>_t<centre>.png`` for every centre time (``--format png16|npy|tiff``: other extensions),
+  auto-exposed by default (``--exposure``, :mod:`despike_basicsr.display`),
 - with ``--video``: ``DIR/<stem>_despike.mp4`` (one video frame per centre time),
 - with ``--report``: ``DIR/tfp/``, ``DIR/tfi/`` (classical reconstructions of the same window), ``DIR/side_by_side/``
   (TFP | TFI | DeSpike) and ``DIR/report.md`` + ``DIR/report.json`` with NIQE and RMS contrast of each method.
@@ -37,10 +38,10 @@ import torch
 from tqdm import tqdm
 
 from despike_basicsr.defocus_map import DEFOCUS_WEIGHTS, DefocusMapEstimator, write_defocus_map
+from despike_basicsr.display import FORMATS, expose, output_path, parse_exposure, write_image
 from despike_basicsr.errors import DespikeUserError, run_cli
 from despike_basicsr.reconstructor import DEFAULT_OPT, PRETRAINED_WEIGHTS, DeSpikeReconstructor
-from despike_basicsr.recording_report import (REPORT_FILES, REPORT_FOLDERS, report_centre, to_uint8, write_png,
-                                              write_report)
+from despike_basicsr.recording_report import REPORT_FILES, REPORT_FOLDERS, report_centre, to_uint8, write_report
 from despike_basicsr.spike.fpn import load_fpn
 from despike_basicsr.spike.io import DEFAULT_HEIGHT, DEFAULT_WIDTH, RecordingReader
 from despike_basicsr.tiling import count_tiles
@@ -144,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
         help='frames fed to the network per reconstruction (default: the '
         'longest window the network reads, 192 for the paper setting)')
     parser.add_argument(
+        '--exposure',
+        default='auto',
+        help="display exposure: 'auto' (default: the frame's median at mid-grey, highlights rolled off instead of "
+        "clipped), 'fixed' (the reference camera's scale, clipped at 1) or a linear gain on that scale, e.g. 0.5")
+    parser.add_argument(
+        '--format',
+        choices=tuple(FORMATS),
+        default='png8',
+        help='png8 (default), png16 (16-bit), npy or tiff (float32 display values before roll-off and clipping)')
+    parser.add_argument(
         '--defocus-map',
         nargs='?',
         const=DEFOCUS_WEIGHTS,
@@ -174,9 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def planned_outputs(out_dir: str, stem: str, centres: Sequence[int], video: bool, report: bool) -> List[str]:
+def planned_outputs(out_dir: str, stem: str, centres: Sequence[int], video: bool, report: bool,
+                    fmt: str = 'png8') -> List[str]:
     """Every file this run will write (checked against existing files before any work)."""
-    names = [osp.join('despike', f'{stem}_t{c:06d}.png') for c in centres]
+    names = [output_path(osp.join('despike', f'{stem}_t{c:06d}'), fmt) for c in centres]
     if report:
         for sub in REPORT_FOLDERS:
             names += [osp.join(sub, f'{stem}_t{c:06d}.png') for c in centres]
@@ -222,6 +234,10 @@ def load_reconstructor(args: argparse.Namespace) -> DeSpikeReconstructor:
 
 def run(args: argparse.Namespace) -> dict:
     """Run the reconstruction described by parsed arguments; returns a summary dict (used by tests and scripts)."""
+    try:
+        exposure = parse_exposure(args.exposure)
+    except ValueError as err:
+        raise InferError(f'--exposure: {err}') from None
     reconstructor = load_reconstructor(args)
     min_len = reconstructor.min_stream_len
     window_len = args.window_len or int(getattr(reconstructor.net, 'frames_needed', DEFAULT_WINDOW))
@@ -237,7 +253,7 @@ def run(args: argparse.Namespace) -> dict:
         gamma = torch.from_numpy(load_fpn(args.fpn, (rec.height, rec.width)))[None, None]
 
     stem = osp.splitext(osp.basename(args.input))[0]
-    outputs = planned_outputs(args.out, stem, centres, args.video, args.report)
+    outputs = planned_outputs(args.out, stem, centres, args.video, args.report, args.format)
     outputs += defocus_outputs(args.out, stem, centres) if args.defocus_map else []
     existing = [p for p in outputs if osp.exists(p)]
     if existing and not args.overwrite:
@@ -269,9 +285,14 @@ def run(args: argparse.Namespace) -> dict:
             window = rec.read(start, stop)
             image = reconstructor.reconstruct_window(torch.from_numpy(np.ascontiguousarray(window))[None], gamma,
                                                      bar.update)
-            despike_u8 = to_uint8(image[0, 0].cpu().numpy())
+            shown, kept, _ = expose(image[0, 0].float().cpu().numpy(), exposure)
+            despike_u8 = to_uint8(shown)
             name = f'{stem}_t{centre:06d}.png'
-            write_png(osp.join(args.out, 'despike', name), despike_u8)
+            try:
+                path = output_path(osp.join(args.out, 'despike', name[:-4]), args.format)
+                write_image(path, shown, kept, args.format)
+            except OSError as err:
+                raise InferError(str(err)) from None
             if estimator is not None:
                 write_defocus_centre(args.out, stem, centre, rec, estimator, gamma)
             if writer is not None:
@@ -280,7 +301,7 @@ def run(args: argparse.Namespace) -> dict:
             if args.report:
                 fpn_gamma = None if gamma is None else gamma[0, 0].numpy()  # γ = R_ref / R
                 measures = report_centre(args.out, name, window, centre - start, despike_u8, args.tfp_window,
-                                         args.eta, args.threshold, fpn_gamma)
+                                         args.eta, args.threshold, fpn_gamma, exposure)
                 rows.append(dict(centre=centre, window=[start, stop], **measures))
     finally:
         bar.close()
@@ -300,6 +321,8 @@ def run(args: argparse.Namespace) -> dict:
         fpn=args.fpn,
         tile=args.tile,
         tile_overlap=args.tile_overlap,
+        exposure=exposure,
+        format=args.format,
         centres=centres)
     if estimator is not None:
         info['defocus_map'] = estimator.weights

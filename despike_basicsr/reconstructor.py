@@ -9,6 +9,9 @@ Example::
     reconstructor = DeSpikeReconstructor()                           # the shipped pretrained weights, CPU or CUDA
     image = reconstructor.reconstruct(spikes)                        # (H, W) float32 in [0, 1], frame T // 2
 
+By default the frame is auto-exposed (:mod:`despike_basicsr.display`): the same scene shows at the same brightness at
+any light level and highlights roll off instead of clipping; ``exposure='fixed'`` gives the reference camera's scale.
+
 ``weights`` takes any checkpoint this project trained (it stores the ``network_g`` options that built it); other
 checkpoints need ``network_opt`` (a ``network_g`` dict) or ``opt_path`` (an options file), unless they lie in a BasicSR
 experiment folder that holds the options file they were trained with (:func:`resolve_network_options` has the one
@@ -27,6 +30,7 @@ import torch
 
 from despike_basicsr.errors import DespikeUserError
 from despike_basicsr.checkpoint import CheckpointError, check_fits, safe_torch_load, state_dict_from_checkpoint
+from despike_basicsr.display import Exposure, expose, parse_exposure
 from despike_basicsr.tiling import tiled_apply
 
 #: The pretrained general-purpose DeSpike shipped inside the package (docs/pretrained.md).
@@ -286,7 +290,8 @@ class DeSpikeReconstructor:
                     spikes: Array,
                     gamma: Optional[Array] = None,
                     centre: Optional[int] = None,
-                    clip: bool = True) -> np.ndarray:
+                    clip: bool = True,
+                    exposure: Exposure = 'auto') -> np.ndarray:
         """The sharp frame at ``centre`` (default ``T // 2``) of one stream.
 
         Args:
@@ -294,8 +299,12 @@ class DeSpikeReconstructor:
             gamma: ``(H, W)`` FPN correction γ (``spike.fpn``), or ``None``.
             centre: Target frame; the network reads :attr:`frames_needed` frames centred on it (fewer near the ends
                 of the stream).
-            clip: Clip to [0, 1]. An exposure-normalised network shows a brightly lit scene as the reference camera
-                would, which can exceed 1; pass False to rescale the display first (``scripts/evaluate_heldout.py``).
+            clip: Return the image ready to show, in [0, 1] (rolled off, :func:`~despike_basicsr.display.expose`);
+                False returns the float display values after the exposure gain alone, nothing compressed or clipped.
+            exposure: ``'auto'`` (default: the frame's median brought to mid-grey, highlights rolled off),
+                ``'fixed'`` (the reference camera's scale: an exposure-normalised network shows a brightly lit scene
+                as that camera would, which can exceed 1; ``scripts/evaluate_heldout.py`` uses it unclipped) or a
+                linear gain on that scale.
 
         Returns:
             ``(H, W)`` float32 display-referred image, in [0, 1] when ``clip``.
@@ -322,8 +331,10 @@ class DeSpikeReconstructor:
             if gamma_map.shape != (height, width):
                 raise ReconstructorError(f'gamma must be shaped ({height}, {width}), got {tuple(gamma_map.shape)}')
             gamma_map = gamma_map[None, None]
-        image = self.reconstruct_window(window, gamma_map)[0, 0].float()
-        return (image.clamp(0, 1) if clip else image).cpu().numpy()
+        exposure = parse_exposure(exposure)
+        image = self.reconstruct_window(window, gamma_map)[0, 0].float().cpu().numpy()
+        shown, kept, _ = expose(image, exposure)
+        return shown if clip else kept
 
     def defocus_map(self,
                     spikes: Array,

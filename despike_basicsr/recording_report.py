@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
+from despike_basicsr.display import Exposure, expose
 from despike_basicsr.errors import DespikeUserError
 from despike_basicsr.metrics.noref_metric import NIQE_BLOCK, calculate_niqe_gray, calculate_rms_contrast
 from despike_basicsr.spike.reconstruct import classical_display
@@ -74,7 +75,8 @@ def report_centre(out_dir: str,
                   tfp_window: int,
                   eta: float,
                   threshold: float,
-                  fpn_gamma: Optional[np.ndarray] = None) -> Dict[str, Dict[str, Optional[float]]]:
+                  fpn_gamma: Optional[np.ndarray] = None,
+                  exposure: Exposure = 'fixed') -> Dict[str, Dict[str, Optional[float]]]:
     """The report's pictures of one centre time, and their measures.
 
     Writes ``out_dir/tfp/name``, ``out_dir/tfi/name`` (classical reconstructions of frame ``local_centre`` of
@@ -90,14 +92,17 @@ def report_centre(out_dir: str,
         eta: Photo-electric rate η of the classical display mapping.
         threshold: Firing threshold θ of the classical display mapping.
         fpn_gamma: ``(H, W)`` FPN correction γ = R_ref / R, or ``None``.
+        exposure: The display exposure DeSpike's image was given (:func:`~despike_basicsr.display.expose`); TFP and
+            TFI get the same treatment (with ``'auto'`` each measures its own gain), so the side-by-side is fair.
 
     Returns:
         ``{method: {'niqe': ..., 'rms_contrast': ...}}`` for :data:`METHODS`, measured on the written 8-bit images.
     """
     images = {'despike': despike_u8}
     for method in ('tfp', 'tfi'):
-        images[method] = to_uint8(classical_display(window, method, center=local_centre, window=tfp_window, eta=eta,
-                                                    threshold=threshold, fpn_gamma=fpn_gamma))
+        display = classical_display(window, method, center=local_centre, window=tfp_window, eta=eta,
+                                    threshold=threshold, fpn_gamma=fpn_gamma, clip=False)
+        images[method] = to_uint8(expose(np.asarray(display, np.float32), exposure)[0])
         write_png(osp.join(out_dir, method, name), images[method])
     write_png(
         osp.join(out_dir, 'side_by_side', name),

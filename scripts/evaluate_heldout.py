@@ -49,7 +49,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     start = time.time()
 
     def despike(spikes, gamma):  # unclipped: the exposure correction comes first
-        return reconstructor.reconstruct(spikes, gamma, clip=False)
+        return reconstructor.reconstruct(spikes, gamma, clip=False, exposure='fixed')
 
     report = evaluation.evaluate(scenes, despike, reconstructor.net.reference_rate, args.steps,
                                  args.seed, progress=lambda line: print(line, flush=True))

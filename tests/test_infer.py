@@ -143,7 +143,7 @@ def test_dat_npz_head_and_flip_layouts_agree_with_direct_network_call(tiny, tmp_
         'spk': [],
         'hwt': [],
     }
-    base = ['--weights', weights, '--opt', opt, '--quiet']
+    base = ['--weights', weights, '--opt', opt, '--quiet', '--exposure', 'fixed']  # exact values: the reference scale
     for stem, extra in runs.items():
         ext = '.dat' if stem in ('rec', 'head', 'upright') else '.npz'
         assert main(base + ['--input', str(tmp_path / f'{stem}{ext}'), '--out', str(tmp_path / stem)] + extra) == 0
@@ -167,7 +167,7 @@ def test_report_on_default_size_dat_with_side_by_side(stand_in, tmp_path):
     out = tmp_path / 'out'
     assert main([
         '--weights', weights, '--opt', opt, '--input',
-        str(tmp_path / 'real.dat'), '--centers', '20,35', '--report', '--quiet', '--out',
+        str(tmp_path / 'real.dat'), '--centers', '20,35', '--report', '--quiet', '--exposure', 'fixed', '--out',
         str(out)
     ]) == 0
     report = json.loads((out / 'report.json').read_text())
@@ -240,7 +240,7 @@ def test_video_has_one_frame_per_sliding_centre(stand_in, tmp_path):
 def test_tiled_output_equals_whole_frame_for_a_pointwise_network(stand_in, tmp_path):
     opt, weights = stand_in
     write_npz(tmp_path / 'big.npz', _stream(300, 260, 24, seed=3))
-    base = ['--weights', weights, '--opt', opt, '--input', str(tmp_path / 'big.npz'), '--quiet']
+    base = ['--weights', weights, '--opt', opt, '--input', str(tmp_path / 'big.npz'), '--quiet', '--exposure', 'fixed']
     assert main(base + ['--tile', '0', '--out', str(tmp_path / 'whole')]) == 0
     assert main(base + ['--tile', '96', '--tile-overlap', '16', '--out', str(tmp_path / 'tiled')]) == 0
     name = 'despike/big_t000012.png'
@@ -284,6 +284,7 @@ def test_fpn_gamma_scales_input_and_classical_reconstructions(stand_in, tmp_path
     gamma[:, 32:] = 1.5
     np.savez(tmp_path / 'fpn.npz', gamma=gamma)
     base = ['--weights', weights, '--opt', opt, '--input', str(tmp_path / 'cam.npz'), '--quiet', '--report']
+    base += ['--exposure', 'fixed']
     assert main(base + ['--out', str(tmp_path / 'plain')]) == 0
     assert main(base + ['--fpn', str(tmp_path / 'fpn.npz'), '--out', str(tmp_path / 'fpn')]) == 0
     rate = spikes[12:28].mean(0)

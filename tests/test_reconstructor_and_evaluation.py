@@ -10,6 +10,7 @@ import yaml
 from despike_basicsr import evaluation
 from despike_basicsr.archs.despike_arch import DeSpikeNet
 from despike_basicsr.data.scenes import generate_scene
+from despike_basicsr.display import expose
 from despike_basicsr.reconstructor import PRETRAINED_WEIGHTS, DeSpikeReconstructor, ReconstructorError, load_network
 from despike_basicsr.spike import camera
 
@@ -31,11 +32,13 @@ def test_reconstructs_like_the_network_from_a_checkpoint_that_names_its_network(
     root, net = tiny_checkpoint
     spikes = camera.simulate(generate_scene(24, 20, 1)[0], 40, seed=0)
     reconstructor = DeSpikeReconstructor(str(root / 'with_opt.pth'), device='cpu')
-    image = reconstructor.reconstruct(spikes)
+    image = reconstructor.reconstruct(spikes, exposure='fixed')
     assert image.shape == (24, 20) and image.dtype == np.float32
     with torch.no_grad():
-        expected = net(torch.from_numpy(spikes[4:36])[None])[0, 0].clamp(0, 1).numpy()  # 32 frames around 20
-    np.testing.assert_allclose(image, expected, rtol=1e-5, atol=1e-6)
+        raw = net(torch.from_numpy(spikes[4:36])[None])[0, 0].numpy()  # 32 frames around 20
+    np.testing.assert_allclose(image, np.clip(raw, 0, 1), rtol=1e-5, atol=1e-6)
+    # the default display is the auto exposure of the same output
+    np.testing.assert_allclose(reconstructor.reconstruct(spikes), expose(raw, 'auto')[0], rtol=1e-5, atol=1e-6)
 
 
 def test_tiles_share_the_whole_frames_exposure(tiny_checkpoint):
@@ -43,8 +46,9 @@ def test_tiles_share_the_whole_frames_exposure(tiny_checkpoint):
     scene = generate_scene(64, 64, 2)[0]
     scene[:, :32] *= 0.2  # a dark half: per-tile exposure levels would differ from the frame's
     spikes = camera.simulate(scene, 32, seed=1)
-    whole = DeSpikeReconstructor(str(root / 'with_opt.pth'), device='cpu').reconstruct(spikes)
-    tiled = DeSpikeReconstructor(str(root / 'with_opt.pth'), device='cpu', tile=32, tile_overlap=8).reconstruct(spikes)
+    whole = DeSpikeReconstructor(str(root / 'with_opt.pth'), device='cpu').reconstruct(spikes, exposure='fixed')
+    tiled = DeSpikeReconstructor(str(root / 'with_opt.pth'), device='cpu', tile=32,
+                                 tile_overlap=8).reconstruct(spikes, exposure='fixed')
     assert abs(float(tiled[:, :16].mean()) - float(whole[:, :16].mean())) < 0.02
     assert abs(float(tiled.mean()) - float(whole.mean())) < 0.01
 
@@ -113,11 +117,14 @@ def test_shipped_weights_load_without_options_and_reconstruct_exposure_invariant
     reconstructor = DeSpikeReconstructor(device='cpu')
     assert reconstructor.network_source.startswith('network_g stored in')
     scene = generate_scene(64, 64, 3)[0]
-    images = [reconstructor.reconstruct(camera.simulate(scene * light, 192, seed=2)) for light in (1.2, 0.3)]
+    streams = [camera.simulate(scene * light, 192, seed=2) for light in (1.2, 0.3)]
+    images = [reconstructor.reconstruct(stream, exposure='fixed') for stream in streams]
     ratio = float(images[0].mean() / images[1].mean())
     assert abs(ratio - 4**(1 / 2.2)) < 0.15 * 4**(1 / 2.2)
     psnr = 10 * np.log10(1 / np.mean((images[0] - images[1] * 4**(1 / 2.2))**2))
     assert psnr > 25
+    shown = [reconstructor.reconstruct(stream) for stream in streams]  # auto exposure: the same brightness
+    assert abs(float(shown[0].mean() / shown[1].mean()) - 1.0) < 0.05
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -101,20 +101,24 @@ def tfi(spikes, center: Optional[int] = None):
     return np.where(has_prev | has_next, rate, np.float32(0.0)).astype(np.float32)
 
 
-def rate_to_display(rate, eta: float = 1.0, threshold: float = 2.0, gamma: float = 2.2):
+def rate_to_display(rate, eta: float = 1.0, threshold: float = 2.0, gamma: float = 2.2, clip: bool = True):
     """Map a firing rate to a display image:  ``I = clip(rate·θ/η, 0, 1)``,  ``display = I^(1/γ)``.
 
-    The inverse of the simulator's noise-free, unit-gain rate ``η·I/θ`` followed by the display gamma.
+    The inverse of the simulator's noise-free, unit-gain rate ``η·I/θ`` followed by the display gamma. ``clip=False``
+    keeps intensities above 1 (``display = max(I, 0)^(1/γ)``), for an exposure applied afterwards.
     """
     linear = rate * (threshold / eta)
-    return linear_to_display(linear, gamma=gamma)
+    if clip:
+        return linear_to_display(linear, gamma=gamma)
+    return (linear.clamp(min=0.0) if _is_tensor(linear) else np.maximum(linear, 0.0))**(1.0 / gamma)
 
 
 METHODS = ('tfp', 'tfi')
 
 
 def classical_display(spikes, method: str = 'tfp', center: Optional[int] = None, window: int = 41,
-                      eta: float = 1.0, threshold: float = 2.0, gamma: float = 2.2, fpn_gamma=None):
+                      eta: float = 1.0, threshold: float = 2.0, gamma: float = 2.2, fpn_gamma=None,
+                      clip: bool = True):
     """TFP or TFI at ``center`` as a display image: the one path from a stream to a classical picture.
 
     ``display = rate_to_display(rate · γ_fpn, η, θ, gamma)`` with ``rate`` from :func:`tfp` (``window`` frames) or
@@ -129,9 +133,10 @@ def classical_display(spikes, method: str = 'tfp', center: Optional[int] = None,
         window: TFP window in frames.
         eta, threshold, gamma: The rescaling of :func:`rate_to_display`.
         fpn_gamma: Per-pixel FPN correction broadcastable to the rate image, or None.
+        clip: Clip to [0, 1] (False: keep values above 1, :func:`rate_to_display`).
 
     Returns:
-        Display image(s) in [0, 1], (H, W) or (B, H, W), numpy or torch like ``spikes``.
+        Display image(s), in [0, 1] when ``clip``, (H, W) or (B, H, W), numpy or torch like ``spikes``.
     """
     if method == 'tfp':
         rate = tfp(spikes, center, window)
@@ -141,4 +146,4 @@ def classical_display(spikes, method: str = 'tfp', center: Optional[int] = None,
         raise ValueError(f'classical_display: method must be one of {METHODS}, found {method!r}')
     if fpn_gamma is not None:
         rate = rate * fpn_gamma
-    return rate_to_display(rate, eta=eta, threshold=threshold, gamma=gamma)
+    return rate_to_display(rate, eta=eta, threshold=threshold, gamma=gamma, clip=clip)
