@@ -30,7 +30,10 @@ setup(
     package_data={'despike_basicsr': ['weights/*.pth']},  # the shipped pretrained model (docs/pretrained.md)
     python_requires='>=3.9',
     install_requires=read_requirements('requirements/torch.txt') + read_requirements('requirements/base.txt'),
-    extras_require={'test': read_requirements('requirements/test.txt')},
+    extras_require={
+        'test': read_requirements('requirements/test.txt'),
+        'onnx': read_requirements('requirements/onnx.txt'),  # despike-export and its onnxruntime check
+    },
     entry_points={
         'console_scripts': [
             'despike-simulate=despike_basicsr.spike.cli:simulate_main',
@@ -39,6 +42,7 @@ setup(
             'despike-infer=despike_basicsr.infer:main',
             'despike-train=despike_basicsr.train:main',
             'despike-test=despike_basicsr.test:main',
+            'despike-export=despike_basicsr.export:main',
         ]
     },
     classifiers=['Programming Language :: Python :: 3', 'License :: OSI Approved :: Apache Software License'],

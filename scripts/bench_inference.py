@@ -27,16 +27,26 @@ Usage::
     python scripts/bench_inference.py                   # CPU (or --device cuda)
     python scripts/bench_inference.py --json bench.json # also write the figures as json
 
-Untrained weights: cost does not depend on the values. Numbers vary with the machine and its load; see
-docs/inference.md for figures measured here.
+Also printed: the CPU model and the instruction set oneDNN dispatches to (its ``ONEDNN_VERBOSE`` ISA line, from a
+small subprocess; ``ONEDNN_MAX_CPU_ISA`` in the environment caps it for both), the kernel-bank implementations DeSpike
+measured and chose for each shape (``despike_blocks.bank_plans``), and, where the ``onnx`` extra is installed and the
+device is the CPU, a row for the same DeSpike exported to ONNX (``despike_basicsr.export``) run by onnxruntime with the
+same thread count, taking turns with the other two (``--no-onnx`` leaves it out).
+
+Untrained weights: cost does not depend on the values (the kernel bank flushes the denormal corners of its Gaussian
+initialisation, which on some CPUs cost 6–8× in the convolution). Numbers vary with the machine and its load; see
+docs/performance.md for figures measured here, one row per instruction set.
 """
 import argparse
 import json
+import os
 import os.path as osp
+import platform
 import statistics
 import subprocess
 import sys
 import tempfile
+import warnings
 from typing import Callable, Dict, Tuple
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -47,6 +57,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import despike_basicsr  # noqa: E402
+from despike_basicsr.archs import despike_blocks  # noqa: E402
 from despike_basicsr.profiling import cuda_peak, flops, interleaved_latency, make_stream, peak_rss_bytes  # noqa: E402
 from despike_basicsr.reconstructor import DEFAULT_OPT, build_network_from_options, read_network_options  # noqa: E402
 from despike_basicsr.spike import rate_to_display, tfp  # noqa: E402
@@ -54,8 +65,67 @@ from despike_basicsr.spike import rate_to_display, tfp  # noqa: E402
 despike_basicsr.register()  # compat first, then the registries
 
 METHODS = ('despike', 'cascade')
-LABELS = {'despike': 'DeSpike', 'cascade': 'TFP->NRKNet'}
+LABELS = {'despike': 'DeSpike', 'cascade': 'TFP->NRKNet', 'onnxruntime': 'DeSpike (ORT)'}
 TFP_WINDOW = 41
+ISA_PROBE = ('import torch; from torch.nn import functional as F; '
+             'F.conv2d(torch.ones(1, 32, 64, 64), torch.ones(32, 32, 3, 3))')
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or 'unknown'
+
+
+def onednn_isa() -> str:
+    """oneDNN's ISA line (``ONEDNN_VERBOSE=1`` in a subprocess running one convolution), e.g. ``Intel AVX-512 ...``."""
+    env = dict(os.environ, ONEDNN_VERBOSE='1')
+    done = subprocess.run([sys.executable, '-c', ISA_PROBE], capture_output=True, text=True, env=env, check=False)
+    for line in done.stdout.splitlines():
+        if ',isa:' in line:
+            return line.split(',isa:', 1)[1].strip()
+    return 'unknown (oneDNN printed no ISA line)'
+
+
+def build_onnx(args: argparse.Namespace, workdir: str) -> Callable:
+    """The untrained DeSpike of ``--opt`` (same seed as :func:`build`) exported to ONNX, as an onnxruntime run."""
+    import numpy as np
+    from despike_basicsr.archs import despike_blocks
+    from despike_basicsr.export import DEFAULT_BANK_IMPL, SpikesToImage, onnx_session
+    net, _ = build('despike', args, torch.device('cpu'))
+    spikes = torch.zeros(1, args.steps, args.height, args.width, dtype=torch.uint8)
+    gamma = torch.ones(1, 1, args.height, args.width)
+    path = osp.join(workdir, 'despike.onnx')
+    despike_blocks.set_bank_implementation(DEFAULT_BANK_IMPL)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            torch.onnx.export(SpikesToImage(net), (spikes, gamma), path, input_names=['spikes', 'gamma'],
+                              output_names=['image'], opset_version=17, dynamo=False)
+    finally:
+        despike_blocks.set_bank_implementation(None)
+    session = onnx_session(path, threads=args.threads)
+    gamma_np = np.ones((1, 1, args.height, args.width), np.float32)
+
+    def run(stream: torch.Tensor) -> np.ndarray:
+        return session.run(['image'], {'spikes': stream.numpy(), 'gamma': gamma_np})[0]
+
+    return run
+
+
+def onnx_available() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def build(method: str, args: argparse.Namespace, device: torch.device) -> Tuple[torch.nn.Module, Callable]:
@@ -120,6 +190,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--threads', type=int, default=torch.get_num_threads(), help='CPU threads (default: torch)')
     parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory measurement')
+    parser.add_argument('--no-onnx', action='store_true', help='leave out the onnxruntime row')
     parser.add_argument('--json', help='also write the figures to this json file')
     parser.add_argument('--worker', choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument('--worker-baseline', action='store_true', help=argparse.SUPPRESS)
@@ -142,8 +213,12 @@ def main(argv=None) -> Dict[str, dict]:
     np.save(stream_path, spikes.cpu().numpy())
 
     built = {method: build(method, args, device) for method in METHODS}
-    times = interleaved_latency({method: run for method, (_, run) in built.items()}, spikes, device, args.warmup,
-                                args.repeats)
+    runs = {method: run for method, (_, run) in built.items()}
+    with_onnx = device.type == 'cpu' and not args.no_onnx and onnx_available()
+    if with_onnx:
+        runs['onnxruntime'] = build_onnx(args, workdir.name)
+    times = interleaved_latency(runs, spikes, device, args.warmup, args.repeats)
+    plans = sorted({(key[2], name) for key, name in despike_blocks.bank_plans().items()})
     figures = {}
     for method, (net, run) in built.items():
         entry = {
@@ -163,8 +238,16 @@ def main(argv=None) -> Dict[str, dict]:
 
     workdir.cleanup()
     gpu = f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else f' ({args.threads} threads)'
+    cpu, isa = cpu_model(), onednn_isa()
     print(f'One {args.height}x{args.width} reconstruction from {args.steps} steps on {args.device}{gpu}, '
           f'torch {torch.__version__}; median of {args.repeats} interleaved runs after {args.warmup} warm-up run(s)')
+    cap = os.environ.get('ONEDNN_MAX_CPU_ISA')
+    print(f'CPU: {cpu}; oneDNN ISA: {isa}' + (f' (ONEDNN_MAX_CPU_ISA={cap})' if cap else ''))
+    if plans:
+        print('Kernel bank, measured per shape (C x h x w): ' +
+              ', '.join(f'{"x".join(map(str, shape[1:]))} {name}' for shape, name in plans))
+    else:
+        print('Kernel bank: fixed implementation (nothing measured)')
     header = f'{"method":<14}{"params (M)":>12}{"GFLOPs":>10}{"latency (ms)":>14}{"peak mem (MB)":>15}'
     print(header)
     print('-' * len(header))
@@ -178,10 +261,25 @@ def main(argv=None) -> Dict[str, dict]:
         for key in ('params', 'flops', 'latency_ms_median', 'peak_memory_bytes') if figures['cascade'].get(key)
     }
     ratios['latency_paired'] = statistics.median(paired)
-    print('DeSpike / cascade: ' + ', '.join(f'{k} x{v:.2f}' for k, v in ratios.items()))
+    if with_onnx:
+        ort_ms = 1000 * statistics.median(times['onnxruntime'])
+        figures['onnxruntime'] = {
+            'latency_ms_median': ort_ms,
+            'latency_ms_all': [1e3 * t for t in times['onnxruntime']]}
+        print(f'{LABELS["onnxruntime"]:<14}{"":>12}{"":>10}{ort_ms:>14.1f}{"-":>15}')
+        ort_paired = [a / b for a, b in zip(times['onnxruntime'], times['cascade'])]
+        ratios['onnxruntime_latency_paired'] = statistics.median(ort_paired)
+    print('DeSpike / cascade: ' + ', '.join(f'{k} x{v:.2f}' for k, v in ratios.items()
+                                            if not k.startswith('onnxruntime')))
     print(f'Latency ratio, median of {len(paired)} paired rounds: x{ratios["latency_paired"]:.2f} '
           f'(range x{min(paired):.2f}-x{max(paired):.2f})')
+    if with_onnx:
+        print(f'DeSpike (onnxruntime) / cascade, paired: x{ratios["onnxruntime_latency_paired"]:.2f} '
+              f'(range x{min(ort_paired):.2f}-x{max(ort_paired):.2f})')
     result = {
+        'cpu': cpu,
+        'onednn_isa': isa,
+        'bank_plans': [[list(shape), name] for shape, name in plans],
         'device': args.device + gpu,
         'torch': torch.__version__,
         'size': [args.height, args.width],

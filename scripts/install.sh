@@ -3,7 +3,8 @@
 #
 # Order matters (docs/install.md): a torch/torchvision pair from requirements/torch.txt first (PyPI's torchvision
 # cannot load on a CPU-only local torch build), then basicsr 1.4.2 without build isolation (its setup imports torch;
-# isolation would download a second torch), then this package in editable mode with the test extras.
+# isolation would download a second torch), then this package in editable mode with the test and onnx extras
+# (onnx + onnxruntime: despike-export and its parity test).
 # Re-running is cheap: a stamp records the hash of the requirement files and setup.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,6 @@ echo "[install] torch/torchvision pair (first time: a few GB, a few minutes)"
 "$venv/bin/python" -c "import torch, torchvision; from torchvision.ops import nms; print('[install] torch', torch.__version__, 'torchvision', torchvision.__version__)"
 echo "[install] basicsr 1.4.2 (no build isolation) and this package"
 "${pip[@]}" install -q --no-build-isolation basicsr==1.4.2
-"${pip[@]}" install -q --no-build-isolation -e ".[test]"
+"${pip[@]}" install -q --no-build-isolation -e ".[test,onnx]"
 "$venv/bin/python" -c "import despike_basicsr, torchvision; despike_basicsr.register(); print('[install] despike_basicsr', despike_basicsr.__version__, 'ready')"
 echo "$want" > "$stamp"

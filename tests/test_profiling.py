@@ -1,4 +1,5 @@
 """Measuring tools of the benchmarks: interleaved latency and scripts/bench_inference.py at a toy size."""
+import importlib.util
 import json
 import subprocess
 import sys
@@ -28,8 +29,11 @@ def test_bench_inference_reports_both_methods_and_the_paired_ratio(tmp_path, rep
                           check=False)
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
-    assert set(result['figures']) == {'despike', 'cascade'}
+    with_onnx = importlib.util.find_spec('onnxruntime') and importlib.util.find_spec('onnx')
+    onnx_row = {'onnxruntime'} if with_onnx else set()
+    assert set(result['figures']) == {'despike', 'cascade'} | onnx_row
     assert all(len(f['latency_ms_all']) == 2 for f in result['figures'].values())
+    assert 'CPU: ' in done.stdout and 'oneDNN ISA: ' in done.stdout and result['onednn_isa']
     ratios = result['ratio_despike_over_cascade']
     assert ratios['latency_paired'] > 0 and ratios['params'] < 0.1
     assert 'median of 2 paired rounds' in done.stdout
