@@ -22,14 +22,14 @@ def _texture(height=256, width=320, seed=0) -> np.ndarray:
     return 0.5 * fine + coarse + 0.1
 
 
-def test_alignment_recovers_a_subpixel_shift_gain_and_offset_through_extra_blur():
+def test_alignment_recovers_a_subpixel_shift_and_gain_through_extra_blur():
     sharp = _texture()
     shift = np.float32([[1, 0, 1.3], [0, 1, -0.7]])
     blurred = cv2.warpAffine(sharp, shift, sharp.shape[::-1], flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
-    blurred = cv2.GaussianBlur(blurred * 1.1 + 0.02, (0, 0), 2.0)
+    blurred = cv2.GaussianBlur(blurred * 1.1, (0, 0), 2.0)
     aligned, info = align_sharp_to_blurred(sharp, blurred)
     assert info['dx'] == pytest.approx(1.3, abs=0.1) and info['dy'] == pytest.approx(-0.7, abs=0.1)
-    assert info['gain'] == pytest.approx(1.1, abs=0.03) and info['offset'] == pytest.approx(0.02, abs=0.02)
+    assert info['gain'] == pytest.approx(1.1, abs=0.02)
     inner = (slice(30, -30), slice(30, -30))
     before = np.abs(cv2.GaussianBlur(sharp, (0, 0), 2.0) - blurred)[inner].mean()
     after = np.abs(cv2.GaussianBlur(aligned, (0, 0), 2.0) - blurred)[inner].mean()
@@ -38,9 +38,12 @@ def test_alignment_recovers_a_subpixel_shift_gain_and_offset_through_extra_blur(
 
 def test_alignment_leaves_an_implausible_match_alone():
     sharp = _texture(seed=1)
-    aligned, info = align_sharp_to_blurred(sharp, np.full_like(sharp, 0.3))
-    assert info['gain'] == 1.0 or abs(info['gain']) < 1e-3 or info['dx'] == 0.0
-    assert np.all(np.isfinite(aligned)) and aligned.shape == sharp.shape
+    far = cv2.warpAffine(sharp, np.float32([[1, 0, 9.0], [0, 1, 0]]), sharp.shape[::-1], borderMode=cv2.BORDER_REFLECT)
+    _, info = align_sharp_to_blurred(sharp, far)
+    assert info['dx'] == 0.0 and info['dy'] == 0.0  # beyond max_shift: not trusted
+    aligned, info = align_sharp_to_blurred(sharp, 3.0 * sharp)
+    assert info['gain'] == 1.0  # a 3x exposure difference is not a DPDD pair's
+    np.testing.assert_allclose(aligned, sharp, atol=1e-5)
     with pytest.raises(ValueError):
         align_sharp_to_blurred(sharp, sharp[:10])
 
