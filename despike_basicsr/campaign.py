@@ -21,14 +21,20 @@ from typing import List, Optional, Tuple
 STATE_ROOT = osp.join('results', 'training', 'state')
 
 
-def newest_state(folder: str) -> Optional[Tuple[int, str]]:
-    """``(iteration, path)`` of the newest ``<iter>.state`` in ``folder``, or ``None``."""
+def newest_numbered(folder: str, pattern: str) -> Optional[Tuple[int, str]]:
+    """``(number, path)`` of the file in ``folder`` whose name matches ``pattern`` (one group: digits) with the largest
+    number, or ``None``."""
     found = []
-    for path in glob.glob(osp.join(folder, '*.state')):
-        match = re.fullmatch(r'(\d+)\.state', osp.basename(path))
+    for path in glob.glob(osp.join(folder, '*')):
+        match = re.fullmatch(pattern, osp.basename(path))
         if match:
             found.append((int(match.group(1)), path))
     return max(found) if found else None
+
+
+def newest_state(folder: str) -> Optional[Tuple[int, str]]:
+    """``(iteration, path)`` of the newest ``<iter>.state`` in ``folder``, or ``None``."""
+    return newest_numbered(folder, r'(\d+)\.state')
 
 
 def _experiment_dirs(root: str, name: str) -> Tuple[str, str]:

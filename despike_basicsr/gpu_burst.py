@@ -12,11 +12,9 @@ CPU with ``python scripts/training_curve.py``'s scorer or ``scripts/evaluate_hel
 it is better.
 """
 import argparse
-import glob
 import json
 import os
 import os.path as osp
-import re
 import shutil
 import signal
 import subprocess
@@ -26,7 +24,7 @@ from typing import List, Optional, Tuple
 
 import yaml
 
-from despike_basicsr.campaign import STATE_ROOT, newest_state
+from despike_basicsr.campaign import STATE_ROOT, newest_numbered, newest_state
 
 #: Cores the burst leaves to the trainer process itself.
 _RESERVED_CORES = 2
@@ -69,12 +67,7 @@ def burst_overrides(opt: dict, weights: str, param_key: str, batch: int, workers
 
 def newest_checkpoint(models: str) -> Optional[Tuple[int, str]]:
     """``(iteration, path)`` of the newest ``net_g_<iter>.pth`` in ``models``."""
-    found = []
-    for path in glob.glob(osp.join(models, 'net_g_*.pth')):
-        match = re.fullmatch(r'net_g_(\d+)\.pth', osp.basename(path))
-        if match:
-            found.append((int(match.group(1)), path))
-    return max(found) if found else None
+    return newest_numbered(models, r'net_g_(\d+)\.pth')
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -12,7 +12,7 @@ drawn light L; the model uses it to compare the reconstruction with the ground t
 """
 import math
 import random
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from basicsr.utils.registry import DATASET_REGISTRY
@@ -207,40 +207,44 @@ class NaturalSpikeDataset(data.Dataset):
             self.cache[index] = loaded
         return loaded
 
+    @staticmethod
+    def _render_with_margin(sharp: np.ndarray, box: Tuple[int, int, int, int], margin: int,
+                            render: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """``render`` of ``box`` grown by ``margin`` pixels (within the image), cropped back: no border effects."""
+        y0, y1, x0, x1 = box
+        height, width = sharp.shape
+        ey0, ey1, ex0, ex1 = max(y0 - margin, 0), min(y1 + margin, height), max(x0 - margin, 0), min(x1 + margin, width)
+        return render(sharp[ey0:ey1, ex0:ex1])[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0]
+
     def _synthetic_defocus(self, sharp: np.ndarray, box: Tuple[int, int, int, int],
                            rng: np.random.Generator) -> np.ndarray:
         """Thin-lens layered defocus of ``box`` over a random depth map (a margin avoids border effects)."""
         sigma_near = _uniform(rng, self.ranges['sigma_near_range'])
         sigma_far = max(_uniform(rng, self.ranges['sigma_far_range']), sigma_near + 0.25)
-        margin = int(math.ceil(3 * sigma_far)) + 2
-        y0, y1, x0, x1 = box
-        height, width = sharp.shape
-        ey0, ey1, ex0, ex1 = max(y0 - margin, 0), min(y1 + margin, height), max(x0 - margin, 0), min(x1 + margin, width)
-        region = sharp[ey0:ey1, ex0:ex1]
-        depth = synthetic_depth_map(*region.shape, rng)
-        lens = fit_thin_lens(float(depth.min()), float(depth.max()) * 1.0001, sigma_near, sigma_far)
-        rendered = optics.render_depth_defocus(region, depth, lens, num_layers=12)
-        return rendered[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0]
+
+        def render(region: np.ndarray) -> np.ndarray:
+            depth = synthetic_depth_map(*region.shape, rng)
+            lens = fit_thin_lens(float(depth.min()), float(depth.max()) * 1.0001, sigma_near, sigma_far)
+            return optics.render_depth_defocus(region, depth, lens, num_layers=12)
+
+        return self._render_with_margin(sharp, box, int(math.ceil(3 * sigma_far)) + 2, render)
 
     def _signed_coc_defocus(self, sharp: np.ndarray, box: Tuple[int, int, int, int],
                             rng: np.random.Generator) -> np.ndarray:
         """Layered defocus of ``box`` with :attr:`psf_family` PSFs over a random depth map and thin-lens CoC map."""
         coc_near = _uniform(rng, self.coc_ranges['coc_near_range'])
         coc_far = _uniform(rng, self.coc_ranges['coc_far_range'])
-        margin = int(math.ceil(0.5 * coc_far)) + 4
-        y0, y1, x0, x1 = box
         height, width = sharp.shape
-        ey0, ey1, ex0, ex1 = max(y0 - margin, 0), min(y1 + margin, height), max(x0 - margin, 0), min(x1 + margin, width)
-        region = sharp[ey0:ey1, ex0:ex1]
-        depth = synthetic_depth_map(*region.shape, rng)
-        signed = signed_coc_map(depth, coc_near, coc_far, rng.random() < self.focus_inside_probability, rng)
-        if self.psf_family == 'lens':
-            field = ((y0 + y1) / height - 1.0, (x0 + x1) / width - 1.0)
-            psf = lens_psf.draw_lens_psf(rng, field).kernel
-        else:
-            psf = lens_psf.gaussian_psf_for_coc
-        rendered = lens_psf.render_layered_defocus(region, signed, psf, num_layers=12)
-        return rendered[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0]
+        field = ((box[0] + box[1]) / height - 1.0, (box[2] + box[3]) / width - 1.0)  # box centre, in [-1, 1]
+
+        def render(region: np.ndarray) -> np.ndarray:
+            depth = synthetic_depth_map(*region.shape, rng)
+            signed = signed_coc_map(depth, coc_near, coc_far, rng.random() < self.focus_inside_probability, rng)
+            psf = lens_psf.draw_lens_psf(rng, field).kernel if self.psf_family == 'lens' else \
+                lens_psf.gaussian_psf_for_coc
+            return lens_psf.render_layered_defocus(region, signed, psf, num_layers=12)
+
+        return self._render_with_margin(sharp, box, int(math.ceil(0.5 * coc_far)) + 4, render)
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
         seed = random.getrandbits(32) if self.train else sample_seed(self.seed, 'natural-eval', index)

@@ -133,19 +133,21 @@ def gaussian_psf_for_coc(signed_coc_px: float) -> np.ndarray:
 def render_layered_defocus(image: np.ndarray,
                            signed_coc_px: np.ndarray,
                            psf_for_coc: Callable[[float], np.ndarray],
-                           num_layers: int = 16) -> np.ndarray:
+                           num_layers: int = 16,
+                           layer_coc: Callable[[np.ndarray], float] = np.median) -> np.ndarray:
     """Spatially varying defocus by occlusion-aware layered compositing, with any PSF family.
 
     Pixels are split into ``num_layers`` equal-width bins of their signed CoC (negative in front of the focus plane,
     so the bins run from near to far). Each layer's image and mask are blurred with its PSF k_l, composited back to
     front:  ``C ← C·(1 − M_l*k_l) + (I·M_l)*k_l``,  ``α ← α·(1 − M_l*k_l) + M_l*k_l``;  result ``C / α``.
-    A layer's PSF is that of the median signed CoC of its pixels.
+    A layer's PSF is that of ``layer_coc`` (default the median) of its pixels' signed CoC.
 
     Args:
         image: (H, W) linear image.
         signed_coc_px: (H, W) signed CoC diameter in pixels.
         psf_for_coc: Signed CoC diameter → normalised 2-D kernel (e.g. :meth:`LensPSF.kernel`).
         num_layers: Number of depth layers.
+        layer_coc: The CoC a layer's PSF is drawn for, from its pixels' signed CoCs.
 
     Returns:
         (H, W) float64 defocused image.
@@ -170,7 +172,7 @@ def render_layered_defocus(image: np.ndarray,
         mask = layer == index
         if not mask.any():
             continue
-        kernel = psf_for_coc(float(np.median(signed[mask])))
+        kernel = psf_for_coc(float(layer_coc(signed[mask])))
         soft = convolve_same(mask.astype(np.float64), kernel)
         color = color * (1.0 - soft) + convolve_same(img * mask, kernel)
         alpha = alpha * (1.0 - soft) + soft

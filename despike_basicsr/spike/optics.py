@@ -173,32 +173,15 @@ def render_depth_defocus(image: np.ndarray, depth: np.ndarray, lens: ThinLens, n
     Returns:
         (H, W) float64 defocused image.
     """
-    img = np.asarray(image, dtype=np.float64)
     dep = np.asarray(depth, dtype=np.float64)
-    if img.ndim != 2 or dep.shape != img.shape:
-        raise ValueError(f'render_depth_defocus: image and depth must both be (H, W) of one shape, found {img.shape} '
-                         f'and {dep.shape}')
+    if dep.shape != np.shape(image) or np.ndim(image) != 2:
+        raise ValueError(f'render_depth_defocus: image and depth must both be (H, W) of one shape, found '
+                         f'{np.shape(image)} and {dep.shape}')
     if not np.all(np.isfinite(dep)):
         raise ValueError('render_depth_defocus: depth map holds non-finite values')
-    if num_layers < 1:
-        raise ValueError(f'render_depth_defocus: num_layers must be >= 1, got {num_layers}')
-    signed = lens.signed_coc_px(dep)
-    lo, hi = float(signed.min()), float(signed.max())
-    if hi > lo:
-        layer = np.minimum(((signed - lo) / (hi - lo) * num_layers).astype(np.int64), num_layers - 1)
-    else:
-        layer = np.zeros(dep.shape, np.int64)
-    color = np.zeros_like(img)
-    alpha = np.zeros_like(img)
-    for index in range(num_layers - 1, -1, -1):  # largest signed CoC = farthest first
-        mask = layer == index
-        if not mask.any():
-            continue
-        sigma = float(coc_to_sigma(np.median(np.abs(signed[mask]))))
-        soft = gaussian_blur(mask.astype(np.float64), sigma)
-        color = color * (1.0 - soft) + gaussian_blur(img * mask, sigma)
-        alpha = alpha * (1.0 - soft) + soft
-    return color / np.maximum(alpha, 1e-12)
+    from .lens_psf import gaussian_psf_for_coc, render_layered_defocus  # lens_psf builds on this module
+    return render_layered_defocus(image, lens.signed_coc_px(dep), gaussian_psf_for_coc, num_layers,
+                                  layer_coc=lambda coc: np.median(np.abs(coc)))
 
 
 def linear_to_display(x, gamma: float = 2.2):
