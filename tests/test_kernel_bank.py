@@ -13,7 +13,8 @@ from despike_basicsr.archs.despike_blocks import (BANK_IMPLS, PhysicalKernelBank
 
 
 @pytest.fixture(autouse=True)
-def fresh_plans():
+def fresh_plans(monkeypatch):
+    monkeypatch.setattr(db, 'MIN_MEASURED_ELEMENTS', 0)  # measure even the toy shapes below
     db.set_bank_implementation(None)
     db.clear_bank_plans()
     yield
@@ -116,6 +117,16 @@ def test_a_fixed_implementation_wins_and_a_bad_name_is_refused(monkeypatch):
         db.bank_implementation(feat, kernels, 'bmchw')
     with pytest.raises(ValueError, match='unknown'):
         db.set_bank_implementation('winograd')
+
+
+def test_small_inputs_are_not_measured(monkeypatch):
+    monkeypatch.setattr(db, 'MIN_MEASURED_ELEMENTS', 1000)
+    kernels = torch.rand(2, 3, 3)
+    with torch.no_grad():
+        assert db.bank_implementation(torch.randn(1, 2, 8, 8), kernels, 'bhwcm') == 'grouped_cl'
+        assert db.bank_plans() == {}
+        db.bank_implementation(torch.randn(1, 2, 32, 32), kernels, 'bhwcm')
+    assert len(db.bank_plans()) == 1
 
 
 def test_nothing_is_measured_while_tracing_or_under_autocast():

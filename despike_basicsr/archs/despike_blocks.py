@@ -115,6 +115,10 @@ BANK_IMPL_ENV = 'DESPIKE_BANK_IMPL'
 #: convolutions (:func:`flush_tiny_kernel_entries`).
 KERNEL_FLUSH_RATIO = 1e-20
 
+#: Inputs with fewer elements than this take the fixed default without measuring: the forms differ by fractions of
+#: a millisecond there, less than measuring them costs (tests and toy runs build many such shapes).
+MIN_MEASURED_ELEMENTS = 1 << 16
+
 _PLANS: Dict[tuple, str] = {}  # measured choices, by layout, gradients, shapes, dtype and thread count
 _forced_impl: Optional[str] = None
 
@@ -193,8 +197,9 @@ def bank_implementation(feat: Tensor, kernels: Tensor, layout: str) -> str:
     instruction set, and the fastest form differs between CPUs (a grouped convolution with one input and m output
     channels per group, a depthwise one without channel multiplier, single-channel maps, the FFT). With gradients the
     forward and backward passes are timed together. Elsewhere (CUDA, tracing, ONNX export, ``torch.compile``,
-    autocast) a fixed default is used: the FFT with gradients, else the grouped convolution (channels-last layout)
-    or single-channel maps. :func:`set_bank_implementation` or :data:`BANK_IMPL_ENV` fix the choice.
+    autocast, inputs under :data:`MIN_MEASURED_ELEMENTS`) a fixed default is used: the FFT with gradients, else the
+    grouped convolution (channels-last layout) or single-channel maps. :func:`set_bank_implementation` or
+    :data:`BANK_IMPL_ENV` fix the choice.
     """
     grad = torch.is_grad_enabled() and (feat.requires_grad or kernels.requires_grad)
     forced = _forced_impl or os.environ.get(BANK_IMPL_ENV) or None
@@ -203,7 +208,7 @@ def bank_implementation(feat: Tensor, kernels: Tensor, layout: str) -> str:
             raise ValueError(f'{BANK_IMPL_ENV}={forced!r} is not a kernel-bank implementation; choose one of '
                              f'{", ".join(BANK_IMPLS)}')
         return forced
-    if not _can_measure(feat):
+    if feat.numel() < MIN_MEASURED_ELEMENTS or not _can_measure(feat):
         return _default_impl(layout, grad)
     key = (layout, grad, tuple(feat.shape), feat.dtype, tuple(kernels.shape), torch.get_num_threads())
     if key not in _PLANS:
