@@ -208,7 +208,7 @@ def bank_implementation(feat: Tensor, kernels: Tensor, layout: str) -> str:
             raise ValueError(f'{BANK_IMPL_ENV}={forced!r} is not a kernel-bank implementation; choose one of '
                              f'{", ".join(BANK_IMPLS)}')
         return forced
-    if feat.numel() < MIN_MEASURED_ELEMENTS or not _can_measure(feat):
+    if not _can_measure(feat) or feat.numel() < MIN_MEASURED_ELEMENTS:
         return _default_impl(layout, grad)
     key = (layout, grad, tuple(feat.shape), feat.dtype, tuple(kernels.shape), torch.get_num_threads())
     if key not in _PLANS:
