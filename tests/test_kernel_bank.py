@@ -151,3 +151,14 @@ def test_the_network_gives_the_same_image_with_every_implementation(name):
         reference = net(spikes)
         db.set_bank_implementation(name)
         torch.testing.assert_close(net(spikes), reference, rtol=1e-4, atol=1e-5)
+
+
+def test_a_bank_weight_first_built_under_inference_mode_still_trains():
+    """The cached space-to-depth index must not be an inference tensor (it would break the next backward pass)."""
+    db._UNSHUFFLE_INDEX.clear()
+    kernels = torch.rand(2, 3, 3)
+    with torch.inference_mode():
+        db.unshuffled_bank_weight(kernels, 2)
+    trainable = kernels.clone().requires_grad_(True)
+    db.unshuffled_bank_weight(trainable, 2).sum().backward()
+    assert trainable.grad is not None and torch.isfinite(trainable.grad).all()

@@ -369,18 +369,24 @@ def _unshuffle_index(size: int, factor: int, device: str) -> Tensor:
     """Flat kernel index (``size²`` = the zero column) of every entry of :func:`unshuffled_bank_weight`."""
     key = (size, factor, device)
     if key not in _UNSHUFFLE_INDEX:
-        s, taps = factor, (factor + size - 2) // factor + 1
-        sub = torch.arange(s)
-        q = torch.arange(taps)
-        # offset along one axis for (a, b, q): s·q + b − a
-        offset = s * q[None, None, :] + sub[None, :, None] - sub[:, None, None]  # (a, b, q)
-        valid = (offset >= 0) & (offset < size)
-        dy = offset[:, None, :, None, :, None]  # (a_y, ·, b_y, ·, q_y, ·)
-        dx = offset[None, :, None, :, None, :]  # (·, a_x, ·, b_x, ·, q_x)
-        inside = valid[:, None, :, None, :, None] & valid[None, :, None, :, None, :]
-        index = torch.where(inside, dy * size + dx, torch.full_like(dy * size + dx, size * size))
-        _UNSHUFFLE_INDEX[key] = index.reshape(-1).to(device)
+        with torch.inference_mode(False):  # a cached tensor made under inference_mode could not serve autograd later
+            _UNSHUFFLE_INDEX[key] = _make_unshuffle_index(size, factor).to(device)
     return _UNSHUFFLE_INDEX[key]
+
+
+def _make_unshuffle_index(size: int, factor: int) -> Tensor:
+    """The index of :func:`_unshuffle_index`, built on the CPU."""
+    s, taps = factor, (factor + size - 2) // factor + 1
+    sub = torch.arange(s)
+    q = torch.arange(taps)
+    # offset along one axis for (a, b, q): s·q + b − a
+    offset = s * q[None, None, :] + sub[None, :, None] - sub[:, None, None]  # (a, b, q)
+    valid = (offset >= 0) & (offset < size)
+    dy = offset[:, None, :, None, :, None]  # (a_y, ·, b_y, ·, q_y, ·)
+    dx = offset[None, :, None, :, None, :]  # (·, a_x, ·, b_x, ·, q_x)
+    inside = valid[:, None, :, None, :, None] & valid[None, :, None, :, None, :]
+    index = torch.where(inside, dy * size + dx, torch.full_like(dy * size + dx, size * size))
+    return index.reshape(-1)
 
 
 def fft_convolve_bank(feat: Tensor, kernels: Tensor) -> Tensor:
