@@ -88,3 +88,12 @@ def test_convolve_same_is_a_mirrored_convolution():
         for x in range(11):
             expected[y, x] = (padded[y:y + 5, x:x + 3] * flipped).sum()
     np.testing.assert_allclose(lens_psf.convolve_same(image, kernel), expected, atol=1e-12)
+
+
+def test_rendering_non_negative_light_stays_non_negative():
+    """FFT round-off must not leave negative light (the camera simulator rejects it)."""
+    rng = np.random.default_rng(4)
+    image = np.where(rng.random((64, 64)) < 0.5, 0.0, rng.random((64, 64)) * 2.0)
+    coc = np.linspace(-14, 20, 64)[None, :] * np.ones((64, 1))
+    for psf in (LensPSF(rim=0.7).kernel, lens_psf.gaussian_psf_for_coc):
+        assert lens_psf.render_layered_defocus(image, coc, psf, num_layers=8).min() >= 0.0

@@ -188,7 +188,10 @@ def convolve_same(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     padded = np.pad(image, ((ry, ry), (rx, rx)), mode='symmetric')
     shape = (padded.shape[0] + kh - 1, padded.shape[1] + kw - 1)
     full = np.fft.irfft2(np.fft.rfft2(padded, shape) * np.fft.rfft2(kernel, shape), shape)
-    return full[2 * ry:2 * ry + image.shape[0], 2 * rx:2 * rx + image.shape[1]]
+    out = full[2 * ry:2 * ry + image.shape[0], 2 * rx:2 * rx + image.shape[1]]
+    if image.min() >= 0 and kernel.min() >= 0:  # FFT round-off leaves ~1e-16 negatives where light is >= 0
+        out = np.maximum(out, 0.0)
+    return out
 
 
 def _delta() -> np.ndarray:
