@@ -173,10 +173,11 @@ def render_layered_defocus(image: np.ndarray,
         if not mask.any():
             continue
         kernel = psf_for_coc(float(layer_coc(signed[mask])))
-        soft = convolve_same(mask.astype(np.float64), kernel)
+        soft = np.minimum(convolve_same(mask.astype(np.float64), kernel), 1.0)  # round-off must not pass 1
         color = color * (1.0 - soft) + convolve_same(img * mask, kernel)
         alpha = alpha * (1.0 - soft) + soft
-    return color / np.maximum(alpha, 1e-12)
+    result = color / np.maximum(alpha, 1e-12)
+    return np.maximum(result, 0.0) if img.min() >= 0 else result
 
 
 def convolve_same(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
