@@ -412,29 +412,28 @@ def defocus_map_picture(maps: Dict[Tuple[str, str, str], Dict[str, np.ndarray]],
     return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
 
 
-def write_results(report: Dict[str, Any], out_dir: str, info: Dict[str, Any]) -> Dict[str, str]:
-    """``heldout.json`` (rows + summary + info), ``heldout.md`` and ``heldout.png`` in ``out_dir``."""
+def _write_outputs(out_dir: str, stem: str, title: str, report: Dict[str, Any], info: Dict[str, Any], table: str,
+                   image: Optional[np.ndarray]) -> Dict[str, str]:
+    """``<stem>.json`` (rows + summary + info), ``<stem>.md`` (title, info, table) and ``<stem>.png`` in ``out_dir``."""
     os.makedirs(out_dir, exist_ok=True)
-    paths = {name: osp.join(out_dir, f'heldout.{name}') for name in ('json', 'md', 'png')}
+    paths = {name: osp.join(out_dir, f'{stem}.{name}') for name in ('json', 'md', 'png')}
     with open(paths['json'], 'w', encoding='utf-8') as f:
         json.dump({'info': info, 'summary': report['summary'], 'rows': report['rows']}, f, indent=1)
     with open(paths['md'], 'w', encoding='utf-8') as f:
-        f.write('# Held-out natural data\n\n' + '\n'.join(f'- {k}: {v}' for k, v in info.items()) + '\n\n' +
-                markdown(report['summary']))
-    if report['_images']:
-        cv2.imwrite(paths['png'], picture(report['_images']))
+        f.write(f'# {title}\n\n' + '\n'.join(f'- {k}: {v}' for k, v in info.items()) + '\n\n' + table)
+    if image is not None:
+        cv2.imwrite(paths['png'], image)
     return paths
+
+
+def write_results(report: Dict[str, Any], out_dir: str, info: Dict[str, Any]) -> Dict[str, str]:
+    """``heldout.json`` (rows + summary + info), ``heldout.md`` and ``heldout.png`` in ``out_dir``."""
+    image = picture(report['_images']) if report['_images'] else None
+    return _write_outputs(out_dir, 'heldout', 'Held-out natural data', report, info, markdown(report['summary']), image)
 
 
 def write_defocus_map_results(report: Dict[str, Any], out_dir: str, info: Dict[str, Any]) -> Dict[str, str]:
     """``defocus_map.json`` (rows + summary + info), ``defocus_map.md`` and ``defocus_map.png`` in ``out_dir``."""
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {name: osp.join(out_dir, f'defocus_map.{name}') for name in ('json', 'md', 'png')}
-    with open(paths['json'], 'w', encoding='utf-8') as f:
-        json.dump({'info': info, 'summary': report['summary'], 'rows': report['rows']}, f, indent=1)
-    with open(paths['md'], 'w', encoding='utf-8') as f:
-        f.write('# Held-out defocus maps\n\n' + '\n'.join(f'- {k}: {v}' for k, v in info.items()) + '\n\n' +
-                defocus_map_markdown(report))
-    if report['_maps']:
-        cv2.imwrite(paths['png'], defocus_map_picture(report['_maps']))
-    return paths
+    image = defocus_map_picture(report['_maps']) if report['_maps'] else None
+    return _write_outputs(out_dir, 'defocus_map', 'Held-out defocus maps', report, info, defocus_map_markdown(report),
+                          image)
