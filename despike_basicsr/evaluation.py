@@ -61,16 +61,22 @@ def dpdd_val_scenes(dpdd_root: str, split: str = 'val') -> List[HeldoutScene]:
     return scenes
 
 
+def photo_linear(image: np.ndarray, max_side: int) -> np.ndarray:
+    """A display-referred photograph as linear luminance, shrunk (area) so its longer side is at most ``max_side``."""
+    linear = display_to_linear_luminance(np.asarray(image, dtype=np.float32))
+    scale = min(1.0, max_side / max(linear.shape))
+    if scale < 1.0:
+        size = (int(round(linear.shape[1] * scale)), int(round(linear.shape[0] * scale)))
+        linear = cv2.resize(linear, size, interpolation=cv2.INTER_AREA)
+    return linear
+
+
 def synthetic_depth_scenes(images: Dict[str, np.ndarray], seed: int = 0, sigma_range: Tuple[float, float] = (0.5, 4.0),
                            max_side: int = 512, set_name: str = 'photos+depth') -> List[HeldoutScene]:
     """Thin-lens defocus of display-referred photographs over :func:`synthetic_depth_map` (one seed per image)."""
     scenes = []
     for index, (key, image) in enumerate(sorted(images.items())):
-        linear = display_to_linear_luminance(np.asarray(image, dtype=np.float32))
-        scale = min(1.0, max_side / max(linear.shape))
-        if scale < 1.0:
-            size = (int(round(linear.shape[1] * scale)), int(round(linear.shape[0] * scale)))
-            linear = cv2.resize(linear, size, interpolation=cv2.INTER_AREA)
+        linear = photo_linear(image, max_side)
         rng = np.random.default_rng([seed, index])
         depth = synthetic_depth_map(*linear.shape, rng)
         lens = fit_thin_lens(float(depth.min()), float(depth.max()) * 1.0001, *sigma_range)
@@ -298,11 +304,7 @@ def defocus_map_scenes(images: Dict[str, np.ndarray], seed: int = 24, max_sigma:
 
     scenes = []
     for index, (key, image) in enumerate(sorted(images.items())):
-        linear = display_to_linear_luminance(np.asarray(image, dtype=np.float32))
-        scale = min(1.0, max_side / max(linear.shape))
-        if scale < 1.0:
-            size = (int(round(linear.shape[1] * scale)), int(round(linear.shape[0] * scale)))
-            linear = cv2.resize(linear, size, interpolation=cv2.INTER_AREA)
+        linear = photo_linear(image, max_side)
         rng = np.random.default_rng([seed, index, 24])
         if psf_family == 'gaussian':
             psf, coc_max = lens_psf.gaussian_psf_for_coc, 4.0 * max_sigma + 1.0

@@ -289,7 +289,7 @@ def run(args: argparse.Namespace) -> dict:
             despike_u8 = to_uint8(shown)
             name = f'{stem}_t{centre:06d}.png'
             try:
-                path = output_path(osp.join(args.out, 'despike', name[:-4]), args.format)
+                path = output_path(osp.join(args.out, 'despike', f'{stem}_t{centre:06d}'), args.format)
                 write_image(path, shown, kept, args.format)
             except OSError as err:
                 raise InferError(str(err)) from None
