@@ -8,7 +8,10 @@ SSIM on uint8):
 - ``raw``: every method brought to the ground truth's display scale with the known exposure (the simulated rate per
   unit intensity η·L/θ): TFP/TFI as display(rate·γ / (η·L/θ)), DeSpike as output·(exposure)^(−1/γ_display);
 - ``fit``: after a least-squares gain/offset fit of each image to its ground truth (a reconstruction of a real
-  recording is only defined up to its display scale, DESIGN.md §11).
+  recording is only defined up to its display scale, DESIGN.md §11);
+- ``by region``: raw SSIM where defocus removed detail from the photograph and elsewhere (in focus or flat), see
+  :func:`defocus_loss_mask`. The photograph is noise-free, so outside the defocused region it is the ground truth
+  itself and a spike reconstruction can only lose there (shot noise); the defocused region is where deblurring pays.
 
 ``scripts/evaluate_heldout.py`` is the command line; results go to ``results/heldout/``.
 """
@@ -109,6 +112,50 @@ def gain_offset_fit(image: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.clip(a * image + b, 0.0, 1.0).astype(np.float32)
 
 
+def local_detail(image: np.ndarray, sigma: float = 6.0) -> np.ndarray:
+    """Local detail: the Sobel gradient magnitude of ``image`` averaged by a Gaussian of ``sigma`` px."""
+    image = image.astype(np.float32)
+    gx = cv2.Sobel(image, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(image, cv2.CV_32F, 0, 1, ksize=3)
+    return cv2.GaussianBlur(np.sqrt(gx * gx + gy * gy), (0, 0), sigma)
+
+
+def defocus_loss_mask(defocused: np.ndarray, target: np.ndarray, keep_ratio: float = 0.5) -> np.ndarray:
+    """Where the defocused photograph kept less than ``keep_ratio`` of the sharp image's local detail (bool, H×W).
+
+    Defined from the photograph and the ground truth only, so it is the same for every method.
+    """
+    return local_detail(np.clip(defocused, 0.0, 1.0)) < keep_ratio * local_detail(target)
+
+
+def ssim_map(image: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Per-pixel SSIM of two uint8 images, BasicSR's ``calculate_ssim`` before its mean (11×11 Gaussian window, σ 1.5,
+    the 5-pixel border cropped), so that a region's mean matches BasicSR's figure when the region is the image."""
+    c1, c2 = (0.01 * 255)**2, (0.03 * 255)**2
+    img, ref = image.astype(np.float64), target.astype(np.float64)
+    kernel = cv2.getGaussianKernel(11, 1.5)
+    window = np.outer(kernel, kernel.transpose())
+
+    def blur(x: np.ndarray) -> np.ndarray:
+        return cv2.filter2D(x, -1, window)[5:-5, 5:-5]
+
+    mu1, mu2 = blur(img), blur(ref)
+    var1, var2, cov = blur(img * img) - mu1**2, blur(ref * ref) - mu2**2, blur(img * ref) - mu1 * mu2
+    return ((2 * mu1 * mu2 + c1) * (2 * cov + c2)) / ((mu1**2 + mu2**2 + c1) * (var1 + var2 + c2))
+
+
+def region_ssim(image: np.ndarray, target: np.ndarray, mask: np.ndarray) -> Dict[str, float]:
+    """Raw SSIM inside ``mask`` (``ssim_defocus``) and outside it (``ssim_rest``); NaN for an empty region."""
+    def u8(x: np.ndarray) -> np.ndarray:
+        return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
+
+    values, inside = ssim_map(u8(image), u8(target)), mask[5:-5, 5:-5]
+    return {
+        'ssim_defocus': float(values[inside].mean()) if inside.any() else float('nan'),
+        'ssim_rest': float(values[~inside].mean()) if (~inside).any() else float('nan'),
+    }
+
+
 def scores(image: np.ndarray, target: np.ndarray) -> Dict[str, float]:
     """BasicSR PSNR / SSIM on uint8 of the raw image and of its gain/offset fit."""
     from basicsr.metrics import calculate_psnr, calculate_ssim
@@ -160,7 +207,8 @@ def evaluate(scenes: Sequence[HeldoutScene], despike: Optional[Callable[[np.ndar
         progress: Called with a line per finished scene.
 
     Returns:
-        ``{'rows': [{set, key, level, method, psnr, ssim, psnr_fit, ssim_fit}], 'summary': ..., '_images': ...}``.
+        ``{'rows': [{set, key, level, method, psnr, ssim, psnr_fit, ssim_fit, ssim_defocus, ssim_rest,
+        defocus_fraction}], 'summary': ..., '_images': ...}``.
     """
     rows, images = [], {}
     kept: Dict[str, int] = {}
@@ -171,9 +219,11 @@ def evaluate(scenes: Sequence[HeldoutScene], despike: Optional[Callable[[np.ndar
         for level_index, (level, rate) in enumerate(levels.items()):
             outputs = reconstruct_all(scene, rate, steps, seed * 100003 + index * 101 + level_index,
                                       despike, reference_rate)
+            mask = defocus_loss_mask(outputs['defocused'], target)
             for method, image in outputs.items():
                 rows.append(dict(set=scene.set_name, key=scene.key, level=level, method=method,
-                                 **scores(image, target)))
+                                 defocus_fraction=float(mask.mean()), **scores(image, target),
+                                 **region_ssim(image, target, mask)))
             if keep:
                 images[(scene.set_name, scene.key, level)] = dict(outputs, truth=target)
         if progress is not None:
@@ -189,8 +239,9 @@ def summarise(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     summary = []
     for (set_name, level, method), members in groups.items():
         entry = dict(set=set_name, level=level, method=method, count=len(members))
-        for metric in ('psnr', 'ssim', 'psnr_fit', 'ssim_fit'):
-            entry[metric] = float(np.mean([m[metric] for m in members]))
+        for metric in ('psnr', 'ssim', 'psnr_fit', 'ssim_fit', 'ssim_defocus', 'ssim_rest'):
+            if all(metric in m for m in members):
+                entry[metric] = float(np.nanmean([m[metric] for m in members]))
         summary.append(entry)
     return summary
 
@@ -213,7 +264,24 @@ def markdown(summary: Sequence[Dict[str, Any]]) -> str:
                 cells += [f"{e['psnr']:.2f} / {e['ssim']:.3f}", f"{e['psnr_fit']:.2f} / {e['ssim_fit']:.3f}"]
             lines.append(f'| {LABELS.get(method, method)} | ' + ' | '.join(cells) + ' |')
         lines.append('')
+        if all('ssim_defocus' in s for s in entries):
+            lines += region_markdown(entries, levels)
     return '\n'.join(lines)
+
+
+def region_markdown(entries: Sequence[Dict[str, Any]], levels: Sequence[str]) -> List[str]:
+    """Lines of the raw-SSIM-by-region table of one set (see the module doc)."""
+    lines = ['Raw SSIM where defocus removed detail from the photograph / elsewhere (in focus or flat; there the '
+             'noise-free photograph is the truth itself):', '',
+             '| method | ' + ' | '.join(f'{lv} defocused region / elsewhere' for lv in levels) + ' |',
+             '| --- |' + ' ---: |' * len(levels)]
+    for method in dict.fromkeys(s['method'] for s in entries):
+        cells = []
+        for level in levels:
+            e = next(s for s in entries if s['method'] == method and s['level'] == level)
+            cells.append(f"{e['ssim_defocus']:.3f} / {e['ssim_rest']:.3f}")
+        lines.append(f'| {LABELS.get(method, method)} | ' + ' | '.join(cells) + ' |')
+    return lines + ['']
 
 
 def picture(images: Dict[Tuple[str, str, str], Dict[str, np.ndarray]], crop: int = 192, zoom: int = 1) -> np.ndarray:

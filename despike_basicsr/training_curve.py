@@ -45,6 +45,10 @@ def cpu_hours(iteration: int, known: List[Dict[str, Any]], seconds: Dict[int, fl
     return base_hours + sum(spent) / 3600.0
 
 
+#: Per-image figures a curve entry keeps (the region SSIMs since iteration 8,000's sitting).
+CURVE_METRICS = ('psnr', 'ssim', 'psnr_fit', 'ssim_fit', 'ssim_defocus', 'ssim_rest')
+
+
 def score_checkpoint(weights: str, scenes, steps: int = 192, seed: int = 0, mean_rate: float = 0.3) -> Dict[str, Any]:
     """DeSpike (EMA weights of ``weights``) and the photograph on every scene: per-image PSNR/SSIM, raw and fitted."""
     from despike_basicsr import evaluation
@@ -61,7 +65,7 @@ def score_checkpoint(weights: str, scenes, steps: int = 192, seed: int = 0, mean
     for row in report['rows']:
         if row['method'] in ('despike', 'defocused'):
             per_image.setdefault(row['key'], {})[row['method']] = {
-                k: round(row[k], 4) for k in ('psnr', 'ssim', 'psnr_fit', 'ssim_fit')}
+                k: round(row[k], 4) for k in CURVE_METRICS if k in row}
     return per_image
 
 
@@ -88,7 +92,14 @@ def gains(entry: Dict[str, Any], metric: str = 'psnr_fit') -> Dict[str, float]:
 
 
 def mean_of(entry: Dict[str, Any], method: str, metric: str) -> float:
-    return float(np.mean([v[method][metric] for v in entry['images'].values()]))
+    """Mean of ``metric`` over the entry's images (NaN when an image lacks it)."""
+    return float(np.mean([v[method].get(metric, np.nan) for v in entry['images'].values()]))
+
+
+def region_cell(entry: Dict[str, Any], method: str) -> str:
+    """``SSIM defocused region / elsewhere`` of ``method``, ``n/a`` for entries scored before the split existed."""
+    inside, rest = mean_of(entry, method, 'ssim_defocus'), mean_of(entry, method, 'ssim_rest')
+    return 'n/a' if np.isnan(inside) or np.isnan(rest) else f'{inside:.3f} / {rest:.3f}'
 
 
 def markdown(name: str, entries: List[Dict[str, Any]]) -> str:
@@ -101,20 +112,23 @@ def markdown(name: str, entries: List[Dict[str, Any]]) -> str:
         f'# Learning curve: {name}', '',
         'DPDD val (4 real lens-defocus pairs), bright level (mean 0.3 spikes per step, θ 2, η 1, 5 % gain spread, '
         'FPN γ given), 192 frames, EMA weights. PSNR / SSIM raw, then after the gain/offset fit; the last columns are '
-        'each image\'s fitted-PSNR gain over the defocused photograph (positive = deblurred past it). Written by '
+        'each image\'s fitted-PSNR gain over the defocused photograph (positive = deblurred past it), and the raw '
+        'SSIM where defocus removed detail from the photograph / elsewhere (in focus or flat: there the noise-free '
+        'photograph is the truth itself, so a spike reconstruction can only lose to it). Written by '
         '`python scripts/training_curve.py`.', '',
         'The photograph itself (no deblurring): ' + ', '.join(
             f'{k} {photo[k]["psnr_fit"]:.2f} dB fit' for k in keys) +
         f'; mean {np.mean([photo[k]["psnr_fit"] for k in keys]):.2f} dB fit, '
-        f'{np.mean([photo[k]["psnr"] for k in keys]):.2f} / {np.mean([photo[k]["ssim"] for k in keys]):.3f} raw.', '',
-        '| iteration | CPU hours | PSNR / SSIM | fit PSNR / SSIM | ' + ' | '.join(f'Δ {k}' for k in keys) + ' |',
-        '| ---: | ---: | ---: | ---: |' + ' ---: |' * len(keys)]
+        f'{np.mean([photo[k]["psnr"] for k in keys]):.2f} / {np.mean([photo[k]["ssim"] for k in keys]):.3f} raw; '
+        f'SSIM by region {region_cell(entries[-1], "defocused")}.', '',
+        '| iteration | CPU hours | PSNR / SSIM | fit PSNR / SSIM | ' + ' | '.join(f'Δ {k}' for k in keys) +
+        ' | SSIM by region |', '| ---: | ---: | ---: | ---: |' + ' ---: |' * len(keys) + ' ---: |']
     for e in entries:
         hours = 'n/a' if e.get('cpu_hours') is None else f'{e["cpu_hours"]:.2f}'
         delta = ' | '.join(f'{gains(e)[k]:+.2f}' for k in keys)
         lines.append(f'| {e["iteration"]} | {hours} | {mean_of(e, "despike", "psnr"):.2f} / '
                      f'{mean_of(e, "despike", "ssim"):.3f} | {mean_of(e, "despike", "psnr_fit"):.2f} / '
-                     f'{mean_of(e, "despike", "ssim_fit"):.3f} | {delta} |')
+                     f'{mean_of(e, "despike", "ssim_fit"):.3f} | {delta} | {region_cell(e, "despike")} |')
     return '\n'.join(lines) + '\n'
 
 

@@ -168,7 +168,10 @@ def test_learning_curve_hours_gains_table_and_plot(tmp_path):
     tc.save_curve(path, 'run', entries[::-1])
     assert [e['iteration'] for e in tc.load_curve(path)] == [0, 500]
     table = tc.markdown('run', tc.load_curve(path))
-    assert '| 500 | 1.00 |' in table and '+0.50' in table
+    assert '| 500 | 1.00 |' in table and '+0.50' in table and table.rstrip().endswith('n/a |')
+    for image in entries[1]['images'].values():
+        image['despike'].update(ssim_defocus=0.7, ssim_rest=0.8)
+    assert tc.markdown('run', entries).rstrip().endswith('| 0.700 / 0.800 |')
     image = tc.plot('run', entries)
     assert image.shape == (420, 760, 3) and image.min() == 0
     assert json.loads(open(path).read())['name'] == 'run'

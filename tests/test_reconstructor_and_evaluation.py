@@ -138,6 +138,25 @@ def test_gain_offset_fit_recovers_an_affine_copy():
     assert raw['psnr'] < 30 and raw['psnr_fit'] == fitted['psnr'] == float('inf')
 
 
+def test_ssim_by_region_splits_where_defocus_removed_detail():
+    from basicsr.metrics import calculate_ssim
+    import cv2
+    truth = np.clip(generate_scene(64, 96, 3)[0]**(1 / 2.2), 0, 1).astype(np.float32)
+    photo = truth.copy()
+    photo[:, :48] = cv2.GaussianBlur(truth, (0, 0), 4.0)[:, :48]  # left half defocused, right half sharp
+    mask = evaluation.defocus_loss_mask(photo, truth)
+    assert mask[8:-8, 8:40].mean() > 0.8 and mask[8:-8, 60:-8].mean() < 0.05
+    u8 = (truth * 255).round().astype(np.uint8)
+    noisy = np.clip(truth + np.random.default_rng(0).normal(0, 0.05, truth.shape), 0, 1)
+    # the map's mean is BasicSR's SSIM
+    assert evaluation.ssim_map((noisy * 255).round(), u8).mean() == pytest.approx(
+        calculate_ssim((noisy * 255).round().astype(np.uint8), u8, crop_border=0), abs=1e-6)
+    photo_regions, noisy_regions = (evaluation.region_ssim(x, truth, mask) for x in (photo, noisy))
+    assert photo_regions['ssim_rest'] > 0.95 > photo_regions['ssim_defocus'] + 0.1  # exact where sharp
+    assert noisy_regions['ssim_rest'] < photo_regions['ssim_rest'] - 0.03  # noise costs where the photo is exact
+    assert np.isnan(evaluation.region_ssim(photo, truth, np.zeros_like(mask))['ssim_defocus'])
+
+
 def test_evaluate_scores_every_method_at_every_level():
     images = {f'img{i}': generate_scene(40, 48, 10 + i)[0]**(1 / 2.2) for i in range(2)}
     scenes = evaluation.synthetic_depth_scenes(images, seed=0, sigma_range=(0.5, 2.0), set_name='toy')
@@ -151,8 +170,9 @@ def test_evaluate_scores_every_method_at_every_level():
     assert summary[('bright', 'tfp192')]['psnr'] > summary[('dim', 'tfp192')]['psnr']  # fewer spikes, more noise
     # the stand-in equals TFP over all 64 frames, raw scale from the known exposure
     assert summary[('bright', 'despike')]['psnr'] == pytest.approx(summary[('bright', 'tfp192')]['psnr'], abs=0.3)
+    assert 0.0 <= summary[('bright', 'despike')]['ssim_rest'] <= 1.0
     table = evaluation.markdown(report['summary'])
-    assert '### toy (2 scenes)' in table and 'TFP-192' in table
+    assert '### toy (2 scenes)' in table and 'TFP-192' in table and 'defocused region / elsewhere' in table
     picture = evaluation.picture(report['_images'], crop=32)
     assert picture.ndim == 2 and picture.shape[1] > 6 * 32
 
