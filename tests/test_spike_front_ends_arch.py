@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from despike_basicsr.archs.baseline_blocks import count_parameters
 from despike_basicsr.archs.rsir_arch import haar_filters, shifted_window_mask
-from despike_basicsr.archs.spk2imgnet_arch import block_starts
+from despike_basicsr.archs.spk2imgnet_arch import block_starts, modulated_deform_conv
 
 # Spike-Zoo's measurement of the official models (logs/params.log of github.com/chenkang455/Spike-Zoo, 2024-08-10).
 PUBLISHED_PARAMS = {'Spk2ImgNet': 3.9042e6, 'RSIR': 0.2545e6}
@@ -116,10 +116,39 @@ def test_rsir_fpn_and_dark_maps():
         net(spikes, gamma=torch.ones(1, 1, 9, 11))
 
 
-@pytest.mark.parametrize('name,message', [('Spk2ImgNet', 'at least 41 frames, found 40'),
+def test_modulated_deform_conv_is_torchvisions_arithmetic():
+    """Values and every gradient equal torchvision's deform_conv2d (float64), borders and odd sizes included."""
+    from torchvision.ops import deform_conv2d
+    generator = torch.Generator().manual_seed(0)
+    b, c, h, w, groups = 2, 4, 5, 7, 2
+    tensors = [torch.randn(b, c, h, w, generator=generator, dtype=torch.float64),
+               2 * torch.randn(b, 2 * groups * 9, h, w, generator=generator, dtype=torch.float64),
+               torch.rand(b, groups * 9, h, w, generator=generator, dtype=torch.float64),
+               torch.randn(3, c, 3, 3, generator=generator, dtype=torch.float64),
+               torch.randn(3, generator=generator, dtype=torch.float64)]
+    weights = torch.rand(b, 3, h, w, generator=generator, dtype=torch.float64)
+    results = []
+    for fn in (lambda x, o, m, k, bias: modulated_deform_conv(x, o, m, k, bias, padding=1),
+               lambda x, o, m, k, bias: deform_conv2d(x, o, k, bias, padding=1, mask=m)):
+        inputs = [t.clone().requires_grad_() for t in tensors]
+        out = fn(*inputs)
+        results.append([out] + list(torch.autograd.grad((out * weights).sum(), inputs)))
+    for ours, theirs in zip(*results):
+        assert torch.allclose(ours, theirs, atol=1e-9), (ours - theirs).abs().max()
+
+
+def test_spk2imgnet_short_streams_spread_the_blocks():
+    net = _net('Spk2ImgNet', num_feat=8, num_res_blocks=1, deform_groups=2).eval()
+    assert block_starts(32, 5, 6) == [1, 5, 9, 13, 17]
+    with torch.no_grad():
+        for length in (32, 13):
+            assert net(_spikes(1, length, 8, 8)).shape == (1, 1, 8, 8)
+
+
+@pytest.mark.parametrize('name,message', [('Spk2ImgNet', 'at least 13 frames, found 12'),
                                           ('RSIR', r'\(B, T, H, W\) with T >= 1, found \(40, 8, 8\)')])
 def test_bad_streams_are_named(name, message):
     net = _net(name)
     spikes = _spikes(1, 40, 8, 8)
     with pytest.raises(ValueError, match=message):
-        net(spikes if name == 'Spk2ImgNet' else spikes[0])
+        net(spikes[:, :12] if name == 'Spk2ImgNet' else spikes[0])

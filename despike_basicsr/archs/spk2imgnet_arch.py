@@ -8,15 +8,17 @@ Written from the paper's description; the official code (as kept in Spike-Zoo) w
   13, 11, 9 and 7 frames around the block's centre (short windows keep motion sharp, long ones average the noise),
   mixed per pixel by predicted weights, lifted to 64 features and refined by residual blocks.
 * Pyramid deformable alignment (PCD, as in EDVR): the features of each neighbouring block are aligned to the centre
-  block's at 1/4, 1/2 and full resolution by modulated deformable convolutions (torchvision's ``DeformConv2d``), the
-  offsets of a coarser level guiding the finer one, then refined once more at full resolution (the cascade).
+  block's at 1/4, 1/2 and full resolution by modulated deformable convolutions (DCNv2; parameters held by torchvision's
+  ``DeformConv2d``, computed by :func:`modulated_deform_conv`), the offsets of a coarser level guiding the finer one,
+  then refined once more at full resolution (the cascade).
 * Fusion and reconstruction: each aligned neighbour is gated by a mask predicted from it and the centre features; the
   five feature maps are concatenated and three convolutions reconstruct the image.
 
-Input ``(B, T, H, W)`` spikes (uint8, bool or float), T ≥ ``num_frames`` (the centre ``num_frames`` are used), any H, W;
-output ``(B, 1, H, W)``.
+Input ``(B, T, H, W)`` spikes (uint8, bool or float), any H, W; output ``(B, 1, H, W)``. The centre ``num_frames`` are
+used; a shorter stream (at least one block, 2r + 1 frames) spreads the blocks evenly over what it has (the short-window
+test: 32 frames give blocks 4 frames apart), with the same weights.
 """
-from typing import List
+from typing import List, Optional
 
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
@@ -95,7 +97,8 @@ class LightInference(nn.Module):
 
 
 class ModulatedDeform(nn.Module):
-    """DCNv2: offsets and modulation masks predicted from a guide feature map, applied by ``DeformConv2d``.
+    """DCNv2: offsets and modulation masks predicted from a guide feature map, applied by :func:`modulated_deform_conv`
+    with the weight and bias of a ``DeformConv2d`` (kept for its parameters, so checkpoints keep their keys).
 
     The prediction conv starts with zero bias and weights shrunk tenfold, so the sampling starts close to a plain
     convolution (a zero initialisation would also cut the gradient to the layers before it until the first update).
@@ -113,7 +116,53 @@ class ModulatedDeform(nn.Module):
     def forward(self, x: Tensor, guide: Tensor) -> Tensor:
         prediction = self.predict(guide)
         offset, mask = prediction[:, :self.num_offsets], torch.sigmoid(prediction[:, self.num_offsets:])
-        return self.deform(x, offset, mask)
+        return modulated_deform_conv(x, offset, mask, self.deform.weight, self.deform.bias, padding=1)
+
+
+def modulated_deform_conv(x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bias: Optional[Tensor],
+                          padding: int = 1) -> Tensor:
+    """Modulated deformable convolution (DCNv2, stride 1, dilation 1), the arithmetic of torchvision's
+    ``deform_conv2d(x, offset, weight, bias, padding=padding, mask=mask)``, as bilinear sampling plus one matrix
+    product.
+
+    ``out(p) = b + Σ_k Σ_c w[:, c, k] · m_{g(c), k}(p) · x_c(p + p_k + Δp_{g(c), k}(p))``, with x read bilinearly and
+    zero outside the image. The taps of every offset group are gathered by one ``grid_sample`` (bilinear, zero padding,
+    pixel-centre coordinates) into ``(B, C·k², H, W)`` columns that a 1×1 convolution with the reshaped weight reduces.
+    Same values and gradients as torchvision's kernel (tested to 1e-8 against it and against finite differences in
+    float64); on a CPU it is about 9× faster for training (2026-12-05, one thread, 4×64×96×96, 8 groups: forward +
+    backward 1.6 s against 14.8 s), because torchvision's CPU backward is a scalar loop.
+
+    Args:
+        x: ``(B, C, H, W)`` input.
+        offset: ``(B, 2·G·k², H, W)`` offsets, torchvision's layout: per group, per tap ``(Δy, Δx)``.
+        mask: ``(B, G·k², H, W)`` modulation, per group and tap.
+        weight: ``(C_out, C, kh, kw)``.
+        bias: ``(C_out,)`` or None.
+        padding: Zero padding of the input (1 for 3×3 keeps the size).
+
+    Returns:
+        ``(B, C_out, H, W)``.
+    """
+    b, c, h, w = x.shape
+    c_out, _, kh, kw = weight.shape
+    taps = kh * kw
+    out_h, out_w = offset.shape[-2:]
+    groups = offset.shape[1] // (2 * taps)
+    if offset.shape[1] != 2 * groups * taps or mask.shape[1] != groups * taps or c % groups:
+        raise ValueError(f'modulated_deform_conv: offset {tuple(offset.shape)} / mask {tuple(mask.shape)} do not fit '
+                         f'{taps} taps and {c} channels')
+    offset = offset.view(b, groups, taps, 2, out_h, out_w)
+    tap_y = (torch.arange(kh, device=x.device, dtype=x.dtype) - padding).repeat_interleave(kw)
+    tap_x = (torch.arange(kw, device=x.device, dtype=x.dtype) - padding).repeat(kh)
+    rows = torch.arange(out_h, device=x.device, dtype=x.dtype)[None, :, None] + tap_y[:, None, None]
+    cols = torch.arange(out_w, device=x.device, dtype=x.dtype)[None, None, :] + tap_x[:, None, None]
+    pos_y, pos_x = rows + offset[:, :, :, 0], cols + offset[:, :, :, 1]  # (B, G, k², H, W) pixel coordinates
+    # pixel centres, align_corners=False: grid = (2 p + 1) / size - 1 (works for any size, 1 included)
+    grid = torch.stack([(2 * pos_x + 1) / w - 1, (2 * pos_y + 1) / h - 1], dim=-1)
+    sampled = F.grid_sample(x.reshape(b * groups, c // groups, h, w), grid.view(b * groups, taps * out_h, out_w, 2),
+                            mode='bilinear', padding_mode='zeros', align_corners=False)
+    sampled = sampled.view(b, groups, c // groups, taps, out_h, out_w) * mask.view(b, groups, 1, taps, out_h, out_w)
+    return F.conv2d(sampled.reshape(b, c * taps, out_h, out_w), weight.reshape(c_out, c * taps, 1, 1), bias)
 
 
 def _up2(x: Tensor) -> Tensor:
@@ -238,11 +287,13 @@ class Spk2ImgNet(nn.Module):
 
     def forward(self, spikes: Tensor) -> Tensor:
         """Reconstruct the frame at the centre of ``spikes`` ``(B, T, H, W)``; returns ``(B, 1, H, W)``."""
-        check_spike_stream(spikes, self.num_frames, 'Spk2ImgNet')
+        check_spike_stream(spikes, self.block_len, 'Spk2ImgNet')
         batch, length, height, width = spikes.shape
-        first = (length - self.num_frames) // 2
-        stream = pad_to_multiple(spikes[:, first:first + self.num_frames].float(), 4)
-        blocks = torch.cat([stream[:, s:s + self.block_len] for s in self.starts], dim=0)  # blocks stacked on batch
+        used = min(length, self.num_frames)
+        first = (length - used) // 2
+        starts = self.starts if used == self.num_frames else block_starts(used, len(self.starts), self.block_len // 2)
+        stream = pad_to_multiple(spikes[:, first:first + used].float(), 4)
+        blocks = torch.cat([stream[:, s:s + self.block_len] for s in starts], dim=0)  # blocks stacked on batch
         feats = self.extract(blocks).view(len(self.starts), batch, -1, *stream.shape[-2:]).unbind(0)
 
         centre_pyramid = self.align.pyramid(feats[self.centre])
