@@ -82,6 +82,10 @@ def test_dpdd_layout_to_lmdb(dpdd_root, tmp_path):
         assert np.abs(rate * 2.0 - blurred_linear).mean() < 0.03
         sharp_linear = np.power(expected / 255, 2.2)
         assert np.abs(rate * 2.0 - blurred_linear).mean() < np.abs(rate * 2.0 - sharp_linear).mean()
+        # The defocused photograph, processed as the ground truth is: a learned front end's training target.
+        assert meta['blurred'] is True
+        expected_blurred = _expected_display_gray(dpdd_root / 'train_c' / 'source' / SOURCE_NAMES[i])
+        assert np.abs(reader.read_blurred(key).astype(np.float64) - expected_blurred).max() <= 1.0
     gamma = load_fpn(str(out / 'fpn.npz'), shape=(40, 56))
     gain, _ = prep.camera.sample_fpn((40, 56), 0.058, seed=prep.sensor_seed(3))
     np.testing.assert_allclose(gamma, np.median(gain) / gain, rtol=1e-4)

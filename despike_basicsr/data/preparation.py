@@ -415,7 +415,10 @@ def prepare_lmdb(samples: Iterable[SampleSpec],
                                                    seed=seed + 1)
             packed = simulate_packed(intensity, config, seed, gain, dark)
             params = sample_params(config, seed, blur_params, spec.provenance())
-            writer.add(spec.key, to_display_uint8(sharp, config.gamma), params, packed=packed, length=config.steps)
+            # the defocused image the camera saw, display-referred like the ground truth: the target of a learned
+            # spike front end's own training stage (SpikeFrontEndModel)
+            writer.add(spec.key, to_display_uint8(sharp, config.gamma), params, packed=packed, length=config.steps,
+                       blurred=to_display_uint8(intensity, config.gamma))
         if config.has_fpn and config.fpn == 'sensor' and sensor is not None:
             from despike_basicsr.spike import fpn as spike_fpn
             spike_fpn.save_fpn(writer.staging_path('fpn.npz'), sensor_fpn_calibration(*sensor, config))

@@ -94,6 +94,16 @@ class PackedWindow(NamedTuple):
         return unpack_time(self.planes, self.length, self.t0, self.t1)
 
 
+def _raw_uint8_image(image: np.ndarray, shape: Tuple[int, int], what: str) -> bytes:
+    """An (H, W) image as raw uint8 bytes (floats in [0, 1] are rounded), checked against ``shape``."""
+    image = np.asarray(image)
+    if image.shape != tuple(shape):
+        raise ValueError(f'{what} shape {image.shape} differs from the spike resolution {tuple(shape)}')
+    if image.dtype != np.uint8:
+        image = np.clip(np.round(image.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(image).tobytes()
+
+
 class SpikeLMDBWriter:
     """Writes samples to a new ``.lmdb`` folder, atomically.
 
@@ -159,7 +169,8 @@ class SpikeLMDBWriter:
             params: Dict[str, Any],
             spikes: Optional[np.ndarray] = None,
             packed: Optional[np.ndarray] = None,
-            length: Optional[int] = None) -> None:
+            length: Optional[int] = None,
+            blurred: Optional[np.ndarray] = None) -> None:
         """Add one sample.
 
         Args:
@@ -170,6 +181,9 @@ class SpikeLMDBWriter:
             spikes: Stream (T, H, W) of 0/1; or give ``packed`` and ``length`` instead.
             packed: Time-packed stream (ceil(T/8), H, W) uint8.
             length: Number of frames T of ``packed``.
+            blurred: Optional defocused image (H, W) the camera saw, display-referred like ``gt`` (uint8, or float in
+                [0, 1]): stored raw as ``<key>/blurred`` and flagged ``"blurred": true`` in the metadata. It is the
+                target of a learned spike front end's own training stage (``SpikeFrontEndModel``).
 
         Raises:
             ValueError: For a bad key, a duplicate key, or arrays whose shapes disagree.
@@ -208,7 +222,11 @@ class SpikeLMDBWriter:
         meta = _json_ready(dict(params))
         meta.setdefault('center', length // 2)
         meta.update({'T': length, 'H': int(height), 'W': int(width)})
-        records = {f'{key}/spk': packed.tobytes(), f'{key}/gt': gt_bytes, f'{key}/meta': _dump_json(meta).encode()}
+        records = {f'{key}/spk': packed.tobytes(), f'{key}/gt': gt_bytes}
+        if blurred is not None:
+            records[f'{key}/blurred'] = _raw_uint8_image(blurred, (height, width), f'sample {key!r}: blurred')
+            meta['blurred'] = True
+        records[f'{key}/meta'] = _dump_json(meta).encode()
         self._put(records)
         self._keys.add(key)
         self._lines.append(f'{key} {length},{height},{width} {_dump_json(meta)}')
@@ -509,6 +527,41 @@ class SpikeLMDBReader:
             gt = self._decode_png_gt(key, png, height, width)[y0:y1, x0:x1]
         window = PackedWindow(crop, min(length, plane1 * 8) - plane0 * 8, t0 - plane0 * 8, t1 - plane0 * 8)
         return window, gt
+
+    def has_blurred(self, key: Optional[str] = None) -> bool:
+        """Whether a sample (default: every sample) stores its defocused image (``<key>/blurred``).
+
+        LMDBs written before the record existed have none; ``meta_info.txt`` says so without opening the LMDB.
+        """
+        keys = self.keys if key is None else [key]
+        return all(bool(self._entry(k)[2].get('blurred')) for k in keys)
+
+    def read_blurred(self,
+                     key: str,
+                     y0: int = 0,
+                     y1: Optional[int] = None,
+                     x0: int = 0,
+                     x1: Optional[int] = None) -> np.ndarray:
+        """The crop ``[y0:y1, x0:x1]`` of a sample's defocused image, uint8 (display-referred, like ``gt``).
+
+        Raises:
+            LMDBKeyError: If the sample has no ``blurred`` record (an LMDB prepared before it was stored: prepare it
+                again with scripts/prepare_dpdd.py, pack_folder.py or make_demo_dataset.py).
+        """
+        meta = self.meta(key)
+        height, width = meta['H'], meta['W']
+        y1 = height if y1 is None else y1
+        x1 = width if x1 is None else x1
+        with self._txn(buffers=True) as txn:
+            buffer = txn.get(f'{key}/blurred'.encode())
+            if buffer is None or not meta.get('blurred'):
+                raise LMDBKeyError(f'sample {key!r} of {self.path} stores no defocused image ({key}/blurred): the LMDB '
+                                   'was prepared before that record existed; prepare it again (scripts/'
+                                   'prepare_dpdd.py, pack_folder.py or make_demo_dataset.py) to train a learned '
+                                   'spike front end on it')
+            if len(buffer) != height * width:
+                raise MetaInfoError(f'{self.path}: {key}/blurred holds {len(buffer)} bytes, not {height}x{width}')
+            return np.frombuffer(buffer, np.uint8).reshape(height, width)[y0:y1, x0:x1].copy()
 
     def _decode_png_gt(self, key: str, png: bytes, height: int, width: int) -> np.ndarray:
         gt = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED) if png[:8] == PNG_SIGNATURE else None

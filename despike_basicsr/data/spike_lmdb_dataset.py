@@ -1,7 +1,8 @@
 """SpikeLMDBDataset: defocused spike streams and sharp ground truth from a bit-packed spike LMDB.
 
 Returned items follow docs/architecture.md ("Datasets"): ``{'lq': uint8 (T, H, W) of 0/1, 'gt': float32 (1, H, W)
-in [0, 1], 'lq_path': key, 'gt_path': key, 'lq_len': int}`` plus ``'gamma'`` (1, H, W) when an FPN file is given.
+in [0, 1], 'lq_path': key, 'gt_path': key, 'lq_len': int}`` plus ``'gamma'`` (1, H, W) when an FPN file is given and
+``'blurred'`` float32 (1, H, W), the defocused image the camera saw, when the LMDB stores it (option ``blurred``).
 The spikes stay uint8 up to the network, which integrates them as float (a 192x256x256 item is 12.6 MB instead of
 50 MB: 4x less to build, to pass between DataLoader workers, to collate and to copy to the GPU).
 
@@ -95,7 +96,8 @@ def make_item(spikes: np.ndarray,
               gt: np.ndarray,
               key: str,
               lq_len: int,
-              gamma: Optional[np.ndarray] = None) -> Dict[str, Any]:
+              gamma: Optional[np.ndarray] = None,
+              blurred: Optional[np.ndarray] = None) -> Dict[str, Any]:
     """The dict every spike dataset returns (docs/architecture.md).
 
     Args:
@@ -104,10 +106,11 @@ def make_item(spikes: np.ndarray,
         key: Sample name (``lq_path`` and ``gt_path``).
         lq_len: Length drawn for this sample (see ``SpikeLMDBDataset``).
         gamma: ``(H, W)`` FPN factor, or None.
+        blurred: ``(H, W)`` defocused image in [0, 1] (the target of a learned front end's own stage), or None.
 
     Returns:
-        ``{'lq': uint8 (T, H, W), 'gt': float32 (1, H, W), 'lq_path', 'gt_path', 'lq_len'}`` and ``'gamma'``
-        float32 (1, H, W) when given.
+        ``{'lq': uint8 (T, H, W), 'gt': float32 (1, H, W), 'lq_path', 'gt_path', 'lq_len'}`` and ``'gamma'`` /
+        ``'blurred'`` float32 (1, H, W) when given.
     """
     item = {
         'lq': torch.from_numpy(np.ascontiguousarray(spikes, dtype=np.uint8)),
@@ -118,6 +121,8 @@ def make_item(spikes: np.ndarray,
     }
     if gamma is not None:
         item['gamma'] = torch.from_numpy(np.ascontiguousarray(gamma, dtype=np.float32)[None])
+    if blurred is not None:
+        item['blurred'] = torch.from_numpy(np.ascontiguousarray(blurred, dtype=np.float32)[None])
     return item
 
 
@@ -146,6 +151,10 @@ class SpikeLMDBDataset(data.Dataset):
         use_rot (bool): Train: random vertical flips and transposes (the 90° rotations).
         fpn (str | bool): FPN calibration ``.npz`` whose ``gamma`` is returned as ``'gamma'`` (1, H, W), cropped and
             augmented like the frames; ``true`` means ``<dataroot>/fpn.npz`` (written by the preparation scripts).
+        blurred (str | bool): Return ``'blurred'`` (1, H, W), the defocused image the camera saw (display-referred
+            like ``gt``, cropped and augmented like it): ``auto`` (default) when the LMDB stores it for every sample
+            (preparations since it exists), ``true`` to require it (an LMDB without it fails here, naming the fix),
+            ``false`` never. A learned spike front end trains on it as its target (``SpikeFrontEndModel``).
     """
 
     def __init__(self, opt: Dict[str, Any]) -> None:
@@ -169,6 +178,17 @@ class SpikeLMDBDataset(data.Dataset):
             raise ValueError(f'temporal_len max {self.temporal_len[1]} exceeds the {shortest} frames of sample {key!r} '
                              f'in {self.reader.path}')
         self.gamma = self._load_gamma(opt.get('fpn'))
+        self.blurred = self._parse_blurred(opt.get('blurred', 'auto'))
+
+    def _parse_blurred(self, value: Any) -> bool:
+        if value not in ('auto', True, False, None):
+            raise ValueError(f"SpikeLMDBDataset: blurred must be auto, true or false, got {value!r}")
+        stored = self.reader.has_blurred()
+        if value is True and not stored:
+            raise ValueError(f'SpikeLMDBDataset: blurred is true but {self.reader.path} stores no defocused image '
+                             '(<key>/blurred); it was prepared before that record existed: prepare it again with '
+                             'scripts/prepare_dpdd.py (or pack_folder.py / make_demo_dataset.py)')
+        return stored if value == 'auto' else bool(value)
 
     def _load_gamma(self, fpn: Any) -> Optional[np.ndarray]:
         if fpn in (None, False, '', 'none'):
@@ -200,10 +220,13 @@ class SpikeLMDBDataset(data.Dataset):
             y0, y1, x0, x1 = 0, height, 0, width
         window, gt = self.reader.read_packed(key, t0, t1, y0, y1, x0, x1)
         gamma = self.gamma[y0:y1, x0:x1] if self.gamma is not None else None
+        blurred = self.reader.read_blurred(key, y0, y1, x0, x1) if self.blurred else None
         if self.train:
             # Flips and transposes act on space only, so they commute with unpacking time: do them on 8x fewer bytes.
             flips = draw_augmentation(self.use_flip, self.use_rot)
             window = window._replace(planes=apply_augmentation(window.planes, *flips))
             gt = apply_augmentation(gt, *flips)
             gamma = apply_augmentation(gamma, *flips) if gamma is not None else None
-        return make_item(window.unpack(), gt.astype(np.float32) / 255.0, key, lq_len, gamma)
+            blurred = apply_augmentation(blurred, *flips) if blurred is not None else None
+        return make_item(window.unpack(), gt.astype(np.float32) / 255.0, key, lq_len, gamma,
+                         blurred.astype(np.float32) / 255.0 if blurred is not None else None)
