@@ -9,11 +9,18 @@ DPDD's differ in brightness, which no reconstruction from the stream can know). 
 ``OUT/benchmark.md`` (the table, then PSNR/SSIM per image), ``OUT/benchmark.json`` (per method, with ``per_sample``
 PSNR/SSIM/PSNR fit) and ``OUT/benchmark.png`` (the same crops across methods).
 
+Differences that mean something (:func:`paired_difference_stats`): a handful of test images is few, so every method is
+compared with a reference method (``despike`` by default) image by image (paired differences of PSNR, their spread and
+a t-interval over the images) and tile by tile (PSNR on a grid of non-overlapping tiles of every image, and a
+bootstrap interval of the mean paired difference that resamples images, then tiles within them, since tiles of one
+image are not independent); a difference whose 95 % interval contains 0 is reported as within noise.
+
 Importing this module registers the plugin with BasicSR (:func:`despike_basicsr.register`).
 """
 import json
 import os
 import platform
+import re
 import time
 from copy import deepcopy
 from dataclasses import dataclass, field
@@ -42,6 +49,117 @@ from despike_basicsr.spike.images import read_linear_intensity  # noqa: E402
 from despike_basicsr.spike.reconstruct import classical_display  # noqa: E402
 
 CLASSICAL = ('tfp', 'tfi')
+SHORT_STREAM_ERROR = re.compile(r'at least \d+ (frames|time steps)')
+TILE_PSNR_CAP = 100.0  # dB: a tile reproduced exactly (MSE 0) counts as this, not as infinity
+
+
+def tile_psnrs(result: np.ndarray, gt: np.ndarray, grid: int) -> List[float]:
+    """PSNR (uint8 scale, BasicSR's formula) of each tile of a ``grid`` × ``grid`` split of the image into
+    non-overlapping tiles (the last row/column of pixels that do not divide evenly is left out), row by row.
+
+    Args:
+        result: ``(H, W)`` or ``(H, W, C)`` uint8 image.
+        gt: The ground truth, same shape.
+        grid: Tiles per side (1: the whole image).
+
+    Returns:
+        ``grid²`` PSNRs in dB (capped at :data:`TILE_PSNR_CAP`).
+
+    Raises:
+        ValueError: The image has fewer pixels than tiles per side, or the shapes differ.
+    """
+    if result.shape != gt.shape:
+        raise ValueError(f'tile_psnrs: shapes differ, {result.shape} and {gt.shape}')
+    height, width = gt.shape[:2]
+    if grid < 1 or height < grid or width < grid:
+        raise ValueError(f'tile_psnrs: cannot split a {height}x{width} image into {grid}x{grid} tiles')
+    th, tw = height // grid, width // grid
+    values = []
+    for i in range(grid):
+        for j in range(grid):
+            a = result[i * th:(i + 1) * th, j * tw:(j + 1) * tw].astype(np.float64)
+            b = gt[i * th:(i + 1) * th, j * tw:(j + 1) * tw].astype(np.float64)
+            mse = float(np.mean((a - b)**2))
+            values.append(TILE_PSNR_CAP if mse == 0 else min(TILE_PSNR_CAP, 10.0 * np.log10(255.0**2 / mse)))
+    return values
+
+
+def paired_difference_stats(scores: Dict[str, Sequence[float]],
+                            reference: Dict[str, Sequence[float]],
+                            image_scores: Optional[Dict[str, float]] = None,
+                            reference_image_scores: Optional[Dict[str, float]] = None,
+                            confidence: float = 0.95,
+                            bootstrap: int = 4000,
+                            seed: int = 0) -> Dict[str, Any]:
+    """Paired differences of a method to a reference, per image and per tile, with their uncertainty.
+
+    Per image: ``d_i = image_scores[i] − reference_image_scores[i]`` (by default the mean of each image's tiles), their
+    mean, standard deviation (n − 1) and Student's t-interval of the mean (n − 1 degrees of freedom). Per tile:
+    ``d_ij`` = the tile differences; their mean, and a two-stage (cluster) bootstrap interval of it: resample the
+    images with replacement, then each chosen image's tiles with replacement, ``bootstrap`` times (percentile
+    interval). Tiles of one image share its content and its exposure, so resampling tiles alone would overstate the
+    precision; resampling images first keeps that. With one image only the tile stage remains.
+
+    Args:
+        scores: Per image key, the method's tile scores (e.g. :func:`tile_psnrs`).
+        reference: Per image key, the reference's tile scores (same keys, same number of tiles per key).
+        image_scores: Per image key, the method's whole-image score; default the mean of its tiles.
+        reference_image_scores: The same for the reference.
+        confidence: Level of both intervals.
+        bootstrap: Bootstrap resamples.
+        seed: Seed of the bootstrap.
+
+    Returns:
+        ``{'images', 'per_image', 'mean', 'sd', 't_interval', 'tiles', 'tile_mean', 'bootstrap_interval',
+        'verdict'}``; ``verdict`` is ``'higher'`` / ``'lower'`` when the bootstrap interval (or, without tiles
+        beyond one per image, the t-interval) excludes 0, else ``'within noise'``.
+
+    Raises:
+        ValueError: The keys or the tile counts of the two sides differ, or there are no images.
+    """
+    from scipy import stats
+
+    keys = list(reference)
+    if sorted(scores) != sorted(keys) or not keys:
+        raise ValueError(f'paired differences need the same, non-empty images on both sides: {sorted(scores)} vs '
+                         f'{sorted(keys)}')
+    tiles = []
+    for key in keys:
+        a, b = np.asarray(scores[key], np.float64), np.asarray(reference[key], np.float64)
+        if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+            raise ValueError(f'image {key}: {a.size} tile scores against {b.size}')
+        tiles.append(a - b)
+    own = image_scores or {k: float(np.mean(scores[k])) for k in keys}
+    ref = reference_image_scores or {k: float(np.mean(reference[k])) for k in keys}
+    per_image = np.array([own[k] - ref[k] for k in keys], np.float64)
+    n = per_image.size
+    mean = float(per_image.mean())
+    sd = float(per_image.std(ddof=1)) if n > 1 else float('nan')
+    if n > 1:
+        half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / np.sqrt(n)
+        t_interval = [mean - half, mean + half]
+    else:
+        t_interval = [float('nan'), float('nan')]
+    rng = np.random.default_rng(seed)
+    means = np.empty(bootstrap)
+    for r in range(bootstrap):
+        chosen = rng.integers(0, n, n) if n > 1 else np.zeros(1, int)
+        means[r] = np.mean(np.concatenate([tiles[i][rng.integers(0, tiles[i].size, tiles[i].size)] for i in chosen]))
+    alpha = (1 - confidence) / 2
+    boot = [float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))]
+    all_tiles = np.concatenate(tiles)
+    interval = boot if all_tiles.size > n else t_interval
+    if np.isfinite(interval[0]) and interval[0] > 0:
+        verdict = 'higher'
+    elif np.isfinite(interval[1]) and interval[1] < 0:
+        verdict = 'lower'
+    else:
+        verdict = 'within noise'
+    return {
+        'images': n, 'per_image': {k: float(d) for k, d in zip(keys, per_image)}, 'mean': mean, 'sd': sd,
+        't_interval': t_interval, 'tiles': int(all_tiles.size), 'tile_mean': float(all_tiles.mean()),
+        'bootstrap_interval': boot, 'confidence': confidence, 'verdict': verdict,
+    }
 
 
 @dataclass
@@ -210,7 +328,8 @@ def evaluate(method: Method,
              lpips: LPIPSScorer,
              reader: SpikeLMDBReader,
              tfp_window: int = 41,
-             grid_samples: int = 3) -> Dict[str, Any]:
+             grid_samples: int = 3,
+             tiles: int = 4) -> Dict[str, Any]:
     """Scores, parameter count, latency and the grid images of one method.
 
     Args:
@@ -221,13 +340,16 @@ def evaluate(method: Method,
         reader: The LMDB's reader, for each sample's threshold and eta.
         tfp_window: TFP window of a ``tfp`` method without its own.
         grid_samples: How many samples keep their images for the picture.
+        tiles: Each image is also scored as ``tiles`` × ``tiles`` non-overlapping tiles (:func:`tile_psnrs`).
 
     Returns:
-        The method's entry of ``benchmark.json`` (``per_sample`` holds each image's PSNR and SSIM), plus ``_images``.
+        The method's entry of ``benchmark.json`` (``per_sample`` holds each image's PSNR, SSIM, PSNR fit and tile
+        PSNRs), plus ``_images``. A trained method that refuses the stream as too short (a network whose smallest
+        window is longer than ``--val-len``) is returned with ``unavailable`` set to its message and no scores.
     """
     model = build_method_model(method, device) if method.kind == 'model' else None
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0)
-    psnr, psnr_fit, ssim, lpips_values, latency, keys, images = [], [], [], [], [], [], {}
+    psnr, psnr_fit, ssim, lpips_values, latency, keys, images, tile_values = [], [], [], [], [], [], {}, []
     for index, batch in enumerate(loader):
         key = batch['lq_path'][0]
         repeats = 2 if index == 0 else 1  # the first pass warms up (allocations, kernels) and is not timed
@@ -241,8 +363,13 @@ def evaluate(method: Method,
                 output = classical_image(method.kind, on_device, reader.meta(key), method.window or tfp_window,
                                          method.fpn)
             else:
-                model.feed_data(batch)
-                model.test()
+                try:
+                    model.feed_data(batch)
+                    model.test()
+                except ValueError as err:
+                    if not SHORT_STREAM_ERROR.search(str(err)):
+                        raise
+                    return unavailable(method, str(err))
                 output = model.output
             synchronize(device)
             elapsed = time.perf_counter() - start
@@ -254,6 +381,7 @@ def evaluate(method: Method,
             raise ValueError(f'method {method.name!r}, sample {key}: the image is {result.shape[1]}x{result.shape[0]} '
                              f'but the ground truth is {gt.shape[1]}x{gt.shape[0]}')
         psnr.append(float(calculate_psnr(result, gt, crop_border=0, test_y_channel=False)))
+        tile_values.append(tile_psnrs(result, gt, tiles))
         fitted = gain_offset_fit(output[0, 0].numpy(), batch['gt'][0, 0].numpy())
         psnr_fit.append(float(calculate_psnr(tensor2img([torch.from_numpy(fitted)]), gt, crop_border=0)))
         ssim.append(float(calculate_ssim(result, gt, crop_border=0, test_y_channel=False)))
@@ -277,9 +405,67 @@ def evaluate(method: Method,
         'lpips_note': lpips.reason or 'AlexNet v0.1',
         'params': int(params),
         'latency_ms_per_frame': 1000 * float(np.median(latency)),
-        'per_sample': {k: {'psnr': p, 'ssim': s, 'psnr_fit': f} for k, p, s, f in zip(keys, psnr, ssim, psnr_fit)},
+        'per_sample': {k: {'psnr': p, 'ssim': s, 'psnr_fit': f, 'tile_psnr': t}
+                       for k, p, s, f, t in zip(keys, psnr, ssim, psnr_fit, tile_values)},
+        'tiles_per_side': tiles,
         '_images': images,
     }
+
+
+def unavailable(method: Method, reason: str) -> Dict[str, Any]:
+    """The entry of a method that could not run on these streams (kept in the report with the reason)."""
+    nan = float('nan')
+    return {'name': method.name, 'kind': method.kind, 'options': method.options, 'weights': method.weights,
+            'unavailable': reason, 'psnr': nan, 'psnr_fit': nan, 'ssim': nan, 'lpips': 'n/a', 'lpips_note': reason,
+            'params': 0, 'latency_ms_per_frame': nan, 'per_sample': {}, '_images': {}}
+
+
+def paired_differences(methods: Sequence[Dict[str, Any]], reference: str, seed: int = 0) -> Dict[str, Any]:
+    """:func:`paired_difference_stats` of every method's PSNR against ``reference``'s (per image and per tile).
+
+    Returns:
+        ``{method name: stats}`` for every scored method other than the reference; empty when the reference is not
+        among the methods or could not run.
+    """
+    ref = next((m for m in methods if m['name'] == reference and m.get('per_sample')), None)
+    if ref is None:
+        return {}
+    result = {}
+    for m in methods:
+        if m['name'] == reference or not m.get('per_sample'):
+            continue
+        keys = list(ref['per_sample'])
+        result[m['name']] = paired_difference_stats(
+            {k: m['per_sample'][k]['tile_psnr'] for k in keys}, {k: ref['per_sample'][k]['tile_psnr'] for k in keys},
+            {k: m['per_sample'][k]['psnr'] for k in keys}, {k: ref['per_sample'][k]['psnr'] for k in keys}, seed=seed)
+    return result
+
+
+def differences_table(report: Dict[str, Any]) -> List[str]:
+    """Markdown lines: each method's paired PSNR difference to the reference, its spread and the verdict."""
+    differences = report.get('differences') or {}
+    if not differences:
+        return []
+    reference = report['reference']
+    tiles = report.get('tiles_per_side', 1)
+    lines = [f'## Paired differences to {reference}', '',
+             f'PSNR of each method minus {reference}\'s, image by image (Δ per image, their mean, standard deviation '
+             f'and 95 % t-interval over the images), and over a {tiles}×{tiles} grid of non-overlapping tiles per '
+             'image (mean of the tile differences, 95 % bootstrap interval resampling images, then tiles within '
+             'them). "within noise": the interval contains 0 (the bootstrap one when there are tiles).', '',
+             '| Method | Δ per image (dB) | mean Δ | sd | 95 % t-interval | tiles | tile mean Δ | 95 % bootstrap | '
+             'verdict |', '|---|---|---:|---:|---|---:|---:|---|---|']
+    for name, d in differences.items():
+        per_image = ', '.join(f'{v:+.2f}' for v in d['per_image'].values())
+        t_low, t_high = d['t_interval']
+        b_low, b_high = d['bootstrap_interval']
+        lines.append(f"| {name} | {per_image} | {d['mean']:+.2f} | {d['sd']:.2f} | [{t_low:+.2f}, {t_high:+.2f}] | "
+                     f"{d['tiles']} | {d['tile_mean']:+.2f} | [{b_low:+.2f}, {b_high:+.2f}] | {d['verdict']} |")
+    noise = [n for n, d in differences.items() if d['verdict'] == 'within noise']
+    apart = [f"{n} ({d['verdict']})" for n, d in differences.items() if d['verdict'] != 'within noise']
+    lines += ['', f"Within noise of {reference}: {', '.join(noise) or 'none'}. "
+              f"Apart from {reference}: {', '.join(apart) or 'none'}.", '']
+    return lines
 
 
 def centre_box(height: int, width: int, size: int) -> Tuple[int, int, int, int]:
@@ -330,13 +516,20 @@ def markdown_table(report: Dict[str, Any]) -> str:
         '|---|---:|---:|---:|---:|---:|---:|',
     ]
     for r in report['methods']:
+        if r.get('unavailable'):
+            lines.append(f"| {r['name']} | n/a | n/a | n/a | n/a | - | - |")
+            continue
         lpips = r['lpips'] if isinstance(r['lpips'], str) else f"{r['lpips']:.3f}"
         params = f"{r['params'] / 1e6:.2f} M" if r['params'] else '0'
         lines.append(f"| {r['name']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['psnr_fit']:.2f} | {lpips} | {params} | "
                      f"{r['latency_ms_per_frame']:.1f} |")
+    for r in report['methods']:
+        if r.get('unavailable'):
+            lines += ['', f"{r['name']}: not scored on these streams: {r['unavailable']}"]
     lines += ['', f"Picture: `{report['picture']}` (columns: methods, then the ground truth).", '',
               f"Command: `{report['command']}`", '']
     lines += per_image_table(report['methods'])
+    lines += differences_table(report)
     return '\n'.join(lines)
 
 
@@ -373,8 +566,11 @@ def run_benchmark(methods: Sequence[str],
                   zoom: int = 2,
                   seed: int = 0,
                   command: str = '',
-                  log: Callable[[str], None] = _print_flush) -> Dict[str, Any]:
-    """Score ``methods`` on one test LMDB; write ``OUT/benchmark.png``, ``benchmark.json`` and ``benchmark.md``.
+                  log: Callable[[str], None] = _print_flush,
+                  tiles: int = 4,
+                  reference: str = 'despike',
+                  stem: str = 'benchmark') -> Dict[str, Any]:
+    """Score ``methods`` on one test LMDB; write ``OUT/<stem>.png``, ``<stem>.json`` and ``<stem>.md``.
 
     Args:
         methods: Method specs (:func:`parse_method`): ``tfp``, ``tfp:WINDOW``, ``tfi``, ``NAME:OPTIONS.yml[:WEIGHTS]``.
@@ -391,6 +587,10 @@ def run_benchmark(methods: Sequence[str],
         seed: Torch seed.
         command: The command line, recorded in the report.
         log: Receives one progress line per method start and result.
+        tiles: Tiles per side of the per-tile PSNR grid of every image (:func:`tile_psnrs`).
+        reference: The method every other one is compared with, image by image and tile by tile
+            (:func:`paired_differences`); nothing is compared when no method has that name.
+        stem: Output file name stem (``benchmark``; the DPDD protocol writes ``ablations`` too).
 
     Returns:
         The report written to ``benchmark.json``.
@@ -415,22 +615,30 @@ def run_benchmark(methods: Sequence[str],
     results = []
     for method in parsed:
         log(f'[benchmark] {method.name} ...')
-        results.append(evaluate(method, dataset, torch_device, lpips, reader, tfp_window, grid_samples))
+        results.append(evaluate(method, dataset, torch_device, lpips, reader, tfp_window, grid_samples, tiles))
         r = results[-1]
+        if r.get('unavailable'):
+            log(f"[benchmark] {r['name']}: not scored on {val_len}-frame streams: {r['unavailable']}")
+            continue
         log(f"[benchmark] {r['name']}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}, LPIPS {r['lpips']}, "
             f"{r['latency_ms_per_frame']:.1f} ms/frame")
 
     os.makedirs(out_dir, exist_ok=True)
-    picture = osp.join(out_dir, 'benchmark.png')
-    cv2.imwrite(picture, picture_grid(results, crop, zoom))
+    picture = osp.join(out_dir, f'{stem}.png')
+    scored = [r for r in results if not r.get('unavailable')]
+    if scored:
+        cv2.imwrite(picture, picture_grid(scored, crop, zoom))
+    methods_json = [{k: v for k, v in r.items() if not k.startswith('_')} for r in results]
     report = {
         'lmdb': lmdb, 'num_samples': len(dataset), 'val_len': val_len, 'device': device,
         'device_name': device_name(torch_device), 'torch': torch.__version__,
         'lpips_note': lpips.reason or 'AlexNet v0.1', 'picture': picture, 'command': command,
-        'methods': [{k: v for k, v in r.items() if not k.startswith('_')} for r in results],
+        'tiles_per_side': tiles, 'reference': reference,
+        'methods': methods_json,
+        'differences': paired_differences(methods_json, reference, seed),
     }
-    with open(osp.join(out_dir, 'benchmark.json'), 'w', encoding='utf-8') as f:
+    with open(osp.join(out_dir, f'{stem}.json'), 'w', encoding='utf-8') as f:
         json.dump(report, f, indent=2)
-    with open(osp.join(out_dir, 'benchmark.md'), 'w', encoding='utf-8') as f:
+    with open(osp.join(out_dir, f'{stem}.md'), 'w', encoding='utf-8') as f:
         f.write(markdown_table(report))
     return report

@@ -261,3 +261,97 @@ def test_method_specs_and_checkpoint_layouts(tmp_path):
     torch.save({'params': 3}, tmp_path / 'bad.pth')
     with pytest.raises(CheckpointError, match='bad.pth: expected a state dict of tensors'):
         benchmarking.load_state_dict(str(tmp_path / 'bad.pth'))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Differences that mean something: tile PSNRs, paired differences and their intervals (issue 22)
+
+
+def test_tile_psnrs_on_known_images():
+    gt = np.zeros((5, 4), np.uint8)  # 5 rows: the last one does not divide into 2 tiles and is left out
+    result = gt.copy()
+    result[:2, :2] = 1  # top-left tile: MSE 1
+    result[2:4, 2:] = 255  # bottom-right tile: MSE 255²
+    values = benchmarking.tile_psnrs(result, gt, 2)
+    assert values == pytest.approx([10 * np.log10(255.0**2), benchmarking.TILE_PSNR_CAP, benchmarking.TILE_PSNR_CAP,
+                                    0.0])
+    assert benchmarking.tile_psnrs(result, gt, 1) == pytest.approx(
+        [10 * np.log10(255.0**2 / np.mean((result.astype(float) - gt)**2))])
+    with pytest.raises(ValueError, match='cannot split a 5x4 image into 6x6 tiles'):
+        benchmarking.tile_psnrs(result, gt, 6)
+
+
+def test_paired_difference_stats_on_known_numbers():
+    reference = {k: [20.0] for k in 'abcd'}
+    one_tile = benchmarking.paired_difference_stats({'a': [21.0], 'b': [22.0], 'c': [23.0], 'd': [24.0]}, reference)
+    # differences 1, 2, 3, 4: mean 2.5, sd sqrt(5/3), t(0.975, 3) = 3.182446305
+    assert one_tile['mean'] == pytest.approx(2.5) and one_tile['sd'] == pytest.approx((5 / 3)**0.5)
+    half = 3.182446305 * (5 / 3)**0.5 / 2
+    assert one_tile['t_interval'] == pytest.approx([2.5 - half, 2.5 + half], abs=1e-6)
+    assert one_tile['per_image'] == pytest.approx({'a': 1.0, 'b': 2.0, 'c': 3.0, 'd': 4.0})
+    assert one_tile['verdict'] == 'higher' and one_tile['tiles'] == 4  # one tile per image: the t-interval decides
+
+    # tiles all 0.5 dB lower: every bootstrap resample has mean -0.5
+    constant = benchmarking.paired_difference_stats({k: [19.5, 29.5] for k in 'ab'}, {k: [20.0, 30.0] for k in 'ab'})
+    assert constant['tile_mean'] == pytest.approx(-0.5)
+    assert constant['bootstrap_interval'] == pytest.approx([-0.5, -0.5])
+    assert constant['verdict'] == 'lower' and constant['tiles'] == 4
+
+    # one image better, one worse by the same amount: within noise, however many tiles
+    noise = benchmarking.paired_difference_stats({'a': [21.0] * 8, 'b': [19.0] * 8}, {'a': [20.0] * 8, 'b': [20.0] * 8})
+    assert noise['mean'] == pytest.approx(0.0) and noise['verdict'] == 'within noise'
+    low, high = noise['bootstrap_interval']
+    assert low < 0 < high and low == pytest.approx(-1.0) and high == pytest.approx(1.0)
+    # the images are resampled first: 8 identical tiles per image do not shrink the interval of 2 images
+    assert benchmarking.paired_difference_stats({'a': [21.0] * 8, 'b': [19.0] * 8},
+                                                {'a': [20.0] * 8, 'b': [20.0] * 8}, seed=0) == noise
+
+    # whole-image scores override the tile means for the per-image differences
+    given = benchmarking.paired_difference_stats({'a': [21.0], 'b': [21.0]}, {'a': [20.0], 'b': [20.0]},
+                                                 {'a': 30.0, 'b': 31.0}, {'a': 29.0, 'b': 29.0})
+    assert given['per_image'] == pytest.approx({'a': 1.0, 'b': 2.0})
+    with pytest.raises(ValueError, match='same, non-empty images on both sides'):
+        benchmarking.paired_difference_stats({'a': [1.0]}, {'b': [1.0]})
+    with pytest.raises(ValueError, match='image a: 2 tile scores against 1'):
+        benchmarking.paired_difference_stats({'a': [1.0, 2.0]}, {'a': [1.0]})
+
+
+def test_benchmark_reports_paired_differences_to_the_reference(workspace, tmp_path):
+    root = workspace['root']
+    report = benchmarking.run_benchmark(
+        ['tfp', 'tfi', f"gkm:{workspace['gkm_opt']}:{root / 'gkm.pth'}"], workspace['lmdb'],
+        out_dir=str(tmp_path), lpips_mode='off', grid_samples=1, crop=8, tiles=2, reference='tfp', stem='rows')
+    assert (tmp_path / 'rows.json').is_file() and (tmp_path / 'rows.md').is_file() and (tmp_path / 'rows.png').is_file()
+    methods = {m['name']: m for m in report['methods']}
+    assert all(len(s['tile_psnr']) == 4 for s in methods['tfi']['per_sample'].values())
+    assert set(report['differences']) == {'tfi', 'gkm'}
+    tfi = report['differences']['tfi']
+    for key, diff in tfi['per_image'].items():
+        scores = [methods[name]['per_sample'][key]['psnr'] for name in ('tfi', 'tfp')]
+        assert diff == pytest.approx(scores[0] - scores[1])
+    assert tfi['tiles'] == 12 and tfi['verdict'] in ('higher', 'lower', 'within noise')
+    text = (tmp_path / 'rows.md').read_text()
+    assert '## Paired differences to tfp' in text and 'Within noise of tfp:' in text
+    # no method named like the reference: nothing is compared
+    assert benchmarking.run_benchmark(['tfp'], workspace['lmdb'], out_dir=str(tmp_path), lpips_mode='off',
+                                      tiles=2)['differences'] == {}
+
+
+def test_short_streams_a_network_cannot_read_are_listed_not_fatal(workspace, tmp_path):
+    """--val-len 32 with a DeSpikeNet whose smallest window is 48: the row says why, the others are scored."""
+    network = {'type': 'DeSpikeNet', 'num_feat': 4, 'windows': [48, 64], 'num_kernels': 2, 'kernel_size': 5,
+               'num_scales': 2, 'num_blocks': 1, 'num_heads': 1}
+    opt = {'name': 'small_despike', 'model_type': 'DeSpikeModel', 'scale': 1, 'num_gpu': 0, 'network_g': network,
+           'path': {'pretrain_network_g': None, 'strict_load_g': True}, 'val': {'save_img': False}}
+    (tmp_path / 'despike.yml').write_text(yaml.safe_dump(opt, sort_keys=False))
+    torch.save({'params': _random_net(network, 0).state_dict()}, tmp_path / 'despike.pth')
+    spec = f"despike:{tmp_path / 'despike.yml'}:{tmp_path / 'despike.pth'}"
+    report = benchmarking.run_benchmark(['tfp', spec], workspace['lmdb'], out_dir=str(tmp_path / 'short'),
+                                        lpips_mode='off', val_len=32, tiles=2)
+    despike = report['methods'][1]
+    assert 'at least 48 time steps' in despike['unavailable'] and despike['per_sample'] == {}
+    assert report['methods'][0]['psnr'] > 0 and report['differences'] == {}
+    assert 'despike: not scored on these streams' in (tmp_path / 'short' / 'benchmark.md').read_text()
+    long = benchmarking.run_benchmark(['tfp', spec], workspace['lmdb'], out_dir=str(tmp_path / 'long'),
+                                      lpips_mode='off', val_len=64, tiles=2)
+    assert 'unavailable' not in long['methods'][1] and set(long['differences']) == {'tfp'}

@@ -161,8 +161,8 @@ def test_front_end_options_are_checked():
                                                 'gamma': 2.2, 'fpn': False}
     with pytest.raises(ValueError, match="front_end.fpn must be true or false, found 'yes'"):
         parse_front_end({'type': 'tfp', 'fpn': 'yes'})
-    with pytest.raises(ValueError, match=r"front_end.type must be one of \('tfp', 'tfi'\), found 'rsir'"):
-        parse_front_end({'type': 'rsir'})
+    with pytest.raises(ValueError, match=r"front_end.type must be one of \('tfp', 'tfi', 'learned'\), found 'rsir'"):
+        parse_front_end({'type': 'rsir'})  # a learned front end is {type: learned, network: {type: RSIR}, ...}
     with pytest.raises(ValueError, match=r'front_end.window must be a positive integer \(frames\), found 0'):
         parse_front_end({'type': 'tfp', 'window': 0})
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['windows'\]"):
