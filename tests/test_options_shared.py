@@ -167,29 +167,81 @@ def _protocol_differences(path: str, reference: str) -> list:
     return found
 
 
+ABLATION_SWITCHES = {'multi_temporal': 'multi_temporal', 'multi_scale': 'multi_spatial', 'fpn': 'fpn_compensation',
+                     'fusion': 'transformer_fusion', 'physical_kernels': 'physical_kernels'}
+FRONT_END_STAGES = ('rsir', 'spk2imgnet')
+
+
 def test_the_dpdd_protocol_trains_every_method_on_one_budget():
     reference = osp.join(PROTOCOL_DIR, 'train_despike.yml')
     files = sorted(glob.glob(osp.join(PROTOCOL_DIR, 'train_*.yml')))
-    despike = {'train_despike.yml', 'train_despike_small.yml'}
-    cascades = {osp.basename(p) for p in files} - despike
+    ablations = {f'train_despike_wo_{name}.yml' for name in ABLATION_SWITCHES}
+    despike = {'train_despike.yml', 'train_despike_small.yml'} | ablations
+    stages = {f'train_{stage}.yml' for stage in FRONT_END_STAGES}
+    learned = {f'train_{stage}_{net}.yml' for stage in FRONT_END_STAGES for net in ('gkmnet', 'nrknet')}
+    cascades = {osp.basename(p) for p in files} - despike - stages
     published = {f'train_{net}_{front}.yml' for net in ('gkmnet', 'nrknet') for front in ('tfp', 'tfi')}
-    assert cascades == published | {'train_nrknet_tfp_fpn.yml'}
+    assert cascades == published | learned | {'train_nrknet_tfp_fpn.yml'}
+    assert despike | stages <= {osp.basename(p) for p in files}
     for path in files:
         assert _protocol_differences(path, reference) == [], _rel(path)
-        opt = _load(path)
-        if osp.basename(path) in despike:
+        opt, base = _load(path), osp.basename(path)
+        if base in despike:
             assert opt['model_type'] == 'DeSpikeModel'
+        elif base in stages:
+            assert opt['model_type'] == 'SpikeFrontEndModel' and opt['network_g']['type'].lower() + '.yml' in base
+        elif base in learned:
+            # the frozen front end is exactly its trained stage: same network, its weights, its FPN input
+            stage = _load(osp.join(PROTOCOL_DIR, f"train_{base.split('_')[1]}.yml"))
+            front = opt['front_end']
+            assert opt['model_type'] == 'CascadeModel' and front['type'] == 'learned'
+            assert dict(front['network']) == dict(stage['network_g'])
+            assert front['weights'] == f"experiments/{stage['name']}/models/net_g_latest.pth"
+            assert front['fpn'] == (stage.get('front_end') or {}).get('fpn', False)
+            assert opt['network_g']['in_channels'] == 1 and opt['network_g']['type'].lower() in base
         else:
             assert opt['model_type'] == 'CascadeModel' and opt['network_g']['in_channels'] == 1
-            assert opt['front_end']['type'] in osp.basename(path)
+            assert opt['front_end']['type'] in base
             # the published cascades have no FPN compensation; the _fpn variant differs from its twin only there
-            assert opt['front_end'].get('fpn', False) == osp.basename(path).endswith('_fpn.yml')
-            if osp.basename(path).endswith('_fpn.yml'):
+            assert opt['front_end'].get('fpn', False) == base.endswith('_fpn.yml')
+            if base.endswith('_fpn.yml'):
                 twin = _load(path.replace('_fpn.yml', '.yml'))
                 twin['front_end']['fpn'], twin['name'] = True, opt['name']
                 assert opt == twin, _rel(path)
+    # each ablation is train_despike.yml with one network switch off
+    full = _load(reference)
+    for name, switch in ABLATION_SWITCHES.items():
+        opt = _load(osp.join(PROTOCOL_DIR, f'train_despike_wo_{name}.yml'))
+        assert opt['network_g'] == dict(full['network_g'], **{switch: False}), name
+        assert {k: v for k, v in opt.items() if k not in ('name', 'network_g')} == \
+            {k: v for k, v in full.items() if k not in ('name', 'network_g')}
     names = [_load(p)['name'] for p in files]
     assert len(set(names)) == len(names), 'each method needs its own experiment folder'
+
+
+LOW_DIR = osp.join(OPTIONS_DIR, 'dpdd_low')
+
+
+def _as_low_light(text: str, name: str) -> dict:
+    """A dpdd_cpu file as its low-light twin must read: other LMDBs and experiments (RSIR: dim-light sub-windows)."""
+    text = text.replace('datasets/dpdd_cpu/', 'datasets/dpdd_cpu_low/').replace('name: DPDDcpu_', 'name: DPDDlow_')
+    text = text.replace('experiments/DPDDcpu_', 'experiments/DPDDlow_')
+    if name.startswith('train_rsir'):
+        text = text.replace('sub_window: 16', 'sub_window: 32')
+    return yaml.load(text, Loader=ordered_yaml()[0])
+
+
+def test_the_low_light_level_trains_despike_and_all_eight_cascades_as_the_bright_one():
+    files = sorted(glob.glob(osp.join(LOW_DIR, 'train_*.yml')))
+    cascades = {f'train_{n}_{f}.yml' for n in ('gkmnet', 'nrknet') for f in ('tfp', 'tfi')}
+    cascades |= {f'train_{s}_{n}.yml' for s in FRONT_END_STAGES for n in ('gkmnet', 'nrknet')}
+    expected = {'train_despike.yml'} | {f'train_{s}.yml' for s in FRONT_END_STAGES} | cascades
+    assert {osp.basename(p) for p in files} == expected
+    for path in files:
+        name = osp.basename(path)
+        twin = open(osp.join(PROTOCOL_DIR, name), encoding='utf-8').read()
+        assert _load(path) == _as_low_light(twin, name), _rel(path)
+        assert _load(path)['datasets']['train']['dataroot'] == 'datasets/dpdd_cpu_low/train.lmdb'
 
 
 def test_the_protocol_budget_check_can_fail(tmp_path):
