@@ -293,6 +293,13 @@ class DeSpikeNet(nn.Module):
         gamma = gamma.to(spikes.device).float() if (gamma is not None and self.fpn_compensation) else None
         return exposure_level(normalise_spike_count(integrate_windows(spikes, bounds, gamma), bounds))
 
+    @staticmethod
+    def _channels_last(spikes: Tensor) -> bool:
+        """Whether the features run in channels-last memory: at inference on the CPU (no gradient recorded, not
+        traced), where oneDNN's convolutions, the fused channel LayerNorm, pooling and resampling are fastest in it.
+        Training keeps the contiguous layout its FFT kernel bank and reference attention are written for."""
+        return spikes.device.type == 'cpu' and not torch.is_grad_enabled() and not torch.jit.is_tracing()
+
     def _check_inputs(self, spikes: Tensor, gamma: Optional[Tensor]) -> None:
         if spikes.dim() != 4:
             raise ValueError(f'DeSpikeNet expects spikes shaped (B, T, H, W), got shape {tuple(spikes.shape)}')
@@ -337,7 +344,11 @@ class DeSpikeNet(nn.Module):
         rates = pad_to_multiple(rates, self.size_multiple)
 
         num_windows = len(bounds)
-        lifted = self.lift(rates.reshape(b * num_windows, 1, *rates.shape[-2:]))
+        lifted = rates.reshape(b * num_windows, 1, *rates.shape[-2:])
+        for k, layer in enumerate(self.lift):
+            lifted = layer(lifted)
+            if k == 0 and self._channels_last(spikes):  # after the pixel unshuffle: every feature map channels-last
+                lifted = lifted.contiguous(memory_format=torch.channels_last)
         lifted = lifted.reshape(b, num_windows, -1, *lifted.shape[-2:])
         grid, hidden = [], None
         for i in range(num_windows):

@@ -6,7 +6,7 @@ feature map, shaped ``(B, m, C, H, W)``, which the fusion modules reduce back to
 import math
 import os
 import time
-from typing import Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +43,9 @@ def gaussian_kernel_2d(sigma: float, kernel_size: int) -> Tensor:
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channel dimension of a ``(B, C, H, W)`` map (one token per pixel).
 
+    A map in channels-last memory takes ``F.layer_norm`` over its ``(B, H, W, C)`` view (one fused pass); others the
+    explicit formula. Both compute (x − mean) / sqrt(var + eps) · weight + bias with the biased variance.
+
     Args:
         channels: Number of channels C.
         eps: Added to the variance for stability.
@@ -55,6 +58,11 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last):
+            # channels-last memory: the channels of a pixel are contiguous, so the fused layer norm over the last
+            # dimension of the (B, H, W, C) view applies without a copy (about 10x fewer passes over the map)
+            out = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1], ), self.weight, self.bias, self.eps)
+            return out.permute(0, 3, 1, 2)
         mean = x.mean(1, keepdim=True)
         var = (x - mean).pow(2).mean(1, keepdim=True)
         x = (x - mean) / torch.sqrt(var + self.eps)
@@ -147,9 +155,40 @@ def flush_tiny_kernel_entries(kernels: Tensor, ratio: float = KERNEL_FLUSH_RATIO
     return flushed
 
 
+#: Kernel-derived weights kept between calls without gradients (:func:`_cached_weight`), at most this many.
+MAX_CACHED_WEIGHTS = 32
+_WEIGHT_CACHE: Dict[tuple, tuple] = {}
+
+
+def _cached_weight(kind: str, kernels: Tensor, build: Callable[[], Tensor], *extra: Any) -> Tensor:
+    """``build()``, remembered per kernels tensor, version, dtype and ``extra`` while no gradient is recorded.
+
+    In eval mode the bank's weights do not change between calls, so the flushed, flipped kernels and the
+    space-to-depth weight need not be rebuilt for each of the network's fifteen bank calls. The entry keeps a
+    reference to ``kernels`` (so its memory, hence its address, is not reused while the entry exists) and carries its
+    version counter, which every in-place change (an optimiser step, ``load_state_dict``) increments. With
+    gradients, while tracing or exporting, or for a tensor without a version counter, nothing is cached.
+    """
+    if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return build()
+    try:
+        version = kernels._version
+    except RuntimeError:  # an inference tensor has no version counter
+        return build()
+    key = (kind, kernels.data_ptr(), tuple(kernels.shape), tuple(kernels.stride()), kernels.dtype, kernels.device,
+           torch.is_inference_mode_enabled()) + extra
+    entry = _WEIGHT_CACHE.get(key)
+    if entry is None or entry[1] != version:
+        if len(_WEIGHT_CACHE) >= MAX_CACHED_WEIGHTS:
+            _WEIGHT_CACHE.clear()
+        entry = (kernels, version, build())
+        _WEIGHT_CACHE[key] = entry
+    return entry[2]
+
+
 def _spatial_kernels(kernels: Tensor, dtype: torch.dtype) -> Tensor:
     """The correlation weights of a true convolution: flipped, tiny entries flushed, in ``dtype``."""
-    return flush_tiny_kernel_entries(kernels).flip(-1, -2).to(dtype)
+    return _cached_weight('spatial', kernels, lambda: flush_tiny_kernel_entries(kernels).flip(-1, -2).to(dtype), dtype)
 
 
 def set_bank_implementation(name: Optional[str]) -> None:
@@ -177,6 +216,8 @@ def clear_bank_plans() -> None:
 def _default_impl(layout: str, grad: bool) -> str:
     if grad:
         return 'fft'
+    if layout == 'subpixel':
+        return 'grouped'  # contiguous pixels for the consumer
     return 'grouped_cl' if layout == 'bhwcm' else 'direct'
 
 
@@ -218,7 +259,11 @@ def bank_implementation(feat: Tensor, kernels: Tensor, layout: str) -> str:
 
 def _measure_fastest(feat: Tensor, kernels: Tensor, layout: str, grad: bool, rounds: int = 3) -> str:
     """The fastest of :data:`BANK_IMPLS` on these inputs: best of ``rounds − 1`` timed rounds after a warm-up
-    round, the implementations taking turns (reversed every other round) so that load changes fall on all."""
+    round, the implementations taking turns (reversed every other round) so that load changes fall on all.
+
+    Timed in CPU time of this process (``time.process_time``), not wall-clock time: on a loaded machine a wall-clock
+    measurement charges the time this process waited for a core to whichever form ran then, and picked, beside a
+    training, a form that needs twice the operations (the 4×4 space-to-depth grid at 64 × 128×200)."""
     feat, kernels = feat.detach(), kernels.detach()
     best = {name: math.inf for name in BANK_IMPLS}
     out_grad = None
@@ -227,22 +272,36 @@ def _measure_fastest(feat: Tensor, kernels: Tensor, layout: str, grad: bool, rou
             if grad:
                 with torch.enable_grad():
                     x, k = feat.clone().requires_grad_(True), kernels.clone().requires_grad_(True)
-                    start = time.perf_counter()
+                    start = time.process_time()
                     out = _run_bank(name, x, k, layout)
                     if out_grad is None:
                         out_grad = torch.ones_like(out)
                     out.backward(out_grad)
             else:
                 with torch.no_grad():
-                    start = time.perf_counter()
-                    _run_bank(name, feat, kernels, layout)
+                    start = time.process_time()
+                    out = _run_bank(name, feat, kernels, layout)
+                    if layout == 'subpixel':  # with its consumer, which reads the candidates in their layout
+                        _subpixel_consumer(feat, out)
             if round_index:
-                best[name] = min(best[name], time.perf_counter() - start)
+                best[name] = min(best[name], time.process_time() - start)
     return min(best, key=best.get)
 
 
+def _subpixel_consumer(feat: Tensor, candidates: Tensor) -> None:
+    """What reads :func:`subpixel_convolve_bank`'s output, for timing it: the attention over key/value halves."""
+    b, c, h, w = feat.shape
+    if c % 2:
+        candidates.sum(2)
+    else:
+        subpixel_candidate_attention(feat.new_zeros(b, c // 2, h, w), candidates, 1)
+
+
 def _run_bank(name: str, feat: Tensor, kernels: Tensor, layout: str) -> Tensor:
-    """Implementation ``name`` of the bank, as a contiguous tensor in ``layout`` (``bmchw`` or ``bhwcm``)."""
+    """Implementation ``name`` of the bank, as a contiguous tensor in ``layout`` (``bmchw`` or ``bhwcm``), or, for
+    ``subpixel``, in the implementation's own layout (:func:`subpixel_convolve_bank`)."""
+    if layout == 'subpixel':
+        return _subpixel_bank(name, feat, kernels)
     if name == 'fft':
         out = fft_convolve_bank(feat, kernels)  # (B, m, C, H, W)
         return out if layout == 'bmchw' else out.permute(0, 3, 4, 2, 1).contiguous()
@@ -265,6 +324,38 @@ def convolve_bank(feat: Tensor, kernels: Tensor) -> Tensor:
     single-channel maps without them elsewhere). All give the same convolution to float rounding.
     """
     return _run_bank(bank_implementation(feat, kernels, 'bmchw'), feat, kernels, 'bmchw')
+
+
+def subpixel_convolve_bank(feat: Tensor, kernels: Tensor) -> Tensor:
+    """:func:`convolve_bank` in whatever layout the chosen implementation produces, without copying it.
+
+    ``(B, C, H, W)``, ``(m, k, k)`` → ``(B, C, m, s, s, R, Q)`` (possibly a strided view) with entry
+    ``[b, c, j, a_y, a_x, r, q]`` = (k_j * F_c)(s·r + a_y, s·q + a_x): the space-to-depth forms (``unshuffleS``) give
+    their convolution's output as it is, s = S, R = ⌈H/s⌉, Q = ⌈W/s⌉ (pixels past H, W are extras to crop); every
+    other form gives s = 1, R = H, Q = W. Consumers that treat all pixels alike (:func:`subpixel_candidate_attention`)
+    then need no copy of the m·C maps. The implementation is measured per shape with a reduction over the candidates
+    as the consumer (:func:`bank_implementation`, layout ``subpixel``).
+    """
+    return _run_bank(bank_implementation(feat, kernels, 'subpixel'), feat, kernels, 'subpixel')
+
+
+def _subpixel_bank(name: str, feat: Tensor, kernels: Tensor) -> Tensor:
+    """Implementation ``name`` in the layout of :func:`subpixel_convolve_bank`."""
+    b, c, h, w = feat.shape
+    m = kernels.shape[0]
+    if name.startswith('unshuffle'):
+        factor = int(name[len('unshuffle'):])
+        out = _unshuffled_conv(feat, kernels, factor, channels_last=False)  # (B·C, m·s², R, Q), contiguous
+        return out.reshape(b, c, m, factor, factor, *out.shape[-2:])
+    if name == 'fft':
+        out = fft_convolve_bank(feat, kernels).transpose(1, 2)  # (B, C, m, H, W) view
+    elif name == 'direct':
+        out = direct_convolve_bank(feat, kernels).transpose(1, 2)  # (B, C, m, H, W), contiguous
+    elif name in ('grouped_cl', 'grouped', 'depthwise_cl'):
+        out = _grouped_convolve_bank(feat, kernels, name).permute(0, 3, 4, 1, 2)  # (B, C, m, H, W) view
+    else:
+        raise ValueError(f'unknown kernel-bank implementation {name!r}; choose one of {", ".join(BANK_IMPLS)}')
+    return out[:, :, :, None, None]
 
 
 def channels_last_convolve_bank(feat: Tensor, kernels: Tensor) -> Tensor:
@@ -303,16 +394,19 @@ def _grouped_convolve_bank(feat: Tensor, kernels: Tensor, form: str) -> Tensor:
     b, c, h, w = feat.shape
     m, size = kernels.shape[0], kernels.shape[-1]
     radius = size // 2
-    weight = _spatial_kernels(kernels, feat.dtype)[None].expand(c, m, size, size).reshape(c * m, 1, size, size)
+    dtype = feat.dtype
+    weight = _cached_weight(
+        'grouped', kernels,
+        lambda: _spatial_kernels(kernels, dtype)[None].expand(c, m, size, size).reshape(c * m, 1, size, size), dtype, c)
     padded = F.pad(feat, (radius, radius, radius, radius), mode='replicate')
     if form == 'grouped':
-        out = F.conv2d(padded, weight.contiguous(), groups=c)
+        out = F.conv2d(padded, weight, groups=c)
     elif form == 'grouped_cl':
-        out = F.conv2d(padded.contiguous(memory_format=torch.channels_last), weight.contiguous(), groups=c)
+        out = F.conv2d(padded.contiguous(memory_format=torch.channels_last), weight, groups=c)
     else:
         repeated = padded.permute(0, 2, 3, 1)[..., None].expand(-1, -1, -1, -1, m)
         repeated = repeated.reshape(b, *padded.shape[-2:], c * m)
-        out = F.conv2d(repeated.permute(0, 3, 1, 2), weight.contiguous(), groups=c * m)  # channels-last memory
+        out = F.conv2d(repeated.permute(0, 3, 1, 2), weight, groups=c * m)  # channels-last memory
     return out.permute(0, 2, 3, 1).reshape(b, h, w, c, m)
 
 
@@ -334,19 +428,37 @@ def unshuffled_convolve_bank(feat: Tensor, kernels: Tensor, factor: int) -> Tens
         ``(B, H, W, C, m)``, entry ``[..., c, j]`` = k_j * F_c.
     """
     b, c, h, w = feat.shape
-    m, size = kernels.shape[0], kernels.shape[-1]
-    radius, s = size // 2, factor
+    out = _unshuffled_conv(feat, kernels, factor, channels_last=True)  # (B·C, m·s², rows, cols)
+    s, rows, cols = factor, out.shape[-2], out.shape[-1]
+    # whatever its memory layout: one copy to (B, rows, s, cols, s, C, m) = (B, H', W', C, m)
+    out = out.reshape(b, c, -1, s, s, rows, cols).permute(0, 5, 3, 6, 4, 1, 2).reshape(b, rows * s, cols * s, c, -1)
+    return out[:, :h, :w]
+
+
+def _unshuffled_conv(feat: Tensor, kernels: Tensor, factor: int, channels_last: bool) -> Tensor:
+    """The convolution of :func:`unshuffled_convolve_bank` before its pixel shuffle: ``(B·C, m·s², ⌈H/s⌉, ⌈W/s⌉)``.
+
+    Output channel ``j·s² + a_y·s + a_x`` at ``(r, q)`` is k_j * F at pixel ``(s·r + a_y, s·q + a_x)`` (rows and columns
+    past ``H``, ``W`` are border-replicated extras). ``channels_last`` lays the space-to-depth grid out channels-last
+    (and so, in oneDNN, the output); else both are contiguous. ``feat`` may be in either memory layout.
+    """
+    b, c, h, w = feat.shape
+    size, s = kernels.shape[-1], factor
+    radius = size // 2
     taps = (s + size - 2) // s + 1
     rows, cols = -(-h // s), -(-w // s)  # output grid; input grid rows + taps − 1 (the extra rows feed cropped outputs)
     pads = (radius, s * (cols + taps - 1) - w - radius, radius, s * (rows + taps - 1) - h - radius)
-    padded = F.pad(feat.reshape(b * c, 1, h, w), pads, mode='replicate')
+    padded = F.pad(feat, pads, mode='replicate')
     in_rows, in_cols = padded.shape[-2] // s, padded.shape[-1] // s
-    # pixel unshuffle straight into channels-last memory: (B·C, rows', cols', s, s) viewed as (B·C, s², rows', cols')
-    grid = padded.reshape(b * c, in_rows, s, in_cols, s).permute(0, 1, 3, 2, 4).reshape(b * c, in_rows, in_cols, s * s)
-    out = F.conv2d(grid.permute(0, 3, 1, 2), unshuffled_bank_weight(_spatial_kernels(kernels, feat.dtype), s))
-    # (B·C, m·s², rows, cols), whatever its memory layout: one copy to (B, rows, s, cols, s, C, m) = (B, H', W', C, m)
-    out = out.reshape(b, c, m, s, s, rows, cols).permute(0, 5, 3, 6, 4, 1, 2).reshape(b, rows * s, cols * s, c, m)
-    return out[:, :h, :w]
+    grid = padded.reshape(b * c, in_rows, s, in_cols, s)
+    if channels_last:  # pixel unshuffle straight into channels-last memory: (B·C, rows', cols', s, s)
+        grid = grid.permute(0, 1, 3, 2, 4).reshape(b * c, in_rows, in_cols, s * s).permute(0, 3, 1, 2)
+    else:
+        grid = grid.permute(0, 2, 4, 1, 3).reshape(b * c, s * s, in_rows, in_cols)
+    dtype = feat.dtype
+    weight = _cached_weight('unshuffled', kernels, lambda: unshuffled_bank_weight(_spatial_kernels(kernels, dtype), s),
+                            dtype, s)
+    return F.conv2d(grid, weight)
 
 
 def unshuffled_bank_weight(weights: Tensor, factor: int) -> Tensor:
@@ -501,6 +613,47 @@ def candidate_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: 
     return (weights[:, :, :, None] * v).sum(1).reshape(b, c, big_h, big_w)
 
 
+def subpixel_candidate_attention(query: Tensor, candidates: Tensor, num_heads: int) -> Tensor:
+    """:func:`candidate_attention` per pixel, with the candidates as :func:`subpixel_convolve_bank` lays them out.
+
+    Keys and values are blurred in one bank call; the attention reads them where they are, pixels innermost, as one
+    multiply-add per channel (the logits) and one per candidate (the fused values), each over all pixels at once.
+    Only the query and the result are moved between the image's pixel order and the candidates'. Works in place on
+    its own temporaries: for use without gradients.
+
+    Args:
+        query: ``(B, C, H, W)`` query projections (any memory layout).
+        candidates: ``(B, 2C, m, s, s, R, Q)`` from :func:`subpixel_convolve_bank` of the key and value projections
+            (channels ``[0, C)`` keys, ``[C, 2C)`` values), ``R·s ≥ H``, ``Q·s ≥ W``.
+        num_heads: C is split into this many heads, each with its own weights.
+
+    Returns:
+        ``(B, C, H, W)`` fused values, in channels-last memory.
+    """
+    b, c, h, w = query.shape
+    m, s, rows, cols = candidates.shape[2], candidates.shape[3], candidates.shape[-2], candidates.shape[-1]
+    heads, d, pixels = num_heads, c // num_heads, s * s * rows * cols
+    if s * rows != h or s * cols != w:  # the extra rows and columns the space-to-depth grid computed
+        query = F.pad(query, (0, s * cols - w, 0, s * rows - h))
+    # the query in the candidates' pixel order (B, heads, d, s·s·R·Q): one copy of C maps
+    q = query.reshape(b, c, rows, s, cols, s).permute(0, 1, 3, 5, 2, 4).reshape(b, heads, 1, d, pixels)
+    kv = candidates.reshape(b, 2, heads, d, m, pixels)
+    keys, values = kv[:, 0], kv[:, 1]  # (B, heads, d, m, pixels) views
+    logits = keys[:, :, 0] * q[:, :, :, 0]  # (B, heads, m, pixels); q·k_j accumulated channel by channel
+    for i in range(1, d):
+        logits.addcmul_(keys[:, :, i], q[:, :, :, i])
+    logits.mul_(1.0 / math.sqrt(d))
+    # softmax over m written out (torch.softmax over a short, strided dimension is slow on CPUs)
+    weights = logits.sub_(logits.amax(2, keepdim=True)).exp_()
+    weights.div_(weights.sum(2, keepdim=True))
+    fused = values[:, :, :, 0] * weights[:, :, None, 0]  # (B, heads, d, pixels)
+    for j in range(1, m):
+        fused.addcmul_(values[:, :, :, j], weights[:, :, None, j])
+    # back to the image's pixel order, channels-last: one copy of C maps
+    fused = fused.reshape(b, c, s, s, rows, cols).permute(0, 4, 2, 5, 3, 1).reshape(b, rows * s, cols * s, c)
+    return fused[:, :h, :w].permute(0, 3, 1, 2)
+
+
 class CandidateAttentionFusion(nn.Module):
     """Transformer-style fusion of m candidates: pre-norm cross-attention (query = features, keys/values = the m
     defocus candidates) with a residual, then a pre-norm feed-forward block with a residual.
@@ -539,11 +692,11 @@ class CandidateAttentionFusion(nn.Module):
     def forward(self, query: Tensor, feat: Tensor, bank: nn.Module) -> Tensor:
         """``query`` and ``feat`` ``(B, C, H, W)``, ``bank`` the PSF kernel bank → ``(B, C, H, W)``.
 
-        Without gradients (inference) per-pixel tokens take :meth:`_attend_channels_last`, the same arithmetic in a
+        Without gradients (inference) per-pixel tokens take :meth:`_attend_subpixel`, the same arithmetic in a
         faster memory layout; training and region tokens take the reference layout below.
         """
         if self.region_size == 1 and isinstance(bank, PhysicalKernelBank) and not torch.is_grad_enabled():
-            fused = query + self.proj(self._attend_channels_last(query, feat, bank))
+            fused = query + self.proj(self._attend_subpixel(query, feat, bank))
             return fused + self.ffn(self.norm_ffn(fused))
         b, c, h, w = feat.shape
         keys, values = self.to_kv(self.norm_kv(feat)).chunk(2, dim=1)
@@ -555,28 +708,17 @@ class CandidateAttentionFusion(nn.Module):
             candidate_attention(q, keys.reshape(b, m, c, *keys.shape[-2:]), values, self.num_heads))
         return fused + self.ffn(self.norm_ffn(fused))
 
-    def _attend_channels_last(self, query: Tensor, feat: Tensor, bank: 'PhysicalKernelBank') -> Tensor:
-        """:func:`psf_candidates` of K and V and :func:`candidate_attention`, per pixel, in channels-last layout.
+    def _attend_subpixel(self, query: Tensor, feat: Tensor, bank: 'PhysicalKernelBank') -> Tensor:
+        """:func:`psf_candidates` of K and V and :func:`candidate_attention`, per pixel, without reordering the
+        candidates.
 
-        One bank call blurs all 2C key and value channels with all m kernels into a channels-last block
-        ``(B, H, W, heads, 2, d, m)`` (:func:`channels_last_convolve_bank`; the K/V projection's output channels are
-        taken head by head, keys then values, so that each head's keys and values are views of it), and the attention
-        reads every pixel's m candidates from contiguous memory as small matrix products, so nothing is copied back
-        to ``(B, m, C, H, W)``.
+        One bank call blurs all 2C key and value channels with all m kernels (:func:`subpixel_convolve_bank`, in the
+        layout its implementation produces) and :func:`subpixel_candidate_attention` reads them there. Returns
+        ``(B, C, H, W)`` in channels-last memory.
         """
-        b, c, h, w = feat.shape
-        heads, d = self.num_heads, c // self.num_heads
-        order = torch.arange(2 * c, device=feat.device).reshape(2, heads, d).transpose(0, 1).reshape(-1)
-        kv = F.conv2d(self.norm_kv(feat), self.to_kv.weight[order], self.to_kv.bias[order])  # (B, 2C): heads, K/V, d
-        candidates = channels_last_convolve_bank(kv, bank.weight[:, 0]).reshape(b, h, w, heads, 2, d, -1)
-        keys, values = candidates[..., 0, :, :], candidates[..., 1, :, :]  # (B, H, W, heads, d, m) views
-        q = self.to_q(self.norm_q(query)).permute(0, 2, 3, 1).reshape(b, h, w, heads, 1, d)
-        logits = torch.matmul(q, keys) / math.sqrt(d)  # (B, H, W, heads, 1, m)
-        # softmax over m written out: torch.softmax over a last dimension of 8 is several times slower on CPUs
-        weights = (logits - logits.amax(-1, keepdim=True)).exp_()
-        weights = weights / weights.sum(-1, keepdim=True)
-        fused = torch.matmul(values, weights.transpose(-1, -2))  # (B, H, W, heads, d, 1)
-        return fused.reshape(b, h, w, c).permute(0, 3, 1, 2)
+        kv = self.to_kv(self.norm_kv(feat))  # (B, 2C, H, W): keys, then values
+        candidates = subpixel_convolve_bank(kv, bank.weight[:, 0])
+        return subpixel_candidate_attention(self.to_q(self.norm_q(query)), candidates, self.num_heads)
 
 
 class ConcatConvFusion(nn.Module):
