@@ -99,7 +99,7 @@ bench() {  # label out-dir log-name args...
   tail -n 40 "$log"
 }
 
-mkdir -p experiments
+[ $dry = 1 ] || mkdir -p experiments
 for level in "${levels[@]}"; do
   if [ "$level" = bright ]; then
     data=datasets/dpdd_cpu; opts=options/dpdd_cpu; results=results/dpdd; eta=1.0
@@ -109,7 +109,7 @@ for level in "${levels[@]}"; do
   say "level $level: eta $eta, data $data, options $opts, results $results"
   prepare val 1 $data/val.lmdb $eta
   prepare train 0 $data/train.lmdb $eta
-  mkdir -p $results
+  [ $dry = 1 ] || mkdir -p $results
   times=$results/training_times.md
   [ -f $times ] || [ $dry = 1 ] || printf '# DPDD protocol (%s level): wall and CPU time of every row\n\nCPU: user + system seconds of the process and its children (bash `time`); threads: OMP_NUM_THREADS.\n\n| row | step | options / output | wall (s) | CPU (s) | threads |\n| --- | --- | --- | ---: | ---: | --- |\n' "$level" > $times
 
@@ -154,7 +154,7 @@ for level in "${levels[@]}"; do
       case ${entry%%=*} in despike_small|tfp_nrknet_fpn) continue ;; esac
       s=$(spec "${entry%%=*}" "$opts/${entry#*=}.yml"); [ -n "$s" ] && methods+=("$s")
     done
-    mkdir -p $results/short_$frames
+    [ $dry = 1 ] || mkdir -p $results/short_$frames
     bench "$level: $frames-step streams" $results/short_$frames benchmark --lmdb $data/val.lmdb --val-len $frames \
       --reference despike --methods "${methods[@]}"
   done
