@@ -414,10 +414,9 @@ def evaluate(method: Method,
 
 def unavailable(method: Method, reason: str) -> Dict[str, Any]:
     """The entry of a method that could not run on these streams (kept in the report with the reason)."""
-    nan = float('nan')
     return {'name': method.name, 'kind': method.kind, 'options': method.options, 'weights': method.weights,
-            'unavailable': reason, 'psnr': nan, 'psnr_fit': nan, 'ssim': nan, 'lpips': 'n/a', 'lpips_note': reason,
-            'params': 0, 'latency_ms_per_frame': nan, 'per_sample': {}, '_images': {}}
+            'unavailable': reason, 'psnr': None, 'psnr_fit': None, 'ssim': None, 'lpips': 'n/a', 'lpips_note': reason,
+            'params': 0, 'latency_ms_per_frame': None, 'per_sample': {}, '_images': {}}
 
 
 def paired_differences(methods: Sequence[Dict[str, Any]], reference: str, seed: int = 0) -> Dict[str, Any]:

@@ -350,6 +350,7 @@ def test_short_streams_a_network_cannot_read_are_listed_not_fatal(workspace, tmp
                                         lpips_mode='off', val_len=32, tiles=2)
     despike = report['methods'][1]
     assert 'at least 48 time steps' in despike['unavailable'] and despike['per_sample'] == {}
+    assert despike['psnr'] is None  # valid JSON: no NaN
     assert report['methods'][0]['psnr'] > 0 and report['differences'] == {}
     assert 'despike: not scored on these streams' in (tmp_path / 'short' / 'benchmark.md').read_text()
     long = benchmarking.run_benchmark(['tfp', spec], workspace['lmdb'], out_dir=str(tmp_path / 'long'),
