@@ -3,7 +3,9 @@
 
 Reads ``{ROOT}/{split}_c/source`` (blurred) and ``{ROOT}/{split}_c/target`` (sharp), 16-bit PNGs paired by sorted
 file order, and writes ``OUT.lmdb`` (docs/data.md). Mode ``dpdd`` simulates spikes from the real blurred image; mode
-``thinlens`` blurs the sharp image with a Gaussian whose sigma is drawn from ``--sigma-range``.
+``thinlens`` blurs the sharp image with a Gaussian whose sigma is drawn from ``--sigma-range``. Beside the spikes and
+the sharp ground truth, every sample stores the defocused image the camera saw (``<key>/blurred``, processed as the
+ground truth is): the target of a learned spike front end's own training stage (docs/baselines.md).
 
 Example:
     python scripts/prepare_dpdd.py --dpdd-root datasets/DPDD --split train --out datasets/dpdd_train.lmdb \\
