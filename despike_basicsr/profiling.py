@@ -6,7 +6,7 @@ Numbers vary with the machine and its load; docs/performance.md lists figures me
 import resource
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -25,8 +25,13 @@ def make_stream(height: int, width: int, steps: int, device: torch.device) -> to
     return torch.from_numpy(simulate(scene, steps, seed=0))[None].to(device)
 
 
-def interleaved_latency(runs: Dict[str, Callable], spikes: torch.Tensor, device: torch.device, warmup: int,
-                        repeats: int) -> Dict[str, List[float]]:
+def interleaved_latency(runs: Dict[str, Callable],
+                        spikes: Any,
+                        device: torch.device,
+                        warmup: int,
+                        repeats: int,
+                        cpu_times: Optional[Dict[str, List[float]]] = None,
+                        inference: bool = True) -> Dict[str, List[float]]:
     """Seconds of ``repeats`` calls ``run(spikes)`` of every method, the methods taking turns.
 
     Round r runs the methods in order, reversed every other round (A B, B A, A B, ...), so that a change in the
@@ -35,27 +40,34 @@ def interleaved_latency(runs: Dict[str, Callable], spikes: torch.Tensor, device:
 
     Args:
         runs: Method name -> function of the stream.
-        spikes: The input stream.
+        spikes: The input stream (passed to every run as it is).
         device: Its device (synchronised around every call).
         warmup: Untimed rounds.
         repeats: Timed rounds.
+        cpu_times: If given, filled with method name -> CPU seconds of this process for each timed call
+            (``time.process_time``: on a loaded machine it leaves out the time spent waiting for a core).
+        inference: Run under ``torch.inference_mode`` (False for training steps).
 
     Returns:
         Method name -> seconds of each timed call, in round order.
     """
     names = list(runs)
     times: Dict[str, List[float]] = {name: [] for name in names}
-    with torch.inference_mode():
+    if cpu_times is not None:
+        cpu_times.update({name: [] for name in names})
+    with torch.inference_mode(inference):
         for _ in range(warmup):
             for name in names:
                 runs[name](spikes)
         synchronize(device)
         for round_index in range(repeats):
             for name in (names if round_index % 2 == 0 else names[::-1]):
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 runs[name](spikes)
                 synchronize(device)
                 times[name].append(time.perf_counter() - start)
+                if cpu_times is not None:
+                    cpu_times[name].append(time.process_time() - cpu_start)
     return times
 
 

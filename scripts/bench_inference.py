@@ -33,6 +33,12 @@ measured and chose for each shape (``despike_blocks.bank_plans``), and, where th
 device is the CPU, a row for the same DeSpike exported to ONNX (``despike_basicsr.export``) run by onnxruntime with the
 same thread count, taking turns with the other two (``--no-onnx`` leaves it out).
 
+Also timed (``--train-repeats``, 0 leaves it out): one training step of each network at the paper's training setting
+(batch 2, 256×256 crops, ``--steps`` frames: forward, L1 loss on the final image against a random target, backward,
+Adam step), the two methods taking turns; and, beside every wall-clock ratio, the ratio of CPU time of this process
+(``time.process_time``), which on a loaded machine leaves out the time spent waiting for a core. The DeSpike step is
+the network's (the model's hierarchical and FFT losses add a little); the cascade's trains NRKNet on the TFP image.
+
 Untrained weights: cost does not depend on the values (the kernel bank flushes the denormal corners of its Gaussian
 initialisation, which on some CPUs cost 6–8× in the convolution). Numbers vary with the machine and its load; see
 docs/performance.md for figures measured here, one row per instruction set.
@@ -146,6 +152,33 @@ def build(method: str, args: argparse.Namespace, device: torch.device) -> Tuple[
     return net, run
 
 
+def build_train_steps(args: argparse.Namespace, device: torch.device) -> Tuple[Dict[str, Callable], tuple]:
+    """One training step (forward, L1 loss, backward, Adam) of each method's network, and the batch it takes.
+
+    The batch: ``--train-batch`` uint8 streams of ``--steps`` frames on ``--train-size``² crops (256 = the paper's
+    training crops; smaller frames than that use the frame's size), with a random target image.
+    """
+    size = args.train_size or (256 if min(args.height, args.width) >= 128 else min(args.height, args.width))
+    generator = torch.Generator().manual_seed(1)
+    spikes = (torch.rand(args.train_batch, args.steps, size, size, generator=generator) < 0.3).to(torch.uint8)
+    target = torch.rand(args.train_batch, 1, size, size, generator=generator)
+    spikes, target = spikes.to(device), target.to(device)
+    steps = {}
+    for method in METHODS:
+        net, run = build(method, args, device)
+        net.train()
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+
+        def step(batch: tuple, net=net, run=run, optimizer=optimizer) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.l1_loss(run(batch[0]), batch[1])
+            loss.backward()
+            optimizer.step()
+
+        steps[method] = step
+    return steps, (spikes, target)
+
+
 def worker(args: argparse.Namespace) -> None:
     """Subprocess body for CPU peak memory: build (and, unless --worker-baseline, run once); print ru_maxrss."""
     device = torch.device('cpu')
@@ -190,6 +223,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--threads', type=int, default=torch.get_num_threads(), help='CPU threads (default: torch)')
     parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory measurement')
+    parser.add_argument('--train-repeats', type=int, default=3, help='timed training steps per method (0: none)')
+    parser.add_argument('--train-batch', type=int, default=2, help='training step batch size (default 2)')
+    parser.add_argument(
+        '--train-size', type=int, help='training crop side (default 256, or the frame size if under 128)')
     parser.add_argument('--no-onnx', action='store_true', help='leave out the onnxruntime row')
     parser.add_argument('--json', help='also write the figures to this json file')
     parser.add_argument('--worker', choices=METHODS, help=argparse.SUPPRESS)
@@ -217,7 +254,8 @@ def main(argv=None) -> Dict[str, dict]:
     with_onnx = device.type == 'cpu' and not args.no_onnx and onnx_available()
     if with_onnx:
         runs['onnxruntime'] = build_onnx(args, workdir.name)
-    times = interleaved_latency(runs, spikes, device, args.warmup, args.repeats)
+    cpu_times: Dict[str, list] = {}
+    times = interleaved_latency(runs, spikes, device, args.warmup, args.repeats, cpu_times=cpu_times)
     plans = sorted({(key[2], name) for key, name in despike_blocks.bank_plans().items()})
     figures = {}
     for method, (net, run) in built.items():
@@ -235,6 +273,24 @@ def main(argv=None) -> Dict[str, dict]:
     if device.type == 'cuda':
         torch.cuda.empty_cache()
     paired = [a / b for a, b in zip(times['despike'], times['cascade'])]
+    cpu_paired = [a / b for a, b in zip(cpu_times['despike'], cpu_times['cascade'])]
+    train = None
+    if args.train_repeats > 0:
+        steps, batch = build_train_steps(args, device)
+        train_cpu: Dict[str, list] = {}
+        train_times = interleaved_latency(steps, batch, device, 1, args.train_repeats, cpu_times=train_cpu,
+                                          inference=False)
+        del steps
+        train = {
+            'batch': args.train_batch,
+            'size': list(batch[0].shape[-2:]),
+            'steps': args.steps,
+            'ms_median': {k: 1000 * statistics.median(v) for k, v in train_times.items()},
+            'ms_all': {k: [1000 * t for t in v] for k, v in train_times.items()},
+            'cpu_ms_median': {k: 1000 * statistics.median(v) for k, v in train_cpu.items()},
+            'ratio_paired': statistics.median(a / b for a, b in zip(train_times['despike'], train_times['cascade'])),
+            'cpu_ratio_paired': statistics.median(a / b for a, b in zip(train_cpu['despike'], train_cpu['cascade'])),
+        }
 
     workdir.cleanup()
     gpu = f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else f' ({args.threads} threads)'
@@ -273,6 +329,17 @@ def main(argv=None) -> Dict[str, dict]:
                                             if not k.startswith('onnxruntime')))
     print(f'Latency ratio, median of {len(paired)} paired rounds: x{ratios["latency_paired"]:.2f} '
           f'(range x{min(paired):.2f}-x{max(paired):.2f})')
+    ratios['cpu_time_paired'] = statistics.median(cpu_paired)
+    print(f'CPU-time ratio (process time per call, median of {len(cpu_paired)} paired rounds): '
+          f'x{ratios["cpu_time_paired"]:.2f} (range x{min(cpu_paired):.2f}-x{max(cpu_paired):.2f}); CPU ms '
+          f'{1e3 * statistics.median(cpu_times["despike"]):.0f} vs {1e3 * statistics.median(cpu_times["cascade"]):.0f}')
+    if train is not None:
+        ms, cpu_ms = train['ms_median'], train['cpu_ms_median']
+        print(f'Training step (forward + L1 + backward + Adam), batch {train["batch"]}, '
+              f'{train["size"][0]}x{train["size"][1]} crops, {args.steps} steps, median of {args.train_repeats} '
+              f'interleaved: {LABELS["despike"]} {ms["despike"]:.0f} ms, {LABELS["cascade"]} {ms["cascade"]:.0f} ms, '
+              f'paired ratio x{train["ratio_paired"]:.2f}; CPU time {cpu_ms["despike"]:.0f} vs '
+              f'{cpu_ms["cascade"]:.0f} ms, x{train["cpu_ratio_paired"]:.2f}')
     if with_onnx:
         print(f'DeSpike (onnxruntime) / cascade, paired: x{ratios["onnxruntime_latency_paired"]:.2f} '
               f'(range x{min(ort_paired):.2f}-x{max(ort_paired):.2f})')
@@ -286,7 +353,8 @@ def main(argv=None) -> Dict[str, dict]:
         'steps': args.steps,
         'opt': args.opt,
         'figures': figures,
-        'ratio_despike_over_cascade': ratios
+        'ratio_despike_over_cascade': ratios,
+        'training_step': train
     }
     if args.json:
         with open(args.json, 'w', encoding='utf-8') as f:
