@@ -15,7 +15,7 @@
 # step, where TFP-41 falls under 20 dB), each with its own LMDBs (datasets/dpdd_cpu, datasets/dpdd_cpu_low).
 # Finished trainings (experiments/<name>/models/net_g_latest.pth) are reused, interrupted ones resume
 # (--auto_resume). CPU estimate, one core per training: about 22 hours for the bright level and 19 for the low one
-# (Spk2ImgNet's stage and its two cascades are two thirds of it; docs/baselines.md has the table).
+# (Spk2ImgNet's stage and its two cascades are about 60 % of it; docs/baselines.md has the table).
 #
 # Usage: bash scripts/dpdd_protocol.sh [DPDD_ROOT] [--level bright|low|all] [--device cuda] [--skip-train] [--dry-run]
 #   DPDD_ROOT     default ../shared/data/dpdd_gray768 ({train,val}_c/{source,target})
