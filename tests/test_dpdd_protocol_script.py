@@ -70,3 +70,62 @@ def test_tables_hold_despike_all_eight_cascades_ablations_and_short_windows(dry_
     assert runs[('results/dpdd/ablations', 192)] == ['despike'] + ABLATIONS
     assert ('results/dpdd_low/ablations', 192) not in runs
     assert all('--reference despike' in line for line in stdout.splitlines() if 'scripts/benchmark.py' in line)
+
+
+SHIM = r'''#!/usr/bin/env bash
+# Stands in for the venv's python: option names and the LMDB check run for real; data preparation writes a
+# one-sample LMDB; training writes the weights file; every call is logged.
+real=REAL_PYTHON
+case "$1" in
+  -c) exec "$real" "$@" ;;
+  scripts/prepare_dpdd.py)
+    out=$(echo "$@" | sed -E 's/.*--out ([^ ]+).*/\1/')
+    echo "prepare $out" >> calls.log
+    exec "$real" -c "import numpy as np, sys, shutil, os
+from despike_basicsr.data.spike_lmdb import SpikeLMDBWriter
+shutil.rmtree(sys.argv[1], ignore_errors=True)
+with SpikeLMDBWriter(sys.argv[1]) as w:
+    w.add('s', np.zeros((4, 4), np.uint8), {}, spikes=np.zeros((8, 4, 4), np.uint8), blurred=np.zeros((4, 4)))" \
+      "$out" ;;
+  despike_basicsr/train.py)
+    name=$("$real" -c "import yaml, sys; print(yaml.safe_load(open(sys.argv[1]))['name'])" "$3")
+    echo "train $3" >> calls.log
+    mkdir -p "experiments/$name/models" && touch "experiments/$name/models/net_g_latest.pth" ;;
+  scripts/benchmark.py) echo "benchmark $*" >> calls.log ;;
+  *) echo "unexpected call: $*" >&2; exit 3 ;;
+esac
+'''
+
+
+def test_a_real_run_trains_once_records_times_and_reuses_what_is_trained(repo_root, tmp_path):
+    """The script's own control flow, with a stand-in python: order, time table, resumption, no second training."""
+    (tmp_path / 'scripts').mkdir()
+    shutil.copy(osp.join(repo_root, 'scripts', 'dpdd_protocol.sh'), tmp_path / 'scripts')
+    shutil.copytree(osp.join(repo_root, 'options', 'dpdd_cpu'), tmp_path / 'options' / 'dpdd_cpu')
+    venv = tmp_path / 'venv' / 'bin'
+    venv.mkdir(parents=True)
+    (venv / 'python').write_text(SHIM.replace('REAL_PYTHON', sys.executable))
+    (venv / 'python').chmod(0o755)
+    env = dict(os.environ, DESPIKE_VENV=str(tmp_path / 'venv'), OMP_NUM_THREADS='1',
+               PYTHONPATH=repo_root + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    command = ['bash', str(tmp_path / 'scripts' / 'dpdd_protocol.sh'), '--level', 'bright']
+    first = subprocess.run(command, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    calls = (tmp_path / 'calls.log').read_text().splitlines()
+    trained = [c.split()[1] for c in calls if c.startswith('train ')]
+    # 2 stages, DeSpike, 8 cascades, the small DeSpike, TFP -> NRKNet with FPN, 5 ablations; the stages first
+    assert len(trained) == 18 == len(set(trained))
+    assert trained[:2] == ['options/dpdd_cpu/train_rsir.yml', 'options/dpdd_cpu/train_spk2imgnet.yml']
+    prepared = [c.split()[1] for c in calls if c.startswith('prepare ')]
+    assert prepared == ['datasets/dpdd_cpu/val.lmdb', 'datasets/dpdd_cpu/train.lmdb']
+    assert sum(c.startswith('benchmark ') for c in calls) == 4  # table, ablations, 64 and 32 steps
+    times = (tmp_path / 'results' / 'dpdd' / 'training_times.md').read_text().splitlines()
+    rows = [line.split(' | ') for line in times if line.startswith('| ') and '---' not in line][1:]
+    assert len(rows) == 22 and all(float(r[3]) >= 0 and float(r[4]) >= 0 and r[5] == '1 |' for r in rows)
+    assert [r[1] for r in rows].count('train') == 18 and [r[1] for r in rows].count('evaluate') == 4
+
+    (tmp_path / 'calls.log').unlink()
+    second = subprocess.run(command, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    calls = (tmp_path / 'calls.log').read_text().splitlines()
+    assert all(c.startswith('benchmark ') for c in calls) and len(calls) == 4  # nothing trained or prepared again
