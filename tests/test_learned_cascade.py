@@ -162,14 +162,15 @@ def test_front_end_stage_learns_the_defocused_image(lmdbs, arch):
         model.feed_data(old_batch)
 
 
-def test_learned_front_end_is_frozen_and_feeds_the_back_end(lmdbs, tmp_path):
+@pytest.mark.parametrize('arch', ['RSIR', 'Spk2ImgNet'])
+def test_learned_front_end_is_frozen_and_feeds_the_back_end(lmdbs, tmp_path, arch):
     torch.manual_seed(3)
     from basicsr.archs import build_network
-    front = build_network(dict(TINY_FRONT_ENDS['RSIR'])).eval()
+    front = build_network(dict(TINY_FRONT_ENDS[arch])).eval()
     weights = tmp_path / 'front.pth'
     torch.save({'params': front.state_dict()}, weights)
     opt = _train_options('cascade', 'CascadeModel', TINY_GKMNET, lmdbs['new'],
-                         front_end={'type': 'learned', 'network': TINY_FRONT_ENDS['RSIR'], 'weights': str(weights)})
+                         front_end={'type': 'learned', 'network': TINY_FRONT_ENDS[arch], 'weights': str(weights)})
     opt['train']['pixel_opt'] = {'type': 'MultiScaleMSELoss', 'loss_weight': 1.0, 'scale_weights': [1, 1, 1]}
     model = _model(opt)
     frozen = {k: v.clone() for k, v in model.front_net.state_dict().items()}
