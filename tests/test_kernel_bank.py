@@ -162,3 +162,69 @@ def test_a_bank_weight_first_built_under_inference_mode_still_trains():
     trainable = kernels.clone().requires_grad_(True)
     db.unshuffled_bank_weight(trainable, 2).sum().backward()
     assert trainable.grad is not None and torch.isfinite(trainable.grad).all()
+
+
+def _mock_timings(monkeypatch, costs):
+    """Replace the bank by a stub whose CPU time is ``costs[name]`` (a virtual clock), recording the thread count
+    each form ran at."""
+    clock = [0.0]
+    threads_seen = []
+
+    def fake_run(name, feat, kernels, layout):
+        threads_seen.append(torch.get_num_threads())
+        clock[0] += costs[name]
+        return feat.new_zeros(1)
+
+    monkeypatch.setattr(db, '_run_bank', fake_run)
+    monkeypatch.setattr(db, '_subpixel_consumer', lambda feat, out: None)
+    monkeypatch.setattr(db.time, 'process_time', lambda: clock[0])
+    return threads_seen
+
+
+def test_the_choice_is_measured_at_one_thread_and_kept_for_every_thread_count(monkeypatch):
+    """Issue 23: spin-waiting threads corrupt a multi-thread CPU-time measurement, so the forms are timed at one
+    thread (the caller's count restored) and the choice holds for any count; given the timings it is deterministic."""
+    costs = {name: 10.0 + i for i, name in enumerate(BANK_IMPLS)}
+    costs['unshuffle2'] = 1.0
+    threads_seen = _mock_timings(monkeypatch, costs)
+    feat, kernels = torch.randn(1, 4, 12, 10), torch.rand(3, 5, 5)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            assert db.bank_implementation(feat, kernels, 'subpixel') == 'unshuffle2'
+        assert torch.get_num_threads() == 2  # restored
+        assert threads_seen and set(threads_seen) == {1}
+        assert len(threads_seen) == 3 * len(BANK_IMPLS)  # a warm-up round and two timed ones
+        torch.set_num_threads(1)
+        with torch.no_grad():
+            assert db.bank_implementation(feat, kernels, 'subpixel') == 'unshuffle2'
+        assert len(threads_seen) == 3 * len(BANK_IMPLS)  # another thread count: not measured again
+        assert list(db.bank_plans()) == [('subpixel', False, (1, 4, 12, 10), torch.float32, (3, 5, 5))]
+        # the same timings give the same choice; equal times go to the earlier form of BANK_IMPLS
+        for _ in range(3):
+            db.clear_bank_plans()
+            with torch.no_grad():
+                assert db.bank_implementation(feat, kernels, 'bhwcm') == 'unshuffle2'
+        costs.update({name: 5.0 for name in BANK_IMPLS})
+        db.clear_bank_plans()
+        with torch.no_grad():
+            assert db.bank_implementation(feat, kernels, 'bhwcm') == BANK_IMPLS[0]
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_the_thread_count_is_restored_when_measuring_fails(monkeypatch):
+    def failing_run(name, feat, kernels, layout):
+        assert torch.get_num_threads() == 1
+        raise RuntimeError('oneDNN refused')
+
+    monkeypatch.setattr(db, '_run_bank', failing_run)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.no_grad(), pytest.raises(RuntimeError, match='oneDNN refused'):
+            db.bank_implementation(torch.randn(1, 4, 12, 10), torch.rand(3, 5, 5), 'bmchw')
+        assert torch.get_num_threads() == 2 and db.bank_plans() == {}
+    finally:
+        torch.set_num_threads(previous)

@@ -127,7 +127,7 @@ KERNEL_FLUSH_RATIO = 1e-20
 #: a millisecond there, less than measuring them costs (tests and toy runs build many such shapes).
 MIN_MEASURED_ELEMENTS = 1 << 16
 
-_PLANS: Dict[tuple, str] = {}  # measured choices, by layout, gradients, shapes, dtype and thread count
+_PLANS: Dict[tuple, str] = {}  # measured choices, by layout, gradients, shapes and dtype (any thread count)
 _forced_impl: Optional[str] = None
 
 
@@ -203,8 +203,8 @@ def set_bank_implementation(name: Optional[str]) -> None:
 
 
 def bank_plans() -> Dict[tuple, str]:
-    """The implementations chosen so far by measurement: ``(layout, grad, feat shape, dtype, kernels shape,
-    threads)`` → name."""
+    """The implementations chosen so far by measurement: ``(layout, grad, feat shape, dtype, kernels shape)`` →
+    name (one choice for every thread count: :func:`_measure_fastest` measures at one thread)."""
     return dict(_PLANS)
 
 
@@ -233,8 +233,9 @@ def _can_measure(feat: Tensor) -> bool:
 def bank_implementation(feat: Tensor, kernels: Tensor, layout: str) -> str:
     """Which of :data:`BANK_IMPLS` computes the bank for this call.
 
-    On the CPU the fastest one is measured the first time a shape is seen (per layout, with or without gradients,
-    dtype and thread count) and remembered: oneDNN picks a different kernel for each convolution form on each
+    On the CPU the fastest one is measured the first time a shape is seen (per layout, with or without gradients and
+    dtype) and remembered, whatever the thread count then or later (:func:`_measure_fastest` times at one thread):
+    oneDNN picks a different kernel for each convolution form on each
     instruction set, and the fastest form differs between CPUs (a grouped convolution with one input and m output
     channels per group, a depthwise one without channel multiplier, single-channel maps, the FFT). With gradients the
     forward and backward passes are timed together. Elsewhere (CUDA, tracing, ONNX export, ``torch.compile``,
@@ -251,7 +252,7 @@ def bank_implementation(feat: Tensor, kernels: Tensor, layout: str) -> str:
         return forced
     if not _can_measure(feat) or feat.numel() < MIN_MEASURED_ELEMENTS:
         return _default_impl(layout, grad)
-    key = (layout, grad, tuple(feat.shape), feat.dtype, tuple(kernels.shape), torch.get_num_threads())
+    key = (layout, grad, tuple(feat.shape), feat.dtype, tuple(kernels.shape))
     if key not in _PLANS:
         _PLANS[key] = _measure_fastest(feat, kernels, layout, grad)
     return _PLANS[key]
@@ -263,8 +264,29 @@ def _measure_fastest(feat: Tensor, kernels: Tensor, layout: str, grad: bool, rou
 
     Timed in CPU time of this process (``time.process_time``), not wall-clock time: on a loaded machine a wall-clock
     measurement charges the time this process waited for a core to whichever form ran then, and picked, beside a
-    training, a form that needs twice the operations (the 4×4 space-to-depth grid at 64 × 128×200)."""
+    training, a form that needs twice the operations (the 4×4 space-to-depth grid at 64 × 128×200).
+
+    Timed at **one thread** (``torch.set_num_threads(1)``, the caller's count restored afterwards, also on an
+    error), and the choice is kept for every thread count (issue 23): with two OpenMP threads on two busy cores the
+    process's CPU time also counts the threads' spin-waiting at each operator's barrier, as noisy as the wall clock,
+    and the two-thread measurement picked the 4×4 space-to-depth form and the FFT (62 instead of 52 GFLOP a forward).
+    At one thread the CPU time is the work each form does on this CPU's kernels (an operation count, measured). The
+    choice is kept for more threads on the assumption that the forms parallelise alike (each is one or a few large
+    oneDNN or FFT calls over all channels), so the least work stays the fastest; :data:`BANK_IMPL_ENV` overrides it
+    where that does not hold. While measuring (the first call of a shape only) torch ops run by other Python threads
+    of this process also run at one thread."""
     feat, kernels = feat.detach(), kernels.detach()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _time_candidates(feat, kernels, layout, grad, rounds)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _time_candidates(feat: Tensor, kernels: Tensor, layout: str, grad: bool, rounds: int) -> str:
+    """The loop of :func:`_measure_fastest` at the current thread count: the name with the lowest best CPU time
+    (ties go to the earlier name in :data:`BANK_IMPLS`)."""
     best = {name: math.inf for name in BANK_IMPLS}
     out_grad = None
     for round_index in range(rounds):
