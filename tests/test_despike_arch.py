@@ -11,7 +11,8 @@ from torch.nn import functional as F
 
 from despike_basicsr.archs.despike_arch import (DeSpikeNet, centred_window_bounds, integrate_windows,
                                                 normalise_spike_count)
-from despike_basicsr.archs.despike_blocks import (CandidateAttentionFusion, PhysicalKernelBank, candidate_attention,
+from despike_basicsr.archs.despike_blocks import (CandidateAttentionFusion, ConcatConvFusion, LayerNorm2d,
+                                                  PhysicalKernelBank, PlainQKVFusion, candidate_attention,
                                                   fft_convolve_bank, gaussian_kernel_2d, smooth_fft_size)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -58,6 +59,7 @@ def small_variants():
     yield 'full', dict(SMALL)
     for switch in SWITCHES:
         yield f'wo_{switch}', dict(SMALL, **{switch: False})
+    yield 'plain_qkv', dict(SMALL, fusion_attention='plain_qkv')
 
 
 @pytest.mark.parametrize('name,kwargs', list(small_variants()), ids=lambda v: v if isinstance(v, str) else '')
@@ -198,6 +200,43 @@ def test_ablation_switches_change_the_structure():
     assert not isinstance(DeSpikeNet(**SMALL, physical_kernels=False).bank, PhysicalKernelBank)
     assert isinstance(DeSpikeNet(**SMALL).levels[0].fusion, CandidateAttentionFusion)
     assert not isinstance(DeSpikeNet(**SMALL, transformer_fusion=False).levels[0].fusion, CandidateAttentionFusion)
+
+
+def test_plain_qkv_fusion_is_scaled_dot_product_attention_over_the_candidates():
+    """Issue 22: "attention replaced by plain QKV": 1x1 projections of the query and of each bank candidate, softmax
+    over the candidates per pixel, residual; no LayerNorm, no feed-forward block."""
+    torch.manual_seed(2)
+    fusion = PlainQKVFusion(8, num_heads=2)
+    assert not any(isinstance(m, LayerNorm2d) for m in fusion.modules()) and not hasattr(fusion, 'ffn')
+    bank = PhysicalKernelBank(3, 5, (0.5, 2.0))
+    query, feat = torch.randn(2, 8, 7, 9), torch.randn(2, 8, 7, 9)
+    candidates = fft_convolve_bank(feat, bank.weight[:, 0].detach())  # (B, m, C, H, W)
+    q = fusion.to_q(query).reshape(2, 1, 2, 4, 7, 9)
+    kv = fusion.to_kv(candidates.reshape(6, 8, 7, 9)).reshape(2, 3, 2, 2, 4, 7, 9)  # (B, m, k|v, heads, d, H, W)
+    weights = torch.softmax((q * kv[:, :, 0]).sum(3, keepdim=True) / 2.0, dim=1)  # √d = 2
+    expected = query + fusion.proj((weights * kv[:, :, 1]).sum(1).reshape(2, 8, 7, 9))
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            torch.testing.assert_close(fusion(query, feat, bank), expected.detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_fusion_attention_option_builds_the_plain_variant_and_keeps_the_default():
+    plain = DeSpikeNet(**SMALL, fusion_attention='plain_qkv')
+    assert all(isinstance(level.fusion, PlainQKVFusion) for level in plain.levels)
+    assert isinstance(plain.bank, PhysicalKernelBank)
+    default, physical = DeSpikeNet(**SMALL), DeSpikeNet(**SMALL, fusion_attention='physical')
+    assert all(isinstance(level.fusion, CandidateAttentionFusion) for level in default.levels)
+    assert list(default.state_dict()) == list(physical.state_dict())
+    assert isinstance(DeSpikeNet(**SMALL, transformer_fusion=False).levels[0].fusion, ConcatConvFusion)
+    with torch.no_grad():
+        out = plain.eval()(random_spikes(1, 32, 10, 12))
+    assert out.shape == (1, 1, 10, 12) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match='fusion_attention must be one of physical, plain_qkv'):
+        DeSpikeNet(**SMALL, fusion_attention='qkv')
+    with pytest.raises(ValueError, match='needs transformer_fusion: true'):
+        DeSpikeNet(**SMALL, transformer_fusion=False, fusion_attention='plain_qkv')
+    with pytest.raises(ValueError, match='region_size must be 1'):
+        DeSpikeNet(**SMALL, region_size=2, fusion_attention='plain_qkv')
 
 
 def test_same_seed_same_network():

@@ -167,8 +167,9 @@ def _protocol_differences(path: str, reference: str) -> list:
     return found
 
 
-ABLATION_SWITCHES = {'multi_temporal': 'multi_temporal', 'multi_scale': 'multi_spatial', 'fpn': 'fpn_compensation',
-                     'fusion': 'transformer_fusion', 'physical_kernels': 'physical_kernels'}
+ABLATION_SWITCHES = {'multi_temporal': {'multi_temporal': False}, 'multi_scale': {'multi_spatial': False},
+                     'fpn': {'fpn_compensation': False}, 'fusion': {'fusion_attention': 'plain_qkv'},
+                     'physical_kernels': {'physical_kernels': False}}
 FRONT_END_STAGES = ('rsir', 'spk2imgnet')
 
 
@@ -208,11 +209,11 @@ def test_the_dpdd_protocol_trains_every_method_on_one_budget():
                 twin = _load(path.replace('_fpn.yml', '.yml'))
                 twin['front_end']['fpn'], twin['name'] = True, opt['name']
                 assert opt == twin, _rel(path)
-    # each ablation is train_despike.yml with one network switch off
+    # each ablation is train_despike.yml with one network switch changed
     full = _load(reference)
     for name, switch in ABLATION_SWITCHES.items():
         opt = _load(osp.join(PROTOCOL_DIR, f'train_despike_wo_{name}.yml'))
-        assert opt['network_g'] == dict(full['network_g'], **{switch: False}), name
+        assert opt['network_g'] == dict(full['network_g'], **switch), name
         assert {k: v for k, v in opt.items() if k not in ('name', 'network_g')} == \
             {k: v for k, v in full.items() if k not in ('name', 'network_g')}
     names = [_load(p)['name'] for p in files]

@@ -22,9 +22,11 @@ from torch.nn import functional as F
 
 from despike_basicsr.archs.arch_util import pad_to_multiple, upsample_to
 from despike_basicsr.archs.despike_blocks import (CandidateAttentionFusion, ConcatConvFusion, LearnedKernelBank,
-                                                  PhysicalKernelBank, ResBlock)
+                                                  PhysicalKernelBank, PlainQKVFusion, ResBlock)
 
 PAPER_WINDOWS = (64, 96, 128, 160, 192)
+#: Values of ``fusion_attention``: the attention fusion (default) and the "plain QKV" ablation.
+FUSION_ATTENTIONS = ('physical', 'plain_qkv')
 
 
 def centred_window_bounds(length: int, windows: Sequence[int]) -> List[Tuple[int, int]]:
@@ -136,16 +138,28 @@ class RefinementLevel(nn.Module):
         region_size: Attention token size in pixels (1 = per pixel).
         unshuffle: Space-to-depth factor u of the features: the head predicts u² channels that a pixel shuffle puts
             back on a u-times finer grid.
+        fusion_attention: With ``transformer_fusion``, ``'physical'`` (:class:`CandidateAttentionFusion`) or
+            ``'plain_qkv'`` (:class:`PlainQKVFusion`).
     """
 
-    def __init__(self, num_feat: int, num_kernels: int, num_blocks: int, first: bool, transformer_fusion: bool,
-                 num_heads: int, region_size: int, unshuffle: int = 1) -> None:
+    def __init__(self,
+                 num_feat: int,
+                 num_kernels: int,
+                 num_blocks: int,
+                 first: bool,
+                 transformer_fusion: bool,
+                 num_heads: int,
+                 region_size: int,
+                 unshuffle: int = 1,
+                 fusion_attention: str = 'physical') -> None:
         super().__init__()
         self.first = first
         if not first:
             self.query_merge = nn.Conv2d(2 * num_feat, num_feat, 1)
             self.merge = nn.Conv2d(2 * num_feat, num_feat, 3, padding=1)
-        if transformer_fusion:
+        if transformer_fusion and fusion_attention == 'plain_qkv':
+            self.fusion = PlainQKVFusion(num_feat, num_heads)
+        elif transformer_fusion:
             self.fusion = CandidateAttentionFusion(num_feat, num_heads, region_size)
         else:
             self.fusion = ConcatConvFusion(num_feat, num_kernels)
@@ -215,6 +229,11 @@ class DeSpikeNet(nn.Module):
         multi_spatial: False uses one full-resolution level — the "w/o multi-spatial scale" ablation.
         fpn_compensation: False ignores γ — the "w/o FPN compensation" ablation.
         transformer_fusion: False fuses candidates by concat + conv — the "w/o transformer fusion" ablation.
+        fusion_attention: The attention fusion's form when ``transformer_fusion`` is True: ``'physical'`` (default:
+            pre-norm cross-attention over the bank-blurred key/value projections plus a feed-forward block,
+            :class:`CandidateAttentionFusion`) or ``'plain_qkv'`` — the "attention replaced by plain QKV" ablation:
+            1×1 projections of the query and of the m candidates, scaled dot-product attention per pixel, residual;
+            no norms, feed-forward block or region tokens (:class:`PlainQKVFusion`).
         physical_kernels: False replaces the Gaussian bank with plain, randomly initialised depthwise convolutions —
             the "w/o physical kernels" ablation.
     """
@@ -238,7 +257,8 @@ class DeSpikeNet(nn.Module):
                  multi_spatial: bool = True,
                  fpn_compensation: bool = True,
                  transformer_fusion: bool = True,
-                 physical_kernels: bool = True) -> None:
+                 physical_kernels: bool = True,
+                 fusion_attention: str = 'physical') -> None:
         super().__init__()
         windows = [int(w) for w in windows]
         if not windows or min(windows) < 1:
@@ -250,6 +270,14 @@ class DeSpikeNet(nn.Module):
         if reference_rate <= 0 or display_gamma <= 0:
             raise ValueError(
                 f'reference_rate and display_gamma must be positive, got {reference_rate}, {display_gamma}')
+        if fusion_attention not in FUSION_ATTENTIONS:
+            raise ValueError(
+                f'fusion_attention must be one of {", ".join(FUSION_ATTENTIONS)}, got {fusion_attention!r}')
+        if fusion_attention != 'physical' and not transformer_fusion:
+            raise ValueError(f'fusion_attention: {fusion_attention} needs transformer_fusion: true (false replaces the '
+                             'attention by concatenation + 1x1 conv)')
+        if fusion_attention == 'plain_qkv' and region_size != 1:
+            raise ValueError(f'fusion_attention: plain_qkv attends per pixel; region_size must be 1, got {region_size}')
         self.min_stream_len = min(windows)
         self.windows = sorted(windows) if multi_temporal else [int(single_window or max(windows))]
         self.num_scales = num_scales if multi_spatial else 1
@@ -269,7 +297,7 @@ class DeSpikeNet(nn.Module):
             self.bank = LearnedKernelBank(num_feat, num_kernels, kernel_size)
         self.levels = nn.ModuleList([
             RefinementLevel(num_feat, num_kernels, num_blocks, s == 0, transformer_fusion, num_heads, region_size,
-                            unshuffle) for s in range(self.num_scales)
+                            unshuffle, fusion_attention) for s in range(self.num_scales)
         ])
 
     @property

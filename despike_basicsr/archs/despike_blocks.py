@@ -743,6 +743,47 @@ class CandidateAttentionFusion(nn.Module):
         return subpixel_candidate_attention(self.to_q(self.norm_q(query)), candidates, self.num_heads)
 
 
+class PlainQKVFusion(nn.Module):
+    """Ablation "attention replaced by plain QKV" of :class:`CandidateAttentionFusion` (``fusion_attention:
+    plain_qkv``): standard scaled dot-product attention over the same m candidates, nothing else.
+
+    The candidates are the bank's D_j = k_j * F (as :class:`ConcatConvFusion` gets them); query, keys and values are
+    plain learned 1×1 projections, q = W_q·Q, k_j = W_k·D_j, v_j = W_v·D_j (one W_k, W_v shared by the m
+    candidates), and out = Q + W_o · Σ_j softmax_j(q·k_j / √d) v_j per pixel, split into ``num_heads`` heads.
+
+    Removed with respect to :class:`CandidateAttentionFusion`: the pre-norm LayerNorms (of the query, of the
+    features before the key/value projection, and before the feed-forward block), the feed-forward block and its
+    residual, region tokens (``region_size`` > 1; tokens here are always pixels), and the candidates formed in
+    key/value space (the bank blurring W_k·LN(F) and W_v·LN(F), one bank call for all keys and values, and its
+    inference layout): here each candidate is projected after the blur, so the projection biases are not blurred.
+    That last change is not a modelling one (1×1 projections commute with the depthwise kernels up to their
+    biases); the attention still weighs the defocus levels of the physical bank, which stays in
+    ``physical_kernels``. So the ablation measures the Transformer-layer parts around the attention.
+
+    Args:
+        channels: Number of feature channels C.
+        num_heads: Attention heads (must divide C).
+    """
+
+    def __init__(self, channels: int, num_heads: int = 1) -> None:
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f'num_heads must divide the channel count: got {num_heads} heads for {channels} channels')
+        self.num_heads = num_heads
+        self.to_q = nn.Conv2d(channels, channels, 1)
+        self.to_kv = nn.Conv2d(channels, 2 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, query: Tensor, feat: Tensor, bank: nn.Module) -> Tensor:
+        """``query`` and ``feat`` ``(B, C, H, W)``, ``bank`` the PSF kernel bank → ``(B, C, H, W)``."""
+        candidates = psf_candidates(feat, bank)  # (B, m, C, H, W): k_j * F
+        b, m, c, h, w = candidates.shape
+        keys, values = self.to_kv(candidates.reshape(b * m, c, h, w)).chunk(2, dim=1)
+        attended = candidate_attention(
+            self.to_q(query), keys.reshape(b, m, c, h, w), values.reshape(b, m, c, h, w), self.num_heads)
+        return query + self.proj(attended)
+
+
 class ConcatConvFusion(nn.Module):
     """Ablation of :class:`CandidateAttentionFusion`: concatenate the query and the m candidates k_j * F, then a
     1×1 conv.
