@@ -79,7 +79,7 @@ def choose_centres(args: argparse.Namespace, frames: int, window_len: int, min_l
     """Centre times from ``--center``, ``--centers``, ``--sliding`` (default: the middle frame), validated."""
     lo, hi = valid_centre_range(frames, min_len)
     if hi < lo:
-        raise InferError(f'{path}: {frames} frames, but the network needs at least {min_len} (its smallest window)')
+        raise InferError(f'{path}: {frames} frames, but the network needs at least {min_len} (its shortest stream)')
     if args.sliding is not None:
         if args.sliding < 1:
             raise InferError(f'--sliding must be a positive stride in frames, got {args.sliding}')
@@ -101,7 +101,7 @@ def choose_centres(args: argparse.Namespace, frames: int, window_len: int, min_l
         centres = [frames // 2]
     for c in centres:
         if not lo <= c <= hi:
-            raise InferError(f'{path}: centre {c} is out of range: with {frames} frames and a smallest window of '
+            raise InferError(f'{path}: centre {c} is out of range: with {frames} frames and a shortest stream of '
                              f'{min_len}, centres must lie in {lo}..{hi}')
     return centres
 
@@ -242,7 +242,7 @@ def run(args: argparse.Namespace) -> dict:
     min_len = reconstructor.min_stream_len
     window_len = args.window_len or int(getattr(reconstructor.net, 'frames_needed', DEFAULT_WINDOW))
     if window_len < min_len:
-        raise InferError(f'--window-len {window_len} is shorter than the network\'s smallest window ({min_len})')
+        raise InferError(f'--window-len {window_len} is shorter than the network\'s shortest stream ({min_len})')
 
     if not osp.isfile(args.input):
         raise InferError(f'{args.input}: no such recording (--input)')

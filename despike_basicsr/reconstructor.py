@@ -258,7 +258,7 @@ class DeSpikeReconstructor:
 
     @property
     def min_stream_len(self) -> int:
-        """Shortest stream the network accepts (its smallest window)."""
+        """Shortest stream the network accepts (DeSpikeNet: 8 steps, or its smallest window if shorter)."""
         return int(getattr(self.net, 'min_stream_len', 1))
 
     @property
@@ -322,8 +322,7 @@ class DeSpikeReconstructor:
         window = stream[centre - half:centre + half]
         if window.shape[0] < self.min_stream_len:
             raise ReconstructorError(f'frame {centre} of a {length}-frame stream leaves {window.shape[0]} frames '
-                                     f'centred on it; the network needs at least {self.min_stream_len} (its '
-                                     'smallest window)')
+                                     f'centred on it; the network needs at least {self.min_stream_len}')
         window = window.to(torch.uint8)[None]
         gamma_map = None
         if gamma is not None:

@@ -338,7 +338,8 @@ def test_benchmark_reports_paired_differences_to_the_reference(workspace, tmp_pa
 
 
 def test_short_streams_a_network_cannot_read_are_listed_not_fatal(workspace, tmp_path):
-    """--val-len 32 with a DeSpikeNet whose smallest window is 48: the row says why, the others are scored."""
+    """--val-len 6, shorter than the 8 steps DeSpikeNet reads at least: the row says why, the others are scored;
+    --val-len 32, shorter than its smallest window (48), is read with every window clipped to the stream."""
     network = {'type': 'DeSpikeNet', 'num_feat': 4, 'windows': [48, 64], 'num_kernels': 2, 'kernel_size': 5,
                'num_scales': 2, 'num_blocks': 1, 'num_heads': 1}
     opt = {'name': 'small_despike', 'model_type': 'DeSpikeModel', 'scale': 1, 'num_gpu': 0, 'network_g': network,
@@ -347,12 +348,13 @@ def test_short_streams_a_network_cannot_read_are_listed_not_fatal(workspace, tmp
     torch.save({'params': _random_net(network, 0).state_dict()}, tmp_path / 'despike.pth')
     spec = f"despike:{tmp_path / 'despike.yml'}:{tmp_path / 'despike.pth'}"
     report = benchmarking.run_benchmark(['tfp', spec], workspace['lmdb'], out_dir=str(tmp_path / 'short'),
-                                        lpips_mode='off', val_len=32, tiles=2)
+                                        lpips_mode='off', val_len=6, tiles=2)
     despike = report['methods'][1]
-    assert 'at least 48 time steps' in despike['unavailable'] and despike['per_sample'] == {}
+    assert 'at least 8 time steps, got 6' in despike['unavailable'] and despike['per_sample'] == {}
     assert despike['psnr'] is None  # valid JSON: no NaN
     assert report['methods'][0]['psnr'] > 0 and report['differences'] == {}
     assert 'despike: not scored on these streams' in (tmp_path / 'short' / 'benchmark.md').read_text()
-    long = benchmarking.run_benchmark(['tfp', spec], workspace['lmdb'], out_dir=str(tmp_path / 'long'),
-                                      lpips_mode='off', val_len=64, tiles=2)
-    assert 'unavailable' not in long['methods'][1] and set(long['differences']) == {'tfp'}
+    for val_len in (32, 64):
+        long = benchmarking.run_benchmark(['tfp', spec], workspace['lmdb'], out_dir=str(tmp_path / f'long{val_len}'),
+                                          lpips_mode='off', val_len=val_len, tiles=2)
+        assert 'unavailable' not in long['methods'][1] and set(long['differences']) == {'tfp'}

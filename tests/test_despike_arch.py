@@ -16,6 +16,7 @@ from despike_basicsr.archs.despike_blocks import (CandidateAttentionFusion, Conc
                                                   fft_convolve_bank, gaussian_kernel_2d, smooth_fft_size)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SHIPPED_WEIGHTS = osp.join(ROOT, 'despike_basicsr', 'weights', 'despike_general.pth')
 OPTION_FILES = sorted(
     glob.glob(osp.join(ROOT, 'options', '*despike*.yml')) + glob.glob(osp.join(ROOT, 'options', 'ablation', '*.yml')))
 SMALL = dict(num_feat=8, windows=[16, 24, 32], num_kernels=3, kernel_size=5, num_blocks=1, num_heads=2)
@@ -104,9 +105,32 @@ def test_odd_sizes_keep_input_size_and_grid_sizes(height, width):
 
 
 def test_short_stream_is_a_clear_error():
+    """Windows are clipped to the stream, down to 8 steps (or the smallest window, if shorter); below, the error
+    names both lengths."""
     net = DeSpikeNet(**SMALL)
-    with pytest.raises(ValueError, match=r'at least 16 time steps .*got 15 steps'):
-        net(random_spikes(1, 15, 8, 8))
+    assert net.min_stream_len == 8
+    with pytest.raises(ValueError, match=r'at least 8 time steps, got 7 steps'):
+        net(random_spikes(1, 7, 8, 8))
+    with torch.no_grad():
+        assert net.eval()(random_spikes(1, 8, 8, 8)).shape == (1, 1, 8, 8)
+    tiny = DeSpikeNet(**dict(SMALL, windows=[4, 6]))
+    assert tiny.min_stream_len == 4
+    with pytest.raises(ValueError, match=r'at least 4 time steps, got 3 steps'):
+        tiny(random_spikes(1, 3, 8, 8))
+
+
+@pytest.mark.skipif(not osp.isfile(SHIPPED_WEIGHTS), reason='the shipped weights are not built')
+def test_shipped_weights_read_a_32_step_stream():
+    """Issue 22 short windows: every window (64..192 in the paper) clipped to a 32-step stream."""
+    checkpoint = torch.load(SHIPPED_WEIGHTS, map_location='cpu', weights_only=True)
+    net = DeSpikeNet(**{k: v for k, v in checkpoint['network_g'].items() if k != 'type'}).eval()
+    net.load_state_dict(checkpoint['params'], strict=True)
+    assert min(net.windows) > 32
+    with torch.no_grad():
+        out = net(random_spikes(1, 32, 24, 30, rate=0.2))
+    assert out.shape == (1, 1, 24, 30) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match=r'at least 8 time steps, got 6 steps'):
+        net(random_spikes(1, 6, 24, 30))
 
 
 def test_bad_shapes_are_clear_errors():

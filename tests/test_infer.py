@@ -371,7 +371,7 @@ def test_bad_inputs_give_one_line_errors_naming_the_file(tiny, stand_in, tmp_pat
     torch.save({'params': nn.Conv2d(1, 4, 3).state_dict()}, tmp_path / 'other.pth')
     other_arch = tmp_path / 'other_arch.pth'
     _save_weights(other_arch, dict(TINY_NET, num_feat=8))
-    write_npz(tmp_path / 'short.npz', good[:10])
+    write_npz(tmp_path / 'short.npz', good[:6])
 
     def run(weights_path, input_path, *extra):
         return _run_error(capsys, [
@@ -397,9 +397,9 @@ def test_bad_inputs_give_one_line_errors_naming_the_file(tiny, stand_in, tmp_pat
     line = run(weights, tmp_path / 'absent.dat')
     assert 'absent.dat' in line and 'no such recording' in line
     line = run(weights, tmp_path / 'short.npz')
-    assert 'short.npz' in line and '10 frames' in line and 'at least 16' in line
+    assert 'short.npz' in line and '6 frames' in line and 'at least 8' in line
     line = run(weights, tmp_path / 'good.dat', '--center', '2')
-    assert 'good.dat' in line and 'centre 2 is out of range' in line and '8..32' in line
+    assert 'good.dat' in line and 'centre 2 is out of range' in line and '4..36' in line
     line = run(weights, tmp_path / 'good.dat', '--opt', str(tmp_path / 'nope.yml'))
     assert 'nope.yml' in line
     assert not osp.exists(tmp_path / 'out' / 'despike')  # nothing was written by failed runs

@@ -101,9 +101,12 @@ def test_network_options_resolution_order(tiny_checkpoint, tmp_path):
 def test_short_streams_and_bad_shapes_are_refused(tiny_checkpoint):
     root, _ = tiny_checkpoint
     reconstructor = DeSpikeReconstructor(str(root / 'with_opt.pth'), device='cpu')
-    with pytest.raises(ReconstructorError, match='at least 16'):
-        reconstructor.reconstruct(np.zeros((10, 8, 8), np.uint8))
-    with pytest.raises(ReconstructorError, match='at least 16'):
+    # windows 16/32 are clipped to the stream, down to 8 steps (DeSpikeNet.min_stream_len)
+    assert reconstructor.min_stream_len == 8
+    assert reconstructor.reconstruct(np.zeros((10, 8, 8), np.uint8)).shape == (8, 8)
+    with pytest.raises(ReconstructorError, match='leaves 6 frames.*at least 8'):
+        reconstructor.reconstruct(np.zeros((6, 8, 8), np.uint8))
+    with pytest.raises(ReconstructorError, match='leaves 6 frames.*at least 8'):
         reconstructor.reconstruct(np.zeros((40, 8, 8), np.uint8), centre=3)
     with pytest.raises(ReconstructorError, match=r'\(T, H, W\)'):
         reconstructor.reconstruct(np.zeros((40, 8), np.uint8))

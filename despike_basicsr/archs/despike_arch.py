@@ -25,6 +25,10 @@ from despike_basicsr.archs.despike_blocks import (CandidateAttentionFusion, Conc
                                                   PhysicalKernelBank, PlainQKVFusion, ResBlock)
 
 PAPER_WINDOWS = (64, 96, 128, 160, 192)
+#: Shortest stream DeSpikeNet reads (unless its smallest window is shorter): every window is clipped to the stream,
+#: so a 32-step stream gives five windows of 32 steps (the paper's short-window test). The floor is a choice, not a
+#: measurement: below 8 steps a pixel's rate takes fewer than nine values, too coarse to call a reconstruction.
+MIN_STREAM_LEN = 8
 #: Values of ``fusion_attention``: the attention fusion (default) and the "plain QKV" ablation.
 FUSION_ATTENTIONS = ('physical', 'plain_qkv')
 
@@ -203,7 +207,8 @@ class RefinementLevel(nn.Module):
 @ARCH_REGISTRY.register()
 class DeSpikeNet(nn.Module):
     """DeSpike network: multi-temporal IF integration, Gaussian PSF kernel bank, attention fusion, multi-scale
-    refinement. Input ``(B, T, H, W)`` spikes of any T ≥ the smallest window and any H, W; output ``(B, 1, H, W)``.
+    refinement. Input ``(B, T, H, W)`` spikes of any T ≥ :attr:`min_stream_len` (8 steps, or the smallest window if
+    that is shorter; windows longer than the stream are clipped to it) and any H, W; output ``(B, 1, H, W)``.
 
     Args:
         num_feat: Feature width C.
@@ -278,7 +283,7 @@ class DeSpikeNet(nn.Module):
                              'attention by concatenation + 1x1 conv)')
         if fusion_attention == 'plain_qkv' and region_size != 1:
             raise ValueError(f'fusion_attention: plain_qkv attends per pixel; region_size must be 1, got {region_size}')
-        self.min_stream_len = min(windows)
+        self.min_stream_len = min(MIN_STREAM_LEN, min(windows))
         self.windows = sorted(windows) if multi_temporal else [int(single_window or max(windows))]
         self.num_scales = num_scales if multi_spatial else 1
         self.fpn_compensation = fpn_compensation
@@ -333,8 +338,9 @@ class DeSpikeNet(nn.Module):
             raise ValueError(f'DeSpikeNet expects spikes shaped (B, T, H, W), got shape {tuple(spikes.shape)}')
         length = spikes.shape[1]
         if length < self.min_stream_len:
-            raise ValueError(f'DeSpikeNet needs streams of at least {self.min_stream_len} time steps (its smallest '
-                             f'window), got {length} steps')
+            raise ValueError(f'DeSpikeNet needs streams of at least {self.min_stream_len} time steps, got {length} '
+                             f'steps (windows {self.windows} are clipped to the stream, down to {self.min_stream_len} '
+                             'steps)')
         if gamma is not None:
             b, _, h, w = spikes.shape
             if gamma.dim() != 4 or gamma.shape[1] != 1 or gamma.shape[0] not in (1, b) or gamma.shape[-2:] != (h, w):
