@@ -93,13 +93,13 @@ def expose(display: np.ndarray, exposure: Exposure = 'auto', gamma: float = DISP
     d = np.asarray(display, dtype=np.float32)
     if exposure == 'fixed':
         return np.clip(d, 0.0, 1.0), d.copy(), 1.0
-    linear = (np.maximum(d.astype(np.float64), 0.0)**gamma).astype(np.float32)  # float64: no overflow
+    linear = np.maximum(d.astype(np.float64), 0.0)**gamma  # float64 until back in display units: no overflow
     if exposure == 'auto':
         gain = auto_exposure_gain(linear) if gain is None else float(gain)
     else:
         gain = float(exposure)
-    kept = (linear * gain)**(1.0 / gamma)
-    return np.clip(highlight_rolloff(kept), 0.0, 1.0), kept.astype(np.float32), gain
+    kept = ((linear * gain)**(1.0 / gamma)).astype(np.float32)
+    return np.clip(highlight_rolloff(kept), 0.0, 1.0), kept, gain
 
 
 def output_path(path_without_extension: str, fmt: str) -> str:
