@@ -13,6 +13,7 @@ defocus_map.{md,json,png} beside the image results (``--defocus-only`` runs this
 skips it).
 """
 import argparse
+import os.path as osp
 import sys
 import time
 from typing import List, Optional
@@ -53,13 +54,30 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     report = evaluation.evaluate(scenes, despike, reconstructor.net.reference_rate, args.steps,
                                  args.seed, progress=lambda line: print(line, flush=True))
-    info = dict(weights=reconstructor.weights, network=reconstructor.network_source, steps=args.steps,
+    network = reconstructor.network_source.replace(reconstructor.weights, display_path(reconstructor.weights))
+    info = dict(weights=describe_weights(reconstructor.weights), network=network, steps=args.steps,
                 seed=args.seed, levels=evaluation.LIGHT_LEVELS, camera=evaluation.EVAL_CAMERA,
                 seconds=round(time.time() - start, 1))
     paths = evaluation.write_results(report, args.out, info)
     print(evaluation.markdown(report['summary']))
     print('wrote', ', '.join(paths.values()))
     return 0 if args.no_defocus_map else evaluate_defocus_map(args)
+
+
+def display_path(path: str) -> str:
+    """``path`` relative to the working folder when it lies inside it (results name no machine's folders)."""
+    relative = osp.relpath(osp.abspath(path))
+    return path if relative.startswith('..') else relative
+
+
+def describe_weights(path: str) -> str:
+    """The weights' path and, for a packaged file (``scripts/package_weights.py``), its ``meta.note``."""
+    import torch
+    try:
+        note = (torch.load(path, map_location='cpu', weights_only=False).get('meta') or {}).get('note', '')
+    except (OSError, RuntimeError, AttributeError):
+        note = ''
+    return display_path(path) + (f' ({note})' if note else '')
 
 
 def evaluate_defocus_map(args: argparse.Namespace) -> int:
@@ -77,7 +95,8 @@ def evaluate_defocus_map(args: argparse.Namespace) -> int:
     start = time.time()
     report = evaluation.evaluate_defocus_map(scenes, estimator.estimate, seed=args.seed,
                                              progress=lambda line: print(line, flush=True))
-    info = dict(weights=estimator.weights, steps=evaluation.DEFOCUS_STEPS, max_sigma=evaluation.DEFOCUS_MAX_SIGMA,
+    info = dict(weights=display_path(estimator.weights), steps=evaluation.DEFOCUS_STEPS,
+                max_sigma=evaluation.DEFOCUS_MAX_SIGMA,
                 seed=args.seed, levels=evaluation.LIGHT_LEVELS, camera=evaluation.EVAL_CAMERA, fpn=None,
                 seconds=round(time.time() - start, 1))
     paths = evaluation.write_defocus_map_results(report, args.out, info)
