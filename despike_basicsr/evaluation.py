@@ -28,6 +28,7 @@ from despike_basicsr.data.natural_spike_dataset import simulate_sensor
 from despike_basicsr.data.preparation import (display_to_linear_luminance, dpdd_pairs, fit_thin_lens,
                                               read_linear_intensity)
 from despike_basicsr.data.scenes import synthetic_depth_map
+from despike_basicsr.recording_report import to_uint8
 from despike_basicsr.spike import optics
 from despike_basicsr.spike.reconstruct import tfi, tfp
 
@@ -146,10 +147,7 @@ def ssim_map(image: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 def region_ssim(image: np.ndarray, target: np.ndarray, mask: np.ndarray) -> Dict[str, float]:
     """Raw SSIM inside ``mask`` (``ssim_defocus``) and outside it (``ssim_rest``); NaN for an empty region."""
-    def u8(x: np.ndarray) -> np.ndarray:
-        return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
-
-    values, inside = ssim_map(u8(image), u8(target)), mask[5:-5, 5:-5]
+    values, inside = ssim_map(to_uint8(image), to_uint8(target)), mask[5:-5, 5:-5]
     return {
         'ssim_defocus': float(values[inside].mean()) if inside.any() else float('nan'),
         'ssim_rest': float(values[~inside].mean()) if (~inside).any() else float('nan'),
@@ -160,16 +158,13 @@ def scores(image: np.ndarray, target: np.ndarray) -> Dict[str, float]:
     """BasicSR PSNR / SSIM on uint8 of the raw image and of its gain/offset fit."""
     from basicsr.metrics import calculate_psnr, calculate_ssim
 
-    def u8(x: np.ndarray) -> np.ndarray:
-        return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
-
-    gt = u8(target)
+    gt = to_uint8(target)
     fitted = gain_offset_fit(image, target)
     return {
-        'psnr': float(calculate_psnr(u8(image), gt, crop_border=0)),
-        'ssim': float(calculate_ssim(u8(image), gt, crop_border=0)),
-        'psnr_fit': float(calculate_psnr(u8(fitted), gt, crop_border=0)),
-        'ssim_fit': float(calculate_ssim(u8(fitted), gt, crop_border=0)),
+        'psnr': float(calculate_psnr(to_uint8(image), gt, crop_border=0)),
+        'ssim': float(calculate_ssim(to_uint8(image), gt, crop_border=0)),
+        'psnr_fit': float(calculate_psnr(to_uint8(fitted), gt, crop_border=0)),
+        'ssim_fit': float(calculate_ssim(to_uint8(fitted), gt, crop_border=0)),
     }
 
 
