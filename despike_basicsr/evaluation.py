@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from despike_basicsr.data.natural_spike_dataset import simulate_sensor
+from despike_basicsr.spike.camera import simulate_sensor
 from despike_basicsr.data.preparation import (display_to_linear_luminance, dpdd_pairs, fit_thin_lens,
                                               read_linear_intensity)
 from despike_basicsr.data.scenes import synthetic_depth_map

@@ -29,7 +29,8 @@ import torch
 from despike_basicsr.archs.defocus_map_arch import DefocusMapNet
 from despike_basicsr.checkpoint import atomic_torch_save
 from despike_basicsr.data import defocus_map_data as dmd
-from despike_basicsr.data.natural_spike_dataset import DEFAULT_RANGES, draw_sensor, simulate_sensor
+from despike_basicsr.data.natural_spike_dataset import DEFAULT_RANGES, draw_sensor
+from despike_basicsr.spike.camera import simulate_sensor
 from despike_basicsr.data.preparation import list_images, read_linear_intensity
 from despike_basicsr.evaluation import defocus_map_scores, to_display
 

@@ -22,7 +22,8 @@ from despike_basicsr.data.preparation import (align_sharp_to_blurred, dpdd_pairs
                                               read_linear_intensity, sample_seed, to_display_uint8)
 from despike_basicsr.data.scenes import synthetic_depth_map
 from despike_basicsr.data.spike_lmdb_dataset import apply_augmentation, draw_augmentation, make_item, random_crop_box
-from despike_basicsr.spike import camera, lens_psf, optics
+from despike_basicsr.spike import lens_psf, optics
+from despike_basicsr.spike.camera import simulate_sensor
 
 #: Default sensor ranges (training draws); every one is an option of the same name.
 DEFAULT_RANGES: Dict[str, Tuple[float, float]] = {
@@ -64,23 +65,6 @@ def draw_sensor(rng: np.random.Generator, ranges: Dict[str, Sequence[float]]) ->
         'dark_rate': _uniform(rng, ranges['dark_rate_range']),
         'electrons': _uniform(rng, ranges['electrons_range'], log=True),
     }
-
-
-def simulate_sensor(intensity: np.ndarray, sensor: Dict[str, float], steps: int,
-                    seed: int) -> Tuple[np.ndarray, np.ndarray, float]:
-    """Spikes of a static defocused scene seen by ``sensor`` (:func:`draw_sensor`'s keys).
-
-    Returns:
-        ``(spikes (T, H, W) uint8, gain (H, W), rate_per_unit)``, ``rate_per_unit`` = η·L/θ.
-    """
-    threshold, eta = sensor['threshold'], sensor['eta']
-    light = camera.light_for_mean_rate(intensity, sensor['mean_rate'], threshold, eta)
-    dark_potential = sensor['dark_rate'] * threshold
-    gain, dark = camera.sample_fpn(intensity.shape, sensor['gain_std'], dark_potential, 0.5 * dark_potential,
-                                   seed=seed + 1)
-    spikes = camera.simulate((intensity * light).astype(np.float32), steps, threshold=threshold, eta=eta, gain=gain,
-                             dark=dark, shot_noise=sensor['electrons'], seed=seed)
-    return spikes, gain, eta * light / threshold
 
 
 def signed_coc_map(depth: np.ndarray, coc_near: float, coc_far: float, focus_inside: bool,

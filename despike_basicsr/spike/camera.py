@@ -9,7 +9,7 @@ increment. All paths (closed form, per-step loop, numpy, torch, CPU, CUDA) there
 exact to 2**-32 of θ (increments are rounded through float32, about 1e-7 relative). A pixel whose increment reaches θ
 saturates: it fires every step and its potential is held (at most one spike per step, the excess is discarded).
 """
-from typing import TYPE_CHECKING, Callable, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -433,3 +433,32 @@ def light_for_mean_rate(intensity: np.ndarray, mean_rate: float, threshold: floa
     mean = max(float(image.mean()), 1e-6)
     bright = max(float(np.percentile(image, percentile)), mean)
     return min(mean_rate * threshold / (eta * mean), max_rate * threshold / (eta * bright))
+
+
+def simulate_sensor(intensity: Intensity, sensor: Dict[str, float], steps: int, seed: int,
+                    reference: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray, float]:
+    """Spikes of a scene seen by one camera at one light level: the evaluation camera and every training draw.
+
+    ``sensor`` holds ``mean_rate`` (wanted spikes per step), ``threshold`` θ, ``eta`` η, ``gain_std`` (white gain
+    spread), ``dark_rate`` (dark spikes per step), ``electrons`` (photo-electrons per unit potential: shot noise) and,
+    optionally, ``max_rate`` (the rate the brightest 0.5 % may reach, default 0.95; above 1 some highlights saturate).
+    The light L is set by :func:`light_for_mean_rate` on ``reference`` (default: ``intensity`` itself, which must then
+    be a still ``(H, W)`` scene); a moving scene passes its frame sequence or callable with a still reference frame.
+
+    Returns:
+        ``(spikes (T, H, W) uint8, gain (H, W), rate_per_unit)``, ``rate_per_unit`` = η·L/θ.
+    """
+    still = reference if reference is not None else intensity
+    if callable(still) or np.ndim(still) != 2:
+        raise ValueError('simulate_sensor: a moving scene needs a still (H, W) reference frame for its light level')
+    threshold, eta = sensor['threshold'], sensor['eta']
+    light = light_for_mean_rate(still, sensor['mean_rate'], threshold, eta, max_rate=sensor.get('max_rate', 0.95))
+    dark_potential = sensor['dark_rate'] * threshold
+    gain, dark = sample_fpn(np.shape(still), sensor['gain_std'], dark_potential, 0.5 * dark_potential, seed=seed + 1)
+    if callable(intensity):
+        lit: Intensity = lambda t: intensity(t) * np.float32(light)  # noqa: E731
+    else:
+        lit = (np.asarray(intensity) * light).astype(np.float32)
+    spikes = simulate(lit, steps, threshold=threshold, eta=eta, gain=gain, dark=dark, shot_noise=sensor['electrons'],
+                      seed=seed)
+    return spikes, gain, eta * light / threshold
