@@ -41,14 +41,64 @@ def spike_count_closed_form(initial_potential, increment, steps, threshold: floa
     return np.floor((np.asarray(initial_potential) + t * np.asarray(increment)) / threshold).astype(np.int64)
 
 
+def structured_gain(shape: Tuple[int, int],
+                    column_std: float = 0.0,
+                    row_std: float = 0.0,
+                    shading: float = 0.0,
+                    rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """Structured part of the gain: ``s(x, y) = c(x)·r(y)·(1 − shading·ρ(x, y)²)``.
+
+    ``c ~ N(1, column_std)`` per column (column amplifiers / comparators), ``r ~ N(1, row_std)`` per row (row drivers)
+    and a smooth radial shading, 1 at the centre and ``1 − shading`` at the corners (ρ = distance from the centre over
+    the half-diagonal; lens vignetting and illumination falloff look like it).
+
+    Args:
+        shape: ``(H, W)``.
+        column_std: Spread of the column gains.
+        row_std: Spread of the row gains.
+        shading: Relative falloff from the centre to the corners, in [0, 1).
+        rng: Random generator (columns drawn first, then rows).
+
+    Returns:
+        ``(H, W)`` float64 multiplicative map (all ones when every argument is 0).
+    """
+    if column_std < 0 or row_std < 0 or not 0 <= shading < 1:
+        raise ValueError(f'structured_gain: column_std and row_std must be >= 0 and shading in [0, 1), got '
+                         f'{column_std}, {row_std}, {shading}')
+    rng = np.random.default_rng() if rng is None else rng
+    height, width = shape
+    columns = rng.normal(1.0, column_std, size=width) if column_std > 0 else np.ones(width)
+    rows = rng.normal(1.0, row_std, size=height) if row_std > 0 else np.ones(height)
+    y = (np.arange(height) - (height - 1) / 2.0)[:, None]
+    x = (np.arange(width) - (width - 1) / 2.0)[None, :]
+    rho2 = (x * x + y * y) / max(((height - 1) / 2.0)**2 + ((width - 1) / 2.0)**2, 1e-12)
+    return rows[:, None] * columns[None, :] * (1.0 - shading * rho2)
+
+
 def sample_fpn(shape: Tuple[int, int],
                gain_std: float = 0.058,
                dark_rate: float = 0.0,
                dark_std: float = 0.0,
-               seed: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """Draw a camera-like fixed-pattern-noise pair: gain ~ N(1, gain_std) and dark ~ N(dark_rate, dark_std).
+               seed: Optional[int] = None,
+               column_std: float = 0.0,
+               row_std: float = 0.0,
+               shading: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
+    """Draw a camera-like fixed-pattern-noise pair: gain ``g = w·s`` with white ``w ~ N(1, gain_std)`` and the
+    structured ``s`` of :func:`structured_gain` (columns, rows, smooth shading); dark ~ N(dark_rate, dark_std).
 
     Both are clipped at 0 (a gain or dark current cannot be negative); the dark map is in potential units per step.
+    With ``column_std = row_std = shading = 0`` (the defaults) the draw is exactly the white one of earlier versions:
+    the structured terms use the generator only after the white gain and the dark map.
+
+    Args:
+        shape: ``(H, W)``.
+        gain_std: White (pixel to pixel) gain spread.
+        dark_rate: Mean dark increment per step (potential units).
+        dark_std: Spread of the dark increment.
+        seed: Random seed.
+        column_std: Spread of per-column gains.
+        row_std: Spread of per-row gains.
+        shading: Smooth radial falloff to the corners, in [0, 1).
 
     Returns:
         ``(gain, dark)`` float32 maps of ``shape``.
@@ -57,9 +107,11 @@ def sample_fpn(shape: Tuple[int, int],
         raise ValueError(f'sample_fpn: gain_std, dark_rate and dark_std must be >= 0, got {gain_std}, {dark_rate}, '
                          f'{dark_std}')
     rng = np.random.default_rng(seed)
-    gain = np.clip(rng.normal(1.0, gain_std, size=shape), 0.0, None).astype(np.float32)
+    gain = rng.normal(1.0, gain_std, size=shape)
     dark = np.clip(rng.normal(dark_rate, dark_std, size=shape), 0.0, None).astype(np.float32)
-    return gain, dark
+    if column_std or row_std or shading:
+        gain = gain * structured_gain(shape, column_std, row_std, shading, rng)
+    return np.clip(gain, 0.0, None).astype(np.float32), dark
 
 
 def _as_numpy_map(value, shape, name: str) -> Optional[np.ndarray]:
