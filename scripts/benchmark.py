@@ -27,7 +27,7 @@ import argparse
 import sys
 from typing import Any, Dict, Optional, Sequence
 
-from despike_basicsr import benchmarking  # the evaluation core; this file is the command line
+from despike_basicsr.evaluation import benchmarking  # the evaluation core; this file is the command line
 from despike_basicsr.errors import run_cli
 
 
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Parse the command line, run :func:`despike_basicsr.benchmarking.run_benchmark`, print the table."""
+    """Parse the command line, run :func:`despike_basicsr.evaluation.benchmarking.run_benchmark`, print the table."""
     args = build_parser().parse_args(argv)
     report = benchmarking.run_benchmark(
         args.methods,

@@ -2,7 +2,7 @@
 """Held-out natural data: DeSpike (shipped weights or --weights) against TFP, TFI and the defocused image itself.
 
 Scenes: the DPDD val pairs (real lens defocus) and scikit-image's sample photographs with synthetic depth, each at a
-bright and a 4× dimmer light level; PSNR/SSIM raw and after a gain/offset fit (despike_basicsr/evaluation.py).
+bright and a 4× dimmer light level; PSNR/SSIM raw and after a gain/offset fit (despike_basicsr/evaluation/heldout.py).
 
     python scripts/evaluate_heldout.py                                   # -> results/heldout/heldout.{md,json,png}
     python scripts/evaluate_heldout.py --weights experiments/X/models/net_g_latest.pth --out results/heldout_x
@@ -18,7 +18,7 @@ import sys
 import time
 from typing import List, Optional
 
-from despike_basicsr import evaluation
+from despike_basicsr.evaluation import heldout
 from despike_basicsr.reconstructor import DeSpikeReconstructor, ReconstructorError
 
 
@@ -44,22 +44,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ReconstructorError as err:
         print(f'evaluate_heldout: error: {err}', file=sys.stderr)
         return 2
-    scenes = evaluation.dpdd_val_scenes(args.dpdd_root) if args.dpdd_root else []
+    scenes = heldout.dpdd_val_scenes(args.dpdd_root) if args.dpdd_root else []
     if not args.no_photos:
-        scenes += evaluation.synthetic_depth_scenes(evaluation.skimage_images(), seed=args.seed)
+        scenes += heldout.synthetic_depth_scenes(heldout.skimage_images(), seed=args.seed)
     start = time.time()
 
     def despike(spikes, gamma):  # unclipped: the exposure correction comes first
         return reconstructor.reconstruct(spikes, gamma, clip=False, exposure='fixed')
 
-    report = evaluation.evaluate(scenes, despike, reconstructor.net.reference_rate, args.steps,
+    report = heldout.evaluate(scenes, despike, reconstructor.net.reference_rate, args.steps,
                                  args.seed, progress=lambda line: print(line, flush=True))
     network = reconstructor.network_source.replace(reconstructor.weights, display_path(reconstructor.weights))
     info = dict(weights=describe_weights(reconstructor.weights), network=network, steps=args.steps,
-                seed=args.seed, levels=evaluation.LIGHT_LEVELS, camera=evaluation.EVAL_CAMERA,
+                seed=args.seed, levels=heldout.LIGHT_LEVELS, camera=heldout.EVAL_CAMERA,
                 seconds=round(time.time() - start, 1))
-    paths = evaluation.write_results(report, args.out, info)
-    print(evaluation.markdown(report['summary']))
+    paths = heldout.write_results(report, args.out, info)
+    print(heldout.markdown(report['summary']))
     print('wrote', ', '.join(paths.values()))
     return 0 if args.no_defocus_map else evaluate_defocus_map(args)
 
@@ -89,18 +89,18 @@ def evaluate_defocus_map(args: argparse.Namespace) -> int:
     except ReconstructorError as err:
         print(f'evaluate_heldout: error: {err}', file=sys.stderr)
         return 2
-    images = evaluation.skimage_images()
-    scenes = [s for family in evaluation.DEFOCUS_FAMILIES
-              for s in evaluation.defocus_map_scenes(images, psf_family=family)]
+    images = heldout.skimage_images()
+    scenes = [s for family in heldout.DEFOCUS_FAMILIES
+              for s in heldout.defocus_map_scenes(images, psf_family=family)]
     start = time.time()
-    report = evaluation.evaluate_defocus_map(scenes, estimator.estimate, seed=args.seed,
+    report = heldout.evaluate_defocus_map(scenes, estimator.estimate, seed=args.seed,
                                              progress=lambda line: print(line, flush=True))
-    info = dict(weights=display_path(estimator.weights), steps=evaluation.DEFOCUS_STEPS,
-                max_sigma=evaluation.DEFOCUS_MAX_SIGMA,
-                seed=args.seed, levels=evaluation.LIGHT_LEVELS, camera=evaluation.EVAL_CAMERA, fpn=None,
+    info = dict(weights=display_path(estimator.weights), steps=heldout.DEFOCUS_STEPS,
+                max_sigma=heldout.DEFOCUS_MAX_SIGMA,
+                seed=args.seed, levels=heldout.LIGHT_LEVELS, camera=heldout.EVAL_CAMERA, fpn=None,
                 seconds=round(time.time() - start, 1))
-    paths = evaluation.write_defocus_map_results(report, args.out, info)
-    print(evaluation.defocus_map_markdown(report))
+    paths = heldout.write_defocus_map_results(report, args.out, info)
+    print(heldout.defocus_map_markdown(report))
     print('wrote', ', '.join(paths.values()))
     return 0
 

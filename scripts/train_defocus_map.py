@@ -32,7 +32,7 @@ from despike_basicsr.data import defocus_map_data as dmd
 from despike_basicsr.data.natural_spike_dataset import DEFAULT_RANGES, draw_sensor
 from despike_basicsr.spike.camera import simulate_sensor
 from despike_basicsr.data.preparation import list_images, read_linear_intensity
-from despike_basicsr.evaluation import defocus_map_scores, to_display
+from despike_basicsr.evaluation.heldout import defocus_map_scores, to_display
 
 NETWORK_G = {'type': 'DefocusMapNet', 'num_feat': 16, 'windows': [64, 128, 256], 'scales': [1.0, 2.0, 4.0]}
 SCENE_RANGES = {'coc_near': (0.0, 3.0), 'coc_far': (4.0, 22.0), 'focus_inside': 0.4}

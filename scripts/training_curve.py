@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Score a campaign's checkpoints on DPDD val and write its learning curve (despike_basicsr/training_curve.py).
+"""Score a campaign's checkpoints on DPDD val and write its learning curve
+(despike_basicsr/evaluation/training_curve.py).
 
     python scripts/training_curve.py                      # options/train_despike_deblur.yml's experiment
     python scripts/training_curve.py --every 1000 --opt options/train_despike_deblur.yml
@@ -17,7 +18,7 @@ from typing import List, Optional
 import cv2
 import yaml
 
-from despike_basicsr import training_curve as tc
+from despike_basicsr.evaluation import training_curve as tc
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -36,8 +37,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     done = {e['iteration'] for e in entries}
     seconds = tc.iteration_seconds(sorted(glob.glob(osp.join(experiment, 'train_*.log'))), print_freq)
 
-    from despike_basicsr import evaluation
-    scenes = evaluation.dpdd_val_scenes(args.dpdd_root)
+    from despike_basicsr.evaluation import heldout
+    scenes = heldout.dpdd_val_scenes(args.dpdd_root)
     found = []
     start = (opt.get('path') or {}).get('pretrain_network_g')
     if start and osp.isfile(start) and 0 not in done:  # where the campaign started from, as iteration 0

@@ -1,5 +1,5 @@
-"""The benchmark (despike_basicsr.benchmarking, and its command line scripts/benchmark.py) end to end on a tiny spike
-LMDB written here, with checkpoints saved here."""
+"""The benchmark (despike_basicsr.evaluation.benchmarking, and its command line scripts/benchmark.py) end to end on a
+tiny spike LMDB written here, with checkpoints saved here."""
 import json
 import subprocess
 import sys
@@ -15,7 +15,7 @@ from basicsr.utils import tensor2img
 from basicsr.utils.registry import ARCH_REGISTRY
 from scipy import ndimage
 
-from despike_basicsr import benchmarking
+from despike_basicsr.evaluation import benchmarking
 from despike_basicsr.checkpoint import CheckpointError
 from despike_basicsr.data.spike_lmdb import SpikeLMDBWriter
 from despike_basicsr.spike.camera import simulate

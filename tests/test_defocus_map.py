@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
-from despike_basicsr import evaluation
+from despike_basicsr.evaluation import heldout as evaluation
 from despike_basicsr.archs.defocus_map_arch import DefocusMapNet
 from despike_basicsr.data import defocus_map_data as dmd
 from despike_basicsr.defocus_map import DEFOCUS_WEIGHTS, DefocusMapEstimator, colour_map_image

@@ -1,5 +1,5 @@
-"""scripts/gpu_check.sh / gpu_check.py (despike_basicsr.gpu_check): refuses clearly without CUDA; every piece runs as
-a CPU dry run."""
+"""scripts/gpu_check.sh / gpu_check.py (despike_basicsr.evaluation.gpu_check): refuses clearly without CUDA; every
+piece runs as a CPU dry run."""
 import json
 import os
 import subprocess
@@ -8,7 +8,7 @@ from os import path as osp
 import pytest
 import torch
 
-from despike_basicsr import gpu_check
+from despike_basicsr.evaluation import gpu_check
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from despike_basicsr import evaluation
+from despike_basicsr.evaluation import heldout as evaluation
 from despike_basicsr.archs.despike_arch import DeSpikeNet
 from despike_basicsr.data.scenes import generate_scene
 from despike_basicsr.display import expose

@@ -1,10 +1,10 @@
 """The learning curve of a training campaign: DPDD val per image against iterations and one-thread CPU hours.
 
 Every saved ``experiments/<name>/models/net_g_<iter>.pth`` (EMA weights) is scored on the real DPDD val pairs at the
-held-out evaluation's bright light level (:mod:`despike_basicsr.evaluation`), image by image, beside the defocused
-photograph (the no-deblur reference): the gain over the photograph is what deblurring adds. Results accumulate in
-``results/training/curve.json`` (committed, so the curve spans sittings although experiments/ does not), and
-``curve.md`` / ``curve.png`` are written from it.
+held-out evaluation's bright light level (:mod:`despike_basicsr.evaluation.heldout`), image by image, beside the
+defocused photograph (the no-deblur reference): the gain over the photograph is what deblurring adds. Results
+accumulate in ``results/training/curve.json`` (committed, so the curve spans sittings although experiments/ does not),
+and ``curve.md`` / ``curve.png`` are written from it.
 
 CPU hours come from BasicSR's training log (``time (data): t`` averaged over each print interval, times the interval):
 the campaign runs on one thread, so its wall time is its CPU time. Iterations before the json's last entry keep the
@@ -51,7 +51,7 @@ CURVE_METRICS = ('psnr', 'ssim', 'psnr_fit', 'ssim_fit', 'ssim_defocus', 'ssim_r
 
 def score_checkpoint(weights: str, scenes, steps: int = 192, seed: int = 0, mean_rate: float = 0.3) -> Dict[str, Any]:
     """DeSpike (EMA weights of ``weights``) and the photograph on every scene: per-image PSNR/SSIM, raw and fitted."""
-    from despike_basicsr import evaluation
+    from despike_basicsr.evaluation import heldout
     from despike_basicsr.reconstructor import DeSpikeReconstructor
 
     reconstructor = DeSpikeReconstructor(weights, device='cpu')
@@ -59,7 +59,7 @@ def score_checkpoint(weights: str, scenes, steps: int = 192, seed: int = 0, mean
     def despike(spikes, gamma):
         return reconstructor.reconstruct(spikes, gamma, clip=False, exposure='fixed')
 
-    report = evaluation.evaluate(scenes, despike, reconstructor.net.reference_rate, steps, seed,
+    report = heldout.evaluate(scenes, despike, reconstructor.net.reference_rate, steps, seed,
                                  levels={'bright': mean_rate}, keep_images=0)
     per_image = {}
     for row in report['rows']:
