@@ -10,6 +10,12 @@ Pipeline, for each temporal scale i (windows shortest first, weights shared acro
 3. attention fusion across the m candidates (each pixel/region picks its deconvolution strength);
 4. multi-spatial-scale refinement over ``num_scales`` levels, coarsest first (:class:`RefinementLevel`).
 
+With ``base_windows`` the network corrects a plain reconstruction instead of drawing the image from nothing
+(:func:`gated_plain_reconstruction`): every level also predicts per-pixel weights over plain averages of several window
+lengths (short where the scene moves, long where it is still) and its image is a correction on top of their mix. The
+heads start at zero with the longest window preferred, so an untrained network returns the long-window average: a
+still, in-focus, well-lit pixel that needs nothing costs nothing.
+
 ``forward`` returns the final image, and with ``return_intermediates=True`` also ``grid[i][s]`` (temporal scale i,
 spatial scale s, s = 0 the coarsest) for the hierarchical loss. See docs/despike.md for the design choices.
 """
@@ -129,6 +135,42 @@ def display_scale(level: Tensor, reference_rate: float, display_gamma: float) ->
     return (level / reference_rate).pow(1.0 / display_gamma)
 
 
+def plain_display(rates: Tensor, display_gamma: float) -> Tensor:
+    """The plain reconstruction of a window as a display image: P = max(r̂, 0)^(1/γ).
+
+    ``r̂`` is a window's rate divided by the stream's exposure ℓ (or by ρ_ref without exposure normalisation), so P is
+    on the same scale as the network's own output before :func:`display_scale`: a TFP average of that window through
+    the display gamma.
+
+    Args:
+        rates: ``(B, K, H, W)`` normalised rates r̂ of K windows.
+        display_gamma: γ of the display-referred ground truth.
+
+    Returns:
+        ``(B, K, H, W)`` display images P_k.
+    """
+    return rates.clamp_min(0.0).pow(1.0 / display_gamma)
+
+
+def gated_plain_reconstruction(head: Tensor, plains: Tensor, prior: Tensor) -> Tensor:
+    """Rec = Δ + Σ_k softmax_k(z + z₀)·P_k: a correction Δ on a per-pixel mix of plain reconstructions P_k.
+
+    ``head`` holds Δ (channel 0) and the logits z over the K windows (channels 1..K); z₀ (``prior``) favours the
+    longest window, so Δ = 0, z = 0 (zero-initialised heads) gives the long-window average almost exactly, and the
+    network only has to learn where to leave it (motion: a shorter window; defocus and noise: Δ).
+
+    Args:
+        head: ``(B, 1 + K, H, W)`` correction and window logits.
+        plains: ``(B, K, H, W)`` plain reconstructions P_k (:func:`plain_display`) at this resolution.
+        prior: ``(1, K, 1, 1)`` logit offsets z₀.
+
+    Returns:
+        ``(B, 1, H, W)`` image.
+    """
+    weights = torch.softmax(head[:, 1:] + prior, dim=1)
+    return head[:, :1] + (weights * plains).sum(1, keepdim=True)
+
+
 class RefinementLevel(nn.Module):
     """One level of the multi-spatial-scale iterative refinement.
 
@@ -144,6 +186,8 @@ class RefinementLevel(nn.Module):
             back on a u-times finer grid.
         fusion_attention: With ``transformer_fusion``, ``'physical'`` (:class:`CandidateAttentionFusion`) or
             ``'plain_qkv'`` (:class:`PlainQKVFusion`).
+        out_channels: Channels of the level's output: 1 (the image) or 1 + K (a correction and K window logits,
+            :func:`gated_plain_reconstruction`); a multi-channel head starts at zero.
     """
 
     def __init__(self,
@@ -155,7 +199,8 @@ class RefinementLevel(nn.Module):
                  num_heads: int,
                  region_size: int,
                  unshuffle: int = 1,
-                 fusion_attention: str = 'physical') -> None:
+                 fusion_attention: str = 'physical',
+                 out_channels: int = 1) -> None:
         super().__init__()
         self.first = first
         if not first:
@@ -168,7 +213,11 @@ class RefinementLevel(nn.Module):
         else:
             self.fusion = ConcatConvFusion(num_feat, num_kernels)
         self.body = nn.Sequential(*[ResBlock(num_feat) for _ in range(num_blocks)])
-        self.head = nn.Sequential(nn.Conv2d(num_feat, unshuffle**2, 3, padding=1), nn.PixelShuffle(unshuffle))
+        self.head = nn.Sequential(
+            nn.Conv2d(num_feat, out_channels * unshuffle**2, 3, padding=1), nn.PixelShuffle(unshuffle))
+        if out_channels > 1:  # a correction: start from "change nothing"
+            nn.init.zeros_(self.head[0].weight)
+            nn.init.zeros_(self.head[0].bias)
 
     def forward(self,
                 feat: Tensor,
@@ -188,7 +237,7 @@ class RefinementLevel(nn.Module):
             prev_img: Image of the coarser level (``None`` at the coarsest).
 
         Returns:
-            ``(features, image)`` of this level, ``(B, C, h, w)`` and ``(B, 1, u·h, u·w)``.
+            ``(features, image)`` of this level, ``(B, C, h, w)`` and ``(B, out_channels, u·h, u·w)``.
         """
         size = feat.shape[-2:]
         if self.first:
@@ -241,6 +290,11 @@ class DeSpikeNet(nn.Module):
             no norms, feed-forward block or region tokens (:class:`PlainQKVFusion`).
         physical_kernels: False replaces the Gaussian bank with plain, randomly initialised depthwise convolutions —
             the "w/o physical kernels" ablation.
+        base_windows: Window lengths of the plain reconstructions the network corrects
+            (:func:`gated_plain_reconstruction`), e.g. ``[16, 32, 64, 128, 192]``; ``None`` (default) predicts the
+            image directly, as the paper does.
+        base_prior: Logit head start z₀ of the longest base window (6: an untrained network gives 99 % of it when
+            there are five windows).
     """
 
     def __init__(self,
@@ -263,7 +317,9 @@ class DeSpikeNet(nn.Module):
                  fpn_compensation: bool = True,
                  transformer_fusion: bool = True,
                  physical_kernels: bool = True,
-                 fusion_attention: str = 'physical') -> None:
+                 fusion_attention: str = 'physical',
+                 base_windows: Optional[Sequence[int]] = None,
+                 base_prior: float = 6.0) -> None:
         super().__init__()
         windows = [int(w) for w in windows]
         if not windows or min(windows) < 1:
@@ -283,6 +339,9 @@ class DeSpikeNet(nn.Module):
                              'attention by concatenation + 1x1 conv)')
         if fusion_attention == 'plain_qkv' and region_size != 1:
             raise ValueError(f'fusion_attention: plain_qkv attends per pixel; region_size must be 1, got {region_size}')
+        base_windows = sorted(int(w) for w in base_windows) if base_windows else []
+        if base_windows and min(base_windows) < 1:
+            raise ValueError(f'base_windows must be positive frame counts, got {base_windows}')
         self.min_stream_len = min(MIN_STREAM_LEN, min(windows))
         self.windows = sorted(windows) if multi_temporal else [int(single_window or max(windows))]
         self.num_scales = num_scales if multi_spatial else 1
@@ -291,6 +350,11 @@ class DeSpikeNet(nn.Module):
         self.exposure_norm = exposure_norm
         self.reference_rate = float(reference_rate)
         self.display_gamma = float(display_gamma)
+        self.base_windows = base_windows
+        if base_windows:
+            prior = torch.zeros(1, len(base_windows), 1, 1)
+            prior[:, -1] = float(base_prior)
+            self.register_buffer('base_prior', prior, persistent=False)
 
         self.lift = nn.Sequential(
             nn.PixelUnshuffle(unshuffle), nn.Conv2d(unshuffle**2, num_feat, 3, padding=1), ResBlock(num_feat))
@@ -302,13 +366,13 @@ class DeSpikeNet(nn.Module):
             self.bank = LearnedKernelBank(num_feat, num_kernels, kernel_size)
         self.levels = nn.ModuleList([
             RefinementLevel(num_feat, num_kernels, num_blocks, s == 0, transformer_fusion, num_heads, region_size,
-                            unshuffle, fusion_attention) for s in range(self.num_scales)
+                            unshuffle, fusion_attention, 1 + len(base_windows)) for s in range(self.num_scales)
         ])
 
     @property
     def frames_needed(self) -> int:
         """Frames around the target that the network reads (the longest window); more are ignored."""
-        return max(self.windows)
+        return max(self.windows + self.base_windows)
 
     @property
     def size_multiple(self) -> int:
@@ -371,11 +435,19 @@ class DeSpikeNet(nn.Module):
         gamma = gamma.to(spikes.device).float() if (gamma is not None and self.fpn_compensation) else None
         rates = normalise_spike_count(integrate_windows(spikes, bounds, gamma), bounds)
         scale = None
+        norm = rates.new_tensor(self.reference_rate).reshape(1, 1, 1, 1)
         if self.exposure_norm:
-            level = exposure_level(rates[:, -1]) if exposure is None else exposure.reshape(-1, 1, 1, 1).to(rates)
-            rates = rates / level
-            scale = display_scale(level, self.reference_rate, self.display_gamma)
+            norm = exposure_level(rates[:, -1]) if exposure is None else exposure.reshape(-1, 1, 1, 1).to(rates)
+            rates = rates / norm
+            scale = display_scale(norm, self.reference_rate, self.display_gamma)
         rates = pad_to_multiple(rates, self.size_multiple)
+        plains = None
+        if self.base_windows:
+            base_bounds = centred_window_bounds(length, self.base_windows)
+            base_rates = normalise_spike_count(integrate_windows(spikes, base_bounds, gamma), base_bounds) / norm
+            plains = [pad_to_multiple(plain_display(base_rates, self.display_gamma), self.size_multiple)]
+            for _ in range(self.num_scales - 1):
+                plains.insert(0, F.avg_pool2d(plains[0], 2))
 
         num_windows = len(bounds)
         lifted = rates.reshape(b * num_windows, 1, *rates.shape[-2:])
@@ -396,7 +468,8 @@ class DeSpikeNet(nn.Module):
             for s, level_net in enumerate(self.levels):
                 rec, img = level_net(pyramid[s], self.bank, rec, img)
                 factor = 2**(self.num_scales - 1 - s)
-                out = img[..., :-(-h // factor), :-(-w // factor)]
+                out = img if plains is None else gated_plain_reconstruction(img, plains[s], self.base_prior)
+                out = out[..., :-(-h // factor), :-(-w // factor)]
                 row.append(out if scale is None else out * scale)
             grid.append(row)
             hidden = rec

@@ -18,8 +18,10 @@ import numpy as np
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
+from despike_basicsr.data.motion import MAX_MARGIN, MovingScene, draw_motion, motion_ranges
 from despike_basicsr.data.preparation import (align_sharp_to_blurred, dpdd_pairs, fit_thin_lens, list_images,
-                                              read_linear_intensity, sample_seed, to_display_uint8)
+                                              read_linear_intensity, sample_seed, scoring_holdout, smooth_gain_field,
+                                              to_display_uint8)
 from despike_basicsr.data.scenes import synthetic_depth_map
 from despike_basicsr.data.spike_lmdb_dataset import apply_augmentation, draw_augmentation, make_item, random_crop_box
 from despike_basicsr.spike import lens_psf, optics
@@ -35,12 +37,13 @@ DEFAULT_RANGES: Dict[str, Tuple[float, float]] = {
     'electrons_range': (200.0, 2000.0),  # photo-electrons per unit potential (log-uniform; fewer = more shot noise)
     'sigma_far_range': (1.5, 5.0),  # blur σ (px) at the far end of a synthetic depth map
     'sigma_near_range': (0.0, 1.0),  # blur σ (px) at the near end
+    'max_rate_range': (0.95, 0.95),  # rate the brightest 0.5 % may reach (above 1: saturated highlights)
 }
 #: The one sensor of evaluation items (and of ``phase: val``): a first-generation camera at a mid light level.
 DEFAULT_EVAL_SENSOR: Dict[str, float] = {
     'mean_rate': 0.15, 'threshold': 2.0, 'eta': 1.0, 'gain_std': 0.05, 'dark_rate': 0.0, 'electrons': 500.0
 }
-SOURCES = ('dpdd', 'depth')
+SOURCES = ('dpdd', 'depth', 'sharp')
 #: Defaults of the signed-CoC synthetic defocus (used once ``coc_far_range`` is given): CoC diameters in pixels.
 DEFAULT_COC_RANGES: Dict[str, Tuple[float, float]] = {
     'coc_near_range': (0.0, 3.0),  # |CoC| at the near end (or at the focus plane when it lies inside the scene)
@@ -64,6 +67,7 @@ def draw_sensor(rng: np.random.Generator, ranges: Dict[str, Sequence[float]]) ->
         'gain_std': _uniform(rng, ranges['gain_std_range']),
         'dark_rate': _uniform(rng, ranges['dark_rate_range']),
         'electrons': _uniform(rng, ranges['electrons_range'], log=True),
+        'max_rate': _uniform(rng, ranges['max_rate_range']),
     }
 
 
@@ -96,10 +100,12 @@ class NaturalSpikeDataset(data.Dataset):
         dataroot_gt (str): a folder of sharp natural images (used with synthetic depth only).
 
     Options:
-        source_mix (dict): Probability of each source per draw, ``{dpdd: p, depth: 1 − p}`` (default 0.5/0.5;
-            ``depth`` only where no blurred twin exists). ``dpdd``: spikes from the real defocused photograph;
-            ``depth``: thin-lens layered defocus of the sharp photograph over :func:`synthetic_depth_map`, the lens
-            fitted per draw to blur from ``sigma_near_range`` to ``sigma_far_range``.
+        source_mix (dict): Probability of each source per draw, ``{dpdd: p, depth: q, sharp: 1 − p − q}`` (default
+            0.5/0.5/0; ``dpdd`` falls back to ``depth`` where no blurred twin exists). ``dpdd``: spikes from the real
+            defocused photograph; ``depth``: thin-lens layered defocus of the sharp photograph over
+            :func:`synthetic_depth_map`, the lens fitted per draw to blur from ``sigma_near_range`` to
+            ``sigma_far_range``; ``sharp``: the sharp photograph itself, in focus (the ground truth is exactly the
+            scene that made the spikes).
         rate_range, threshold_range, eta_range, gain_std_range, dark_rate_range, electrons_range, sigma_far_range,
             sigma_near_range: Ranges of the training draws (:data:`DEFAULT_RANGES`).
         eval_sensor (dict): The fixed sensor of evaluation items (:data:`DEFAULT_EVAL_SENSOR`).
@@ -119,6 +125,16 @@ class NaturalSpikeDataset(data.Dataset):
             ``focus_inside_probability`` (default 0.3) the focus plane lies inside the scene, so the near side blurs
             too.
             Without it the legacy thin-lens Gaussian σ ranges apply.
+        gain_field (bool): With ``dpdd`` pairs, multiply the sharp target by the smooth photometric difference between
+            the two photographs (:func:`~despike_basicsr.data.preparation.smooth_gain_field`, after ``align_pairs``'
+            shift), so a real pair teaches lens blur and nothing else (default false).
+        exclude_scoring_holdout (bool): Leave out the DPDD pairs set aside for scoring
+            (:func:`~despike_basicsr.data.preparation.scoring_holdout`; default false).
+        motion_probability (float): Share of training draws that move (:mod:`despike_basicsr.data.motion`: camera
+            pan, roll and zoom, an independently moving layer); the ground truth is the sharp scene at the centre
+            step (default 0).
+        motion (dict): Ranges of the motion (:data:`~despike_basicsr.data.motion.DEFAULT_MOTION`).
+        max_rate_range: Rate the brightest 0.5 % of a draw may reach (above 1, highlights saturate).
     """
 
     def __init__(self, opt: Dict[str, Any]) -> None:
@@ -158,6 +174,12 @@ class NaturalSpikeDataset(data.Dataset):
         if self.signed_coc and not 0 <= self.coc_ranges['coc_near_range'][1] < self.coc_ranges['coc_far_range'][0]:
             raise ValueError(f'NaturalSpikeDataset: need 0 <= coc_near_range < coc_far_range, got {self.coc_ranges}')
         self.focus_inside_probability = float(opt.get('focus_inside_probability', 0.3))
+        self.p_sharp = float(mix.get('sharp', 0.0)) / float(sum(mix.values()))
+        self.gain_field = bool(opt.get('gain_field', False))
+        self.motion_probability = float(opt.get('motion_probability', 0.0))
+        if not 0.0 <= self.motion_probability <= 1.0:
+            raise ValueError(f'NaturalSpikeDataset: motion_probability must lie in [0, 1], got {self.motion_probability}')
+        self.motion_ranges = motion_ranges(opt.get('motion'))
 
     @staticmethod
     def _find_sources(opt: Dict[str, Any]) -> List[Tuple[Optional[str], str]]:
@@ -165,7 +187,9 @@ class NaturalSpikeDataset(data.Dataset):
         pairs: List[Tuple[Optional[str], str]] = []
         if opt.get('dpdd_root'):
             split = opt.get('split') or ('train' if opt.get('phase', 'train') == 'train' else 'val')
-            pairs += list(dpdd_pairs(opt['dpdd_root'], split))
+            found = list(dpdd_pairs(opt['dpdd_root'], split))
+            held = set(scoring_holdout(found)) if opt.get('exclude_scoring_holdout', False) else set()
+            pairs += [pair for pair in found if pair not in held]
         if opt.get('dataroot_gt'):
             pairs += [(None, sharp) for sharp in list_images(opt['dataroot_gt'])]
         if not pairs:
@@ -186,6 +210,8 @@ class NaturalSpikeDataset(data.Dataset):
             raise ValueError(f'{blurred_path} is {blurred.shape} but its sharp twin {sharp_path} is {sharp.shape}')
         if blurred is not None and self.align_pairs:
             sharp, _ = align_sharp_to_blurred(sharp, blurred)
+        if blurred is not None and self.gain_field:
+            sharp = sharp * smooth_gain_field(sharp, blurred)
         loaded = (sharp, blurred)
         if self.cache is not None:
             self.cache[index] = loaded
@@ -230,27 +256,64 @@ class NaturalSpikeDataset(data.Dataset):
 
         return self._render_with_margin(sharp, box, int(math.ceil(0.5 * coc_far)) + 4, render)
 
+    def _draw_source(self, has_twin: bool, rng: np.random.Generator) -> str:
+        """Which picture the camera sees: ``dpdd`` (the real defocused twin), ``depth`` (synthetic defocus) or
+        ``sharp`` (in focus); evaluation items always see the twin when there is one."""
+        if not self.train:
+            return 'dpdd' if has_twin else 'depth'
+        draw = rng.random()
+        if draw < self.p_sharp:
+            return 'sharp'
+        if draw < self.p_sharp + self.p_dpdd and has_twin:
+            return 'dpdd'
+        return 'depth'
+
+    def _scene(self, source: str, sharp: np.ndarray, blurred: Optional[np.ndarray], box: Tuple[int, int, int, int],
+               rng: np.random.Generator) -> np.ndarray:
+        """The linear picture the camera sees over ``box``."""
+        if source == 'dpdd':
+            return blurred[box[0]:box[1], box[2]:box[3]]
+        if source == 'sharp':
+            return sharp[box[0]:box[1], box[2]:box[3]]
+        if self.signed_coc:
+            return self._signed_coc_defocus(sharp, box, rng)
+        return self._synthetic_defocus(sharp, box, rng)
+
+    def _moving_box(self, height: int, width: int, key: str) -> Tuple[int, int, int, int]:
+        """A crop grown by :data:`~despike_basicsr.data.motion.MAX_MARGIN` on every side, inside the picture."""
+        size = self.gt_size + 2 * MAX_MARGIN
+        if height < size or width < size:
+            raise ValueError(f'sample {key!r} is {height}x{width} (HxW): a moving crop needs {size} px '
+                             f'(gt_size {self.gt_size} + 2 x {MAX_MARGIN})')
+        return random_crop_box(height, width, size, key)
+
     def __getitem__(self, index: int) -> Dict[str, Any]:
         seed = random.getrandbits(32) if self.train else sample_seed(self.seed, 'natural-eval', index)
         rng = np.random.default_rng(seed)
         sharp, blurred = self._load(index)
         height, width = sharp.shape
         key = f'{index:04d}'
-        box = random_crop_box(height, width, self.gt_size, key) if self.train else (0, height, 0, width)
-        use_real = blurred is not None and (rng.random() < self.p_dpdd if self.train else True)
-        if use_real:
-            intensity = blurred[box[0]:box[1], box[2]:box[3]]
-        elif self.signed_coc:
-            intensity = self._signed_coc_defocus(sharp, box, rng)
-        else:
-            intensity = self._synthetic_defocus(sharp, box, rng)
-        gt = to_display_uint8(sharp[box[0]:box[1], box[2]:box[3]], self.display_gamma).astype(np.float32) / 255.0
-        if self.train:
-            flips = draw_augmentation(self.use_flip, self.use_rot)
-            intensity, gt = apply_augmentation(intensity, *flips), apply_augmentation(gt, *flips)
-        sensor = draw_sensor(rng, self.ranges) if self.train else self.eval_sensor
+        source = self._draw_source(blurred is not None, rng)
+        moving = self.train and self.gt_size is not None and rng.random() < self.motion_probability
         steps = self.steps if self.train else self.val_len
-        spikes, gain, rate_per_unit = simulate_sensor(np.clip(intensity, 0.0, None), sensor, steps, seed)
+        if moving:
+            box = self._moving_box(height, width, key)
+        else:
+            box = random_crop_box(height, width, self.gt_size, key) if self.train else (0, height, 0, width)
+        intensity = np.clip(self._scene(source, sharp, blurred, box, rng), 0.0, None)
+        gt_linear = sharp[box[0]:box[1], box[2]:box[3]]
+        flips = draw_augmentation(self.use_flip, self.use_rot) if self.train else (False, False, False)
+        intensity, gt_linear = apply_augmentation(intensity, *flips), apply_augmentation(gt_linear, *flips)
+        sensor = draw_sensor(rng, self.ranges) if self.train else self.eval_sensor
+        if moving:
+            path = draw_motion(rng, self.motion_ranges, self.gt_size, steps - steps // 2)
+            scene = MovingScene(intensity, gt_linear, self.gt_size, path, steps // 2)
+            gt_linear = scene.target()
+            spikes, gain, rate_per_unit = simulate_sensor(scene.as_intensity(), sensor, steps, seed,
+                                                          reference=scene.reference())
+        else:
+            spikes, gain, rate_per_unit = simulate_sensor(intensity, sensor, steps, seed)
+        gt = to_display_uint8(gt_linear, self.display_gamma).astype(np.float32) / 255.0
         with_gamma = (rng.random() < self.gamma_probability) if self.train else self.gamma_probability >= 0.5
         gamma = 1.0 / np.maximum(gain, 1e-3) if with_gamma else np.ones_like(gain)
         item = make_item(spikes, gt, key, steps, gamma)
