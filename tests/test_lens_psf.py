@@ -1,4 +1,4 @@
-"""Lens-like PSFs and layered rendering with any PSF family (despike_basicsr/spike/lens_psf.py)."""
+"""Lens-like PSFs (despike_basicsr/spike/lens_psf.py) and layered rendering with any PSF family (spike/optics.py)."""
 import math
 
 import numpy as np
@@ -61,21 +61,21 @@ def test_layered_rendering_with_gaussians_matches_the_thin_lens_renderer():
     depth = np.where(np.arange(48)[None, :] < 24, 1.2, 3.0) * np.ones((40, 1))
     reference = optics.render_depth_defocus(image, depth, lens, num_layers=4)
     signed = lens.signed_coc_px(depth)
-    rendered = lens_psf.render_layered_defocus(image, signed, lens_psf.gaussian_psf_for_coc, num_layers=4)
+    rendered = optics.render_layered_defocus(image, signed, optics.gaussian_psf_for_coc, num_layers=4)
     np.testing.assert_allclose(rendered, reference, atol=1e-9)
 
 
 def test_layered_rendering_keeps_a_uniform_image_and_blurs_an_edge():
     flat = np.full((32, 32), 0.4)
     coc = np.linspace(-12, 12, 32)[None, :] * np.ones((32, 1))
-    out = lens_psf.render_layered_defocus(flat, coc, LensPSF(blades=7, rim=0.5).kernel, num_layers=6)
+    out = optics.render_layered_defocus(flat, coc, LensPSF(blades=7, rim=0.5).kernel, num_layers=6)
     np.testing.assert_allclose(out, 0.4, atol=1e-9)
     edge = np.zeros((32, 32))
     edge[:, 16:] = 1.0
-    blurred = lens_psf.render_layered_defocus(edge, np.full((32, 32), 10.0), LensPSF().kernel)
+    blurred = optics.render_layered_defocus(edge, np.full((32, 32), 10.0), LensPSF().kernel)
     assert 0.05 < blurred[16, 14] < 0.5 < blurred[16, 17] < 0.95
     with pytest.raises(ValueError):
-        lens_psf.render_layered_defocus(flat, coc[:, :5], LensPSF().kernel)
+        optics.render_layered_defocus(flat, coc[:, :5], LensPSF().kernel)
 
 
 def test_convolve_same_is_a_mirrored_convolution():
@@ -87,7 +87,7 @@ def test_convolve_same_is_a_mirrored_convolution():
     for y in range(9):
         for x in range(11):
             expected[y, x] = (padded[y:y + 5, x:x + 3] * flipped).sum()
-    np.testing.assert_allclose(lens_psf.convolve_same(image, kernel), expected, atol=1e-12)
+    np.testing.assert_allclose(optics.convolve_same(image, kernel), expected, atol=1e-12)
 
 
 def test_rendering_non_negative_light_stays_non_negative():
@@ -95,5 +95,5 @@ def test_rendering_non_negative_light_stays_non_negative():
     rng = np.random.default_rng(4)
     image = np.where(rng.random((64, 64)) < 0.5, 0.0, rng.random((64, 64)) * 2.0)
     coc = np.linspace(-14, 20, 64)[None, :] * np.ones((64, 1))
-    for psf in (LensPSF(rim=0.7).kernel, lens_psf.gaussian_psf_for_coc):
-        assert lens_psf.render_layered_defocus(image, coc, psf, num_layers=8).min() >= 0.0
+    for psf in (LensPSF(rim=0.7).kernel, optics.gaussian_psf_for_coc):
+        assert optics.render_layered_defocus(image, coc, psf, num_layers=8).min() >= 0.0

@@ -2,11 +2,11 @@
 
 A sharp photograph, a random depth map (:func:`~despike_basicsr.data.scenes.synthetic_depth_map`), a thin-lens signed
 circle-of-confusion map over it (:func:`~despike_basicsr.data.natural_spike_dataset.signed_coc_map`) and occlusion-aware
-layered rendering with a PSF family (:func:`~despike_basicsr.spike.lens_psf.render_layered_defocus`) give the defocused
+layered rendering with a PSF family (:func:`~despike_basicsr.spike.optics.render_layered_defocus`) give the defocused
 image. The true blur of a pixel is the second-moment σ (:func:`~despike_basicsr.spike.lens_psf.psf_sigma`: the σ of the
 Gaussian with the same per-axis variance) of the PSF its CoC selects:
 
-- Gaussian family (:func:`~despike_basicsr.spike.lens_psf.gaussian_psf_for_coc`): the PSF is the Gaussian of
+- Gaussian family (:func:`~despike_basicsr.spike.optics.gaussian_psf_for_coc`): the PSF is the Gaussian of
   σ = max(|c| − 1, 0) / 4 (:func:`~despike_basicsr.spike.optics.coc_to_sigma`), and its moment is that σ (within
   1 %, the kernel is cut at 3σ);
 - lens family (discs, polygons, bright or soft rims, cat's eyes): a uniform disc of diameter c gives c / 4, a bright rim
@@ -19,7 +19,7 @@ import numpy as np
 
 from despike_basicsr.data.natural_spike_dataset import signed_coc_map
 from despike_basicsr.data.scenes import synthetic_depth_map
-from despike_basicsr.spike import lens_psf
+from despike_basicsr.spike import lens_psf, optics
 
 PsfForCoc = Callable[[float], np.ndarray]
 
@@ -69,7 +69,7 @@ def defocus_scene(sharp: np.ndarray,
                   coc_near: float,
                   coc_far: float,
                   focus_inside: bool,
-                  psf_for_coc: PsfForCoc = lens_psf.gaussian_psf_for_coc,
+                  psf_for_coc: PsfForCoc = optics.gaussian_psf_for_coc,
                   num_layers: int = 12) -> Tuple[np.ndarray, np.ndarray]:
     """Layered defocus of a linear sharp image over a random depth map, with the true σ of every pixel.
 
@@ -87,7 +87,7 @@ def defocus_scene(sharp: np.ndarray,
     """
     depth = synthetic_depth_map(*sharp.shape, rng)
     signed = signed_coc_map(depth, coc_near, coc_far, focus_inside, rng)
-    blurred = lens_psf.render_layered_defocus(sharp, signed, psf_for_coc, num_layers=num_layers)
+    blurred = optics.render_layered_defocus(sharp, signed, psf_for_coc, num_layers=num_layers)
     return np.clip(blurred, 0.0, None).astype(np.float32), sigma_for_coc(signed, psf_for_coc)  # FFT round-off < 0
 
 
@@ -102,7 +102,7 @@ def draw_training_scene(sharp: np.ndarray, rng: np.random.Generator, ranges: Dic
     coc_near = float(rng.uniform(*ranges['coc_near']))
     coc_far = float(rng.uniform(*ranges['coc_far']))
     focus_inside = bool(rng.random() < float(ranges['focus_inside']))
-    psf: PsfForCoc = lens_psf.gaussian_psf_for_coc
+    psf: PsfForCoc = optics.gaussian_psf_for_coc
     if rng.random() < lens_probability:
         psf = lens_psf.draw_lens_psf(rng, (float(rng.uniform(-1, 1)), float(rng.uniform(-1, 1)))).kernel
     return defocus_scene(sharp, rng, coc_near, coc_far, focus_inside, psf)

@@ -1,19 +1,25 @@
-"""Lens-like defocus PSFs and occlusion-aware layered rendering with any PSF family.
+"""Lens-like defocus PSFs, for occlusion-aware layered rendering with any PSF family.
 
 Real lenses do not blur with Gaussians. The geometric PSF of a defocused point is the image of the aperture stop,
 scaled to the circle of confusion: a disc for a round iris, a polygon for a bladed one, clipped to a "cat's eye" by
 mechanical vignetting towards the corners of the frame, with a bright or a soft rim from spherical aberration (which
 swaps sides in front of and behind the focus plane). :class:`LensPSF` draws those, anti-aliased by supersampling;
-:func:`render_layered_defocus` composites depth layers with any such PSF, and :func:`psf_sigma` gives the one number
-a PSF of any shape maps to (its per-axis standard deviation, what a Gaussian of the same second moment would have).
+:func:`~.optics.render_layered_defocus` composites depth layers with any such PSF, and :func:`psf_sigma` gives the one
+number a PSF of any shape maps to (its per-axis standard deviation, what a Gaussian of the same second moment would
+have). This module builds on :mod:`.optics` (Gaussian kernels, FFT convolution, the layered rendering).
 
 Everything is numpy; images are (H, W) linear light.
 """
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Tuple
 
 import numpy as np
+
+from .optics import convolve_same, gaussian_kernel
+# The thin-lens Gaussian PSF and the layered rendering live in optics (which imports nothing from here); they are named
+# here too, beside the lens-shaped PSFs they are used with.
+from .optics import gaussian_psf_for_coc, render_layered_defocus  # noqa: F401
 
 #: Supersampling factor of the PSF rasteriser (anti-aliased aperture edges).
 PSF_SUPERSAMPLE = 4
@@ -76,7 +82,7 @@ class LensPSF:
         weight = np.where(inside, np.maximum(1.0 + rim * (2.0 * rho2 - 1.0), 0.0), 0.0)
         kernel = weight.reshape(2 * half + 1, s, 2 * half + 1, s).mean(axis=(1, 3))
         if self.edge_softness > 0:
-            kernel = np.maximum(convolve_same(kernel, _gaussian_2d(self.edge_softness)), 0.0)  # FFT round-off
+            kernel = np.maximum(convolve_same(kernel, gaussian_kernel(self.edge_softness)), 0.0)  # FFT round-off
         total = kernel.sum()
         return kernel / total if total > 0 else _delta()
 
@@ -124,84 +130,5 @@ def draw_lens_psf(rng: np.random.Generator, field: Tuple[float, float] = (0.0, 0
                    field=(float(field[0]), float(field[1])))
 
 
-def gaussian_psf_for_coc(signed_coc_px: float) -> np.ndarray:
-    """The thin-lens Gaussian PSF of a CoC diameter (σ from :func:`~despike_basicsr.spike.optics.coc_to_sigma`)."""
-    from .optics import coc_to_sigma, gaussian_kernel
-    return gaussian_kernel(float(coc_to_sigma(abs(signed_coc_px))))
-
-
-def render_layered_defocus(image: np.ndarray,
-                           signed_coc_px: np.ndarray,
-                           psf_for_coc: Callable[[float], np.ndarray],
-                           num_layers: int = 16,
-                           layer_coc: Callable[[np.ndarray], float] = np.median) -> np.ndarray:
-    """Spatially varying defocus by occlusion-aware layered compositing, with any PSF family.
-
-    Pixels are split into ``num_layers`` equal-width bins of their signed CoC (negative in front of the focus plane,
-    so the bins run from near to far). Each layer's image and mask are blurred with its PSF k_l, composited back to
-    front:  ``C ← C·(1 − M_l*k_l) + (I·M_l)*k_l``,  ``α ← α·(1 − M_l*k_l) + M_l*k_l``;  result ``C / α``.
-    A layer's PSF is that of ``layer_coc`` (default the median) of its pixels' signed CoC.
-
-    Args:
-        image: (H, W) linear image.
-        signed_coc_px: (H, W) signed CoC diameter in pixels.
-        psf_for_coc: Signed CoC diameter → normalised 2-D kernel (e.g. :meth:`LensPSF.kernel`).
-        num_layers: Number of depth layers.
-        layer_coc: The CoC a layer's PSF is drawn for, from its pixels' signed CoCs.
-
-    Returns:
-        (H, W) float64 defocused image.
-    """
-    img = np.asarray(image, dtype=np.float64)
-    signed = np.asarray(signed_coc_px, dtype=np.float64)
-    if img.ndim != 2 or signed.shape != img.shape:
-        raise ValueError(f'render_layered_defocus: image and CoC map must both be (H, W) of one shape, found '
-                         f'{img.shape} and {signed.shape}')
-    if not np.all(np.isfinite(signed)):
-        raise ValueError('render_layered_defocus: CoC map holds non-finite values')
-    if num_layers < 1:
-        raise ValueError(f'render_layered_defocus: num_layers must be >= 1, got {num_layers}')
-    lo, hi = float(signed.min()), float(signed.max())
-    if hi > lo:
-        layer = np.minimum(((signed - lo) / (hi - lo) * num_layers).astype(np.int64), num_layers - 1)
-    else:
-        layer = np.zeros(signed.shape, np.int64)
-    color = np.zeros_like(img)
-    alpha = np.zeros_like(img)
-    for index in range(num_layers - 1, -1, -1):  # farthest first
-        mask = layer == index
-        if not mask.any():
-            continue
-        kernel = psf_for_coc(float(layer_coc(signed[mask])))
-        soft = np.minimum(convolve_same(mask.astype(np.float64), kernel), 1.0)  # round-off must not pass 1
-        color = color * (1.0 - soft) + convolve_same(img * mask, kernel)
-        alpha = alpha * (1.0 - soft) + soft
-    result = color / np.maximum(alpha, 1e-12)
-    return np.maximum(result, 0.0) if img.min() >= 0 else result
-
-
-def convolve_same(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """2-D convolution with mirrored borders (numpy ``'symmetric'``), output the size of ``image`` (FFT based)."""
-    kh, kw = kernel.shape
-    if kh == 1 and kw == 1:
-        return image * float(kernel[0, 0])
-    ry, rx = kh // 2, kw // 2
-    padded = np.pad(image, ((ry, ry), (rx, rx)), mode='symmetric')
-    shape = (padded.shape[0] + kh - 1, padded.shape[1] + kw - 1)
-    full = np.fft.irfft2(np.fft.rfft2(padded, shape) * np.fft.rfft2(kernel, shape), shape)
-    out = full[2 * ry:2 * ry + image.shape[0], 2 * rx:2 * rx + image.shape[1]]
-    if image.min() >= 0 and kernel.min() >= 0:  # FFT round-off leaves ~1e-16 negatives where light is >= 0
-        out = np.maximum(out, 0.0)
-    return out
-
-
 def _delta() -> np.ndarray:
     return np.ones((1, 1), np.float64)
-
-
-def _gaussian_2d(sigma: float, radius: Optional[int] = None) -> np.ndarray:
-    r = int(math.ceil(3 * sigma)) if radius is None else radius
-    x = np.arange(-r, r + 1, dtype=np.float64)
-    g = np.exp(-0.5 * (x / max(sigma, 1e-9))**2)
-    g /= g.sum()
-    return np.outer(g, g)
