@@ -39,10 +39,10 @@ setup(
             'despike-simulate=despike_basicsr.spike.cli:simulate_main',
             'despike-reconstruct=despike_basicsr.spike.cli:reconstruct_main',
             'despike-calibrate-fpn=despike_basicsr.spike.cli:calibrate_fpn_main',
-            'despike-infer=despike_basicsr.infer:main',
+            'despike-infer=despike_basicsr.inference.infer:main',
             'despike-train=despike_basicsr.train:main',
             'despike-test=despike_basicsr.test:main',
-            'despike-export=despike_basicsr.export:main',
+            'despike-export=despike_basicsr.inference.export:main',
         ]
     },
     classifiers=['Programming Language :: Python :: 3', 'License :: OSI Approved :: Apache Software License'],

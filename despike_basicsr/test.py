@@ -14,7 +14,7 @@ if __name__ == '__main__' and not __package__:
     # would shadow top-level modules of those names; the repository root goes there instead.
     sys.path[0] = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
-from despike_basicsr.entry import run_pipeline  # noqa: E402
+from despike_basicsr.training.entry import run_pipeline  # noqa: E402
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -30,7 +30,7 @@ Usage::
 Also printed: the CPU model and the instruction set oneDNN dispatches to (its ``ONEDNN_VERBOSE`` ISA line, from a
 small subprocess; ``ONEDNN_MAX_CPU_ISA`` in the environment caps it for both), the kernel-bank implementations DeSpike
 measured and chose for each shape (``despike_blocks.bank_plans``), and, where the ``onnx`` extra is installed and the
-device is the CPU, a row for the same DeSpike exported to ONNX (``despike_basicsr.export``) run by onnxruntime with the
+device is the CPU, a row for the same DeSpike exported to ONNX (``despike-export``) run by onnxruntime with the
 same thread count, taking turns with the other two (``--no-onnx`` leaves it out).
 
 Also timed (``--train-repeats``, 0 leaves it out): one training step of each network at the paper's training setting
@@ -64,8 +64,10 @@ import torch  # noqa: E402
 
 import despike_basicsr  # noqa: E402
 from despike_basicsr.archs import despike_blocks  # noqa: E402
-from despike_basicsr.profiling import cuda_peak, flops, interleaved_latency, make_stream, peak_rss_bytes  # noqa: E402
-from despike_basicsr.reconstructor import DEFAULT_OPT, build_network_from_options, read_network_options  # noqa: E402
+from despike_basicsr.training.profiling import (cuda_peak, flops, interleaved_latency, make_stream,  # noqa: E402
+                                                peak_rss_bytes)
+from despike_basicsr.inference.network import (DEFAULT_OPT, build_network_from_options,  # noqa: E402
+                                               read_network_options)
 from despike_basicsr.spike import rate_to_display, tfp  # noqa: E402
 
 despike_basicsr.register()  # compat first, then the registries
@@ -103,7 +105,7 @@ def build_onnx(args: argparse.Namespace, workdir: str) -> Callable:
     """The untrained DeSpike of ``--opt`` (same seed as :func:`build`) exported to ONNX, as an onnxruntime run."""
     import numpy as np
     from despike_basicsr.archs import despike_blocks
-    from despike_basicsr.export import DEFAULT_BANK_IMPL, SpikesToImage, onnx_session
+    from despike_basicsr.inference.export import DEFAULT_BANK_IMPL, SpikesToImage, onnx_session
     net, _ = build('despike', args, torch.device('cpu'))
     spikes = torch.zeros(1, args.steps, args.height, args.width, dtype=torch.uint8)
     gamma = torch.ones(1, 1, args.height, args.width)

@@ -3,14 +3,17 @@
 
 Scenes: the DPDD val pairs (real lens defocus) and scikit-image's sample photographs with synthetic depth, each at a
 bright and a 4× dimmer light level; PSNR/SSIM raw and after a gain/offset fit (despike_basicsr/evaluation/heldout.py).
+Do no harm (despike_basicsr/evaluation/no_harm.py): the same sharp images in focus (bar: TFP-192) and moving across the
+sensor (bar: TFP-41), and real-format recordings of moving scenes (--recordings, bar: TFP-41); the table of DeSpike's
+per-image differences to each bar ends heldout.md (``--no-harm`` skips these sets).
 
     python scripts/evaluate_heldout.py                                   # -> results/heldout/heldout.{md,json,png}
     python scripts/evaluate_heldout.py --weights experiments/X/models/net_g_latest.pth --out results/heldout_x
 
-A second section scores the per-pixel defocus map (DefocusMapNet, despike_basicsr/defocus_map.py) against the true σ of
-the photographs over synthetic depth (Gaussian and lens-like PSFs): Spearman and MAE on textured pixels, written to
-defocus_map.{md,json,png} beside the image results (``--defocus-only`` runs this section alone, ``--no-defocus-map``
-skips it).
+A second section scores the per-pixel defocus map (DefocusMapNet, despike_basicsr/inference/defocus_map.py) against
+the true σ of the photographs over synthetic depth (Gaussian and lens-like PSFs): Spearman and MAE on textured
+pixels, written to defocus_map.{md,json,png} beside the image results (``--defocus-only`` runs this section alone,
+``--no-defocus-map`` skips it).
 """
 import argparse
 import os.path as osp
@@ -18,8 +21,8 @@ import sys
 import time
 from typing import List, Optional
 
-from despike_basicsr.evaluation import heldout
-from despike_basicsr.reconstructor import DeSpikeReconstructor, ReconstructorError
+from despike_basicsr.evaluation import heldout, no_harm
+from despike_basicsr.inference.reconstructor import DeSpikeReconstructor, ReconstructorError
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -32,6 +35,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--tile', type=int, default=0, help='tile size for large frames (0: whole frames)')
     parser.add_argument('--steps', type=int, default=192, help='stream length')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--no-harm', action='store_true', help='skip the in-focus, moving and recording sets')
+    parser.add_argument('--recordings', default='../shared/data/spikezoo_reds_train',
+                        help='folder of spike/<key>.dat (250x400) and gt/<key>.png clips (skipped when missing)')
     parser.add_argument('--out', default='results/heldout', help='output folder')
     parser.add_argument('--defocus-weights', help='defocus-map weights (default: the shipped defocus_map.pth)')
     parser.add_argument('--no-defocus-map', action='store_true', help='skip the defocus-map section')
@@ -53,13 +59,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return reconstructor.reconstruct(spikes, gamma, clip=False, exposure='fixed')
 
     report = heldout.evaluate(scenes, despike, reconstructor.net.reference_rate, args.steps,
-                                 args.seed, progress=lambda line: print(line, flush=True))
+                              args.seed, progress=lambda line: print(line, flush=True))
     network = reconstructor.network_source.replace(reconstructor.weights, display_path(reconstructor.weights))
     info = dict(weights=describe_weights(reconstructor.weights), network=network, steps=args.steps,
                 seed=args.seed, levels=heldout.LIGHT_LEVELS, camera=heldout.EVAL_CAMERA,
                 seconds=round(time.time() - start, 1))
-    paths = heldout.write_results(report, args.out, info)
-    print(heldout.markdown(report['summary']))
+    paths = heldout.write_results(report, args.out, info, extra=harm_table)
+    print(heldout.markdown(report['summary']) + harm_table)
     print('wrote', ', '.join(paths.values()))
     return 0 if args.no_defocus_map else evaluate_defocus_map(args)
 
@@ -82,7 +88,7 @@ def describe_weights(path: str) -> str:
 
 def evaluate_defocus_map(args: argparse.Namespace) -> int:
     """The defocus-map section: σ maps of held-out photographs over synthetic depth against the truth."""
-    from despike_basicsr.defocus_map import DefocusMapEstimator
+    from despike_basicsr.inference.defocus_map import DefocusMapEstimator
 
     try:
         estimator = DefocusMapEstimator(args.defocus_weights, device=args.device, tile=args.tile)
@@ -94,7 +100,7 @@ def evaluate_defocus_map(args: argparse.Namespace) -> int:
               for s in heldout.defocus_map_scenes(images, psf_family=family)]
     start = time.time()
     report = heldout.evaluate_defocus_map(scenes, estimator.estimate, seed=args.seed,
-                                             progress=lambda line: print(line, flush=True))
+                                          progress=lambda line: print(line, flush=True))
     info = dict(weights=display_path(estimator.weights), steps=heldout.DEFOCUS_STEPS,
                 max_sigma=heldout.DEFOCUS_MAX_SIGMA,
                 seed=args.seed, levels=heldout.LIGHT_LEVELS, camera=heldout.EVAL_CAMERA, fpn=None,

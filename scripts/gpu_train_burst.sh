@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A GPU burst of the deblurring campaign (issue 21): at most 8 minutes of training at GPU batch size from the best
-# committed weights; the checkpoint lands in OUT_DIR (despike_basicsr/gpu_burst.py says what it writes).
+# committed weights; the checkpoint lands in OUT_DIR (despike_basicsr/training/gpu_burst.py says what it writes).
 #
 #   bash scripts/gpu_train_burst.sh OUT_DIR [MINUTES]
 #
@@ -18,4 +18,4 @@ elif [ -d .whl ]; then
   "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH="/tmp/site:$PWD"
 fi
-PYTHONUNBUFFERED=1 "$py" -m despike_basicsr.gpu_burst --out "$out" --minutes "$minutes" "${@:3}"
+PYTHONUNBUFFERED=1 "$py" -m despike_basicsr.training.gpu_burst --out "$out" --minutes "$minutes" "${@:3}"

@@ -13,7 +13,7 @@ import sys
 from typing import List, Optional
 
 from despike_basicsr.checkpoint import atomic_torch_save, load_network_weights
-from despike_basicsr.reconstructor import load_network, read_network_options
+from despike_basicsr.inference.network import load_network, read_network_options
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -13,7 +13,7 @@ opt=${1:-options/train_despike_deblur.yml}
 bash scripts/install.sh >/dev/null
 py=.venv/bin/python
 name=$("$py" -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['name'])" "$opt")
-"$py" -m despike_basicsr.campaign restore --name "$name"
+"$py" -m despike_basicsr.training.campaign restore --name "$name"
 mkdir -p experiments
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 nohup "$py" despike_basicsr/train.py -opt "$opt" --auto_resume >>"experiments/campaign_$name.log" 2>&1 &

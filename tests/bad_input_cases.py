@@ -26,7 +26,8 @@ import numpy as np
 from despike_basicsr.checkpoint import CheckpointError, check_fits, load_network_weights, safe_torch_load
 from despike_basicsr.data.preparation import ImageReadError, PairingError, read_depth, read_image
 from despike_basicsr.data.spike_lmdb import LMDBKeyError, SpikeLMDBError, SpikeLMDBReader
-from despike_basicsr.options import OptionsError, check_options_file
+from despike_basicsr.options_file import OptionsError
+from despike_basicsr.training.options import check_options_file
 from despike_basicsr.spike.io import SpikeFileError, load_spikes
 
 #: Errors that are answers (they name the problem); anything else escaping a case is a bug.

@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 from despike_basicsr.data.spike_lmdb import SpikeLMDBWriter
 from despike_basicsr.models.spike_base import (NonFiniteTrainingError, check_compile_works, parse_amp, parse_compile,
                                                raised_by_torch_compile)
-from despike_basicsr.options import OptionsError, check_options
+from despike_basicsr.options_file import OptionsError
+from despike_basicsr.training.options import check_options
 
 SIZE = 16
 FRAMES = 24

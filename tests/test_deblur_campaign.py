@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from despike_basicsr import campaign, gpu_burst
+from despike_basicsr.training import campaign, gpu_burst
 from despike_basicsr.evaluation import training_curve as tc
 from despike_basicsr.data.natural_spike_dataset import NaturalSpikeDataset, signed_coc_map
 from despike_basicsr.data.preparation import align_sharp_to_blurred

@@ -10,9 +10,9 @@ from scipy import stats
 from despike_basicsr.evaluation import heldout as evaluation
 from despike_basicsr.archs.defocus_map_arch import DefocusMapNet
 from despike_basicsr.data import defocus_map_data as dmd
-from despike_basicsr.defocus_map import DEFOCUS_WEIGHTS, DefocusMapEstimator, colour_map_image
-from despike_basicsr.infer import main as infer_main
-from despike_basicsr.reconstructor import DeSpikeReconstructor
+from despike_basicsr.inference.defocus_map import DEFOCUS_WEIGHTS, DefocusMapEstimator, colour_map_image
+from despike_basicsr.inference.infer import main as infer_main
+from despike_basicsr.inference.reconstructor import DeSpikeReconstructor
 from despike_basicsr.spike import lens_psf, optics, simulate, write_dat
 
 TINY_DEFOCUS = {'type': 'DefocusMapNet', 'num_feat': 4, 'windows': [8, 16], 'scales': [1.0, 2.0]}
@@ -86,7 +86,7 @@ def test_log_gradient_features_fall_faster_across_scales_for_sharper_edges():
 # ------------------------------------------------------------------------------------------------------ true sigma
 def test_true_sigma_is_the_psf_second_moment():
     coc = np.array([[-9.0, 0.0, 5.0, 13.0]])
-    gaussian = dmd.sigma_for_coc(coc, lens_psf.gaussian_psf_for_coc, samples=201)
+    gaussian = dmd.sigma_for_coc(coc, optics.gaussian_psf_for_coc, samples=201)
     np.testing.assert_allclose(gaussian, optics.coc_to_sigma(np.abs(coc)), rtol=0.03, atol=0.02)
     disc = dmd.sigma_for_coc(coc, lens_psf.LensPSF().kernel, samples=201)
     np.testing.assert_allclose(disc[0, [0, 3]], np.abs(coc[0, [0, 3]]) / 4.0, rtol=0.05)

@@ -1,11 +1,11 @@
-"""Display exposure (despike_basicsr.display) and what despike-infer writes with it (issue 21, item 1)."""
+"""Display exposure (despike_basicsr.inference.display) and what despike-infer writes with it (issue 21, item 1)."""
 import cv2
 import numpy as np
 import pytest
 
-from despike_basicsr.display import (FORMATS, KNEE, MID_GREY, auto_exposure_gain, expose, highlight_rolloff,
-                                     parse_exposure, write_image)
-from despike_basicsr.infer import main
+from despike_basicsr.inference.display import (FORMATS, KNEE, MID_GREY, auto_exposure_gain, expose, highlight_rolloff,
+                                               parse_exposure, write_image)
+from despike_basicsr.inference.infer import main
 from despike_basicsr.spike import camera, optics
 from despike_basicsr.spike.io import write_npz
 

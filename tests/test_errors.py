@@ -6,10 +6,10 @@ from despike_basicsr.checkpoint import CheckpointError
 from despike_basicsr.data.preparation import PairingError
 from despike_basicsr.data.spike_lmdb import LMDBKeyError, MetaInfoError, NotAnLMDBError, SpikeLMDBError
 from despike_basicsr.errors import DespikeUserError, run_cli
-from despike_basicsr.infer import InferError
+from despike_basicsr.inference.infer import InferError
+from despike_basicsr.inference.network import ReconstructorError
 from despike_basicsr.losses.lpips_net import LPIPSWeightsError
-from despike_basicsr.options import OptionsError
-from despike_basicsr.reconstructor import ReconstructorError
+from despike_basicsr.options_file import OptionsError
 from despike_basicsr.spike.cli import CommandError
 from despike_basicsr.spike.images import ImageReadError
 from despike_basicsr.spike.io import SpikeFileError

@@ -9,7 +9,7 @@ import torch
 pytest.importorskip('onnx')
 ort = pytest.importorskip('onnxruntime')
 
-from despike_basicsr import export  # noqa: E402
+from despike_basicsr.inference import export  # noqa: E402
 from despike_basicsr.archs import despike_blocks  # noqa: E402
 from despike_basicsr.archs.despike_arch import DeSpikeNet  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Tests of ``despike-infer`` (despike_basicsr.infer): layouts, tiling, video, report, FPN and clear errors.
+"""Tests of ``despike-infer`` (despike_basicsr.inference.infer): layouts, tiling, video, report, FPN and clear errors.
 
 Most runs use a tiny DeSpikeNet from an options file the tests write; the report/video/error tests also use a cheap
 registered stand-in network (a temporal mean times γ through a 1×1 convolution) so they stay fast on two CPU cores.
@@ -16,13 +16,13 @@ import torch
 import yaml
 from torch import nn
 
-from despike_basicsr import infer
+from despike_basicsr.inference import infer
 from despike_basicsr.archs.despike_arch import DeSpikeNet
-from despike_basicsr.infer import main
+from despike_basicsr.inference.infer import main
 from despike_basicsr.metrics.noref_metric import calculate_niqe_gray, calculate_rms_contrast
-from despike_basicsr.recording_report import to_uint8
+from despike_basicsr.inference.recording_report import to_uint8
 from despike_basicsr.spike import rate_to_display, read_dat, simulate, tfp, write_dat, write_npz
-from despike_basicsr.tiling import count_tiles
+from despike_basicsr.inference.tiling import count_tiles
 
 TINY_NET = dict(
     type='DeSpikeNet',
@@ -409,7 +409,7 @@ def test_module_entry_runs_in_a_subprocess(tiny, tmp_path):
     opt, weights, _ = tiny
     write_npz(tmp_path / 'sub.npz', _stream(32, 48, 40, seed=9), layout='seq')
     cmd = [
-        sys.executable, '-m', 'despike_basicsr.infer', '--weights', weights, '--opt', opt, '--input',
+        sys.executable, '-m', 'despike_basicsr.inference.infer', '--weights', weights, '--opt', opt, '--input',
         str(tmp_path / 'sub.npz'), '--centers', '18,22', '--out',
         str(tmp_path / 'out')
     ]

@@ -15,8 +15,8 @@ from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
 from conftest import REPO_ROOT
-from despike_basicsr.options import (OptionsError, check_options, check_options_file, load_options_file,
-                                     read_network_options)
+from despike_basicsr.options_file import OptionsError, load_options_file, read_network_options
+from despike_basicsr.training.options import check_options, check_options_file
 
 OPTIONS_DIR = osp.join(REPO_ROOT, 'options')
 ALL_FILES = sorted(glob.glob(osp.join(OPTIONS_DIR, '*.yml')) + glob.glob(osp.join(OPTIONS_DIR, '*', '*.yml')))

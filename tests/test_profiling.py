@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from despike_basicsr.profiling import interleaved_latency
+from despike_basicsr.training.profiling import interleaved_latency
 
 
 def test_methods_take_turns_and_every_round_is_timed():

@@ -10,8 +10,9 @@ import yaml
 from despike_basicsr.evaluation import heldout as evaluation
 from despike_basicsr.archs.despike_arch import DeSpikeNet
 from despike_basicsr.data.scenes import generate_scene
-from despike_basicsr.display import expose
-from despike_basicsr.reconstructor import PRETRAINED_WEIGHTS, DeSpikeReconstructor, ReconstructorError, load_network
+from despike_basicsr.inference.display import expose
+from despike_basicsr.inference.network import PRETRAINED_WEIGHTS, ReconstructorError, load_network
+from despike_basicsr.inference.reconstructor import DeSpikeReconstructor
 from despike_basicsr.spike import camera
 
 TINY = dict(type='DeSpikeNet', num_feat=8, windows=[16, 32], num_kernels=3, kernel_size=5, num_scales=2,
@@ -192,7 +193,7 @@ def test_the_readme_api_example_runs(tmp_path, monkeypatch):
     from despike_basicsr.spike.io import write_dat
 
     readme = open(osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'README.md'), encoding='utf-8').read()
-    start = readme.index('```python\nfrom despike_basicsr.reconstructor')
+    start = readme.index('```python\nfrom despike_basicsr.inference import DeSpikeReconstructor')
     code = readme[start + len('```python\n'):readme.index('```', start + 10)]
     write_dat(tmp_path / 'rec.dat', camera.simulate(generate_scene(250, 400, 4)[0], 200, seed=3))
     monkeypatch.chdir(tmp_path)

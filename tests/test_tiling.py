@@ -1,11 +1,13 @@
-"""Tests of despike_basicsr.tiling: tile layout, blending weights, padding and exact identity reconstruction."""
+"""Tests of despike_basicsr.inference.tiling: tile layout, blending weights, padding and exact identity
+reconstruction."""
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from despike_basicsr.tiling import blend_weights, count_tiles, reflect_pad_to_multiple, tile_starts, tiled_apply
+from despike_basicsr.inference.tiling import (blend_weights, count_tiles, reflect_pad_to_multiple, tile_starts,
+                                              tiled_apply)
 
 
 @given(length=st.integers(1, 400), tile=st.integers(1, 300), data=st.data())

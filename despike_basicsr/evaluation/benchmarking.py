@@ -44,7 +44,7 @@ from despike_basicsr.data.spike_lmdb import SpikeLMDBReader  # noqa: E402
 from despike_basicsr.data.preparation import resize, to_display_uint8  # noqa: E402
 from despike_basicsr.device import synchronize  # noqa: E402
 from despike_basicsr.evaluation.heldout import gain_offset_fit  # noqa: E402
-from despike_basicsr.options import load_options_file  # noqa: E402
+from despike_basicsr.options_file import load_options_file  # noqa: E402
 from despike_basicsr.spike.images import read_linear_intensity  # noqa: E402
 from despike_basicsr.spike.reconstruct import classical_display  # noqa: E402
 

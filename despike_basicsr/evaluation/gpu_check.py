@@ -37,9 +37,9 @@ import despike_basicsr
 from despike_basicsr.data import preparation as prep
 from despike_basicsr.data.scenes import generate_scene
 from despike_basicsr.device import synchronize
-from despike_basicsr.options import load_options_file, read_network_options
-from despike_basicsr.profiling import cuda_peak, make_stream
-from despike_basicsr.reconstructor import REPO_ROOT, build_network_from_options
+from despike_basicsr.options_file import load_options_file, read_network_options
+from despike_basicsr.training.profiling import cuda_peak, make_stream
+from despike_basicsr.inference.network import REPO_ROOT, build_network_from_options
 from despike_basicsr.spike.camera import simulate
 
 despike_basicsr.register()  # compat first, then the registries

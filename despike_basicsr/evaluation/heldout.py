@@ -28,7 +28,7 @@ from despike_basicsr.spike.camera import simulate_sensor
 from despike_basicsr.data.preparation import (display_to_linear_luminance, dpdd_pairs, fit_thin_lens,
                                               read_linear_intensity)
 from despike_basicsr.data.scenes import synthetic_depth_map
-from despike_basicsr.recording_report import to_uint8
+from despike_basicsr.inference.recording_report import to_uint8
 from despike_basicsr.spike import optics
 from despike_basicsr.spike.reconstruct import tfi, tfp
 
@@ -453,7 +453,7 @@ def defocus_map_picture(maps: Dict[Tuple[str, str, str], Dict[str, np.ndarray]],
                         crop: int = 224) -> np.ndarray:
     """Rows: (set, scene, level); columns: sharp, defocused, true σ, predicted σ (with colour bar), BGR uint8; the
     same centre crop of at most ``crop`` pixels in every column."""
-    from despike_basicsr.defocus_map import colour_map_image
+    from despike_basicsr.inference.defocus_map import colour_map_image
 
     gap, label_h, rows = 4, 18, []
     for (set_name, key, level), full in maps.items():

@@ -52,7 +52,7 @@ CURVE_METRICS = ('psnr', 'ssim', 'psnr_fit', 'ssim_fit', 'ssim_defocus', 'ssim_r
 def score_checkpoint(weights: str, scenes, steps: int = 192, seed: int = 0, mean_rate: float = 0.3) -> Dict[str, Any]:
     """DeSpike (EMA weights of ``weights``) and the photograph on every scene: per-image PSNR/SSIM, raw and fitted."""
     from despike_basicsr.evaluation import heldout
-    from despike_basicsr.reconstructor import DeSpikeReconstructor
+    from despike_basicsr.inference import DeSpikeReconstructor
 
     reconstructor = DeSpikeReconstructor(weights, device='cpu')
 

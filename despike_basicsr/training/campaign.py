@@ -5,8 +5,8 @@ BasicSR resumes (``--auto_resume``) from ``experiments/<name>/training_states/<i
 ``results/training/state/<name>/`` (about 1 MB for the shipped network; commit it), :func:`restore` puts it back in a
 fresh checkout, unless experiments/ already holds a state at least as new.
 
-    python -m despike_basicsr.campaign snapshot --name DeSpike_deblur
-    python -m despike_basicsr.campaign restore --name DeSpike_deblur
+    python -m despike_basicsr.training.campaign snapshot --name DeSpike_deblur
+    python -m despike_basicsr.training.campaign restore --name DeSpike_deblur
 """
 import argparse
 import glob

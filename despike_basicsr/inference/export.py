@@ -80,7 +80,7 @@ def random_inputs(net: nn.Module, height: int, width: int, seed: int = 0, rate: 
 
 def load_for_export(weights: Optional[str] = None, opt_path: Optional[str] = None) -> nn.Module:
     """The DeSpikeNet of ``weights`` (default: the shipped pretrained model), eval mode, on the CPU."""
-    from despike_basicsr.reconstructor import DEFAULT_OPT, PRETRAINED_WEIGHTS, ReconstructorError, load_network
+    from despike_basicsr.inference.network import DEFAULT_OPT, PRETRAINED_WEIGHTS, ReconstructorError, load_network
     weights = weights or PRETRAINED_WEIGHTS
     if not osp.isfile(weights):
         raise ExportError(f'{weights}: weights file not found')

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
-from despike_basicsr.display import Exposure, expose
+from despike_basicsr.inference.display import Exposure, expose
 from despike_basicsr.errors import DespikeUserError
 from despike_basicsr.metrics.noref_metric import NIQE_BLOCK, calculate_niqe_gray, calculate_rms_contrast
 from despike_basicsr.spike.reconstruct import classical_display
@@ -92,7 +92,7 @@ def report_centre(out_dir: str,
         eta: Photo-electric rate η of the classical display mapping.
         threshold: Firing threshold θ of the classical display mapping.
         fpn_gamma: ``(H, W)`` FPN correction γ = R_ref / R, or ``None``.
-        exposure: The display exposure DeSpike's image was given (:func:`~despike_basicsr.display.expose`); TFP and
+        exposure: The display exposure DeSpike's image was given (:func:`~.display.expose`); TFP and
             TFI get the same treatment (with ``'auto'`` each measures its own gain), so the side-by-side is fair.
 
     Returns:

@@ -9,18 +9,18 @@ Reads the recording one window at a time (``.dat`` files are memory-mapped, so a
 runs the network on overlapping tiles of each frame (bounded memory for 1000×1000 sensors), and writes
 
 - ``DIR/despike/<stem>_t<centre>.png`` for every centre time (``--format png16|npy|tiff``: other extensions),
-  auto-exposed by default (``--exposure``, :mod:`despike_basicsr.display`),
+  auto-exposed by default (``--exposure``, :mod:`despike_basicsr.inference.display`),
 - with ``--video``: ``DIR/<stem>_despike.mp4`` (one video frame per centre time),
 - with ``--report``: ``DIR/tfp/``, ``DIR/tfi/`` (classical reconstructions of the same window), ``DIR/side_by_side/``
   (TFP | TFI | DeSpike) and ``DIR/report.md`` + ``DIR/report.json`` with NIQE and RMS contrast of each method.
 
 This module is the command line only: the network, its options and the tiled reconstruction are
-:class:`~despike_basicsr.reconstructor.DeSpikeReconstructor`'s, the recording reader is
-:class:`~despike_basicsr.spike.io.RecordingReader` and the report is :mod:`despike_basicsr.recording_report`.
+:class:`~despike_basicsr.inference.reconstructor.DeSpikeReconstructor`'s, the recording reader is
+:class:`~despike_basicsr.spike.io.RecordingReader` and the report is :mod:`despike_basicsr.inference.recording_report`.
 
 Which network: ``--opt X.yml`` (its ``network_g``) wins; without it a ``network_g`` dict stored in the checkpoint is
 used, then the options file in the checkpoint's BasicSR experiment folder, and last the repository's
-``options/test_despike_dpdd.yml`` (:func:`~despike_basicsr.reconstructor.resolve_network_options`). See
+``options/test_despike_dpdd.yml`` (:func:`~despike_basicsr.inference.network.resolve_network_options`). See
 docs/inference.md.
 
 Errors (missing or corrupt files, wrong frame size, a checkpoint of another architecture, existing outputs) print one
@@ -37,14 +37,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from despike_basicsr.defocus_map import DEFOCUS_WEIGHTS, DefocusMapEstimator, write_defocus_map
-from despike_basicsr.display import FORMATS, expose, output_path, parse_exposure, write_image
 from despike_basicsr.errors import DespikeUserError, run_cli
-from despike_basicsr.reconstructor import DEFAULT_OPT, PRETRAINED_WEIGHTS, DeSpikeReconstructor
-from despike_basicsr.recording_report import REPORT_FILES, REPORT_FOLDERS, report_centre, to_uint8, write_report
+from despike_basicsr.inference.defocus_map import DEFOCUS_WEIGHTS, DefocusMapEstimator, write_defocus_map
+from despike_basicsr.inference.display import FORMATS, expose, output_path, parse_exposure, write_image
+from despike_basicsr.inference.network import DEFAULT_OPT, PRETRAINED_WEIGHTS
+from despike_basicsr.inference.reconstructor import DeSpikeReconstructor
+from despike_basicsr.inference.recording_report import (REPORT_FILES, REPORT_FOLDERS, report_centre, to_uint8,
+                                                        write_report)
+from despike_basicsr.inference.tiling import count_tiles
 from despike_basicsr.spike.fpn import load_fpn
 from despike_basicsr.spike.io import DEFAULT_HEIGHT, DEFAULT_WIDTH, RecordingReader
-from despike_basicsr.tiling import count_tiles
 
 PROG = 'despike-infer'
 DEFAULT_WINDOW = 192  # the paper's longest integration window, for networks that do not say what they need
@@ -214,7 +216,7 @@ def write_defocus_centre(out_dir: str, stem: str, centre: int, rec: RecordingRea
 def load_reconstructor(args: argparse.Namespace) -> DeSpikeReconstructor:
     """The network of ``--weights`` (default: the shipped one) as :class:`DeSpikeReconstructor` builds it, after the
     flags are checked; the network's options come from ``--opt``, else
-    :func:`~despike_basicsr.reconstructor.resolve_network_options` down to :data:`DEFAULT_OPT`."""
+    :func:`~despike_basicsr.inference.network.resolve_network_options` down to :data:`DEFAULT_OPT`."""
     if args.tile < 0 or args.tile_overlap < 0:
         raise InferError(f'--tile and --tile-overlap must be >= 0, got {args.tile} and {args.tile_overlap}')
     if args.tile and args.tile_overlap >= args.tile:

@@ -7,12 +7,9 @@ accepts, the types of the numbers the trainer uses, and whether the temporal win
 """
 import difflib
 import inspect
-from os import path as osp
 from typing import Any, Dict, Iterable, List, Optional
 
-import yaml
-
-from despike_basicsr.errors import DespikeUserError
+from despike_basicsr.options_file import OptionsError, load_options_file
 
 #: Top-level keys BasicSR 1.4.2 (train/test pipelines, models, loggers) and this plugin read.
 KNOWN_TOP_LEVEL_KEYS = frozenset({
@@ -23,10 +20,6 @@ KNOWN_TOP_LEVEL_KEYS = frozenset({
 #: Keys read by ``basicsr.data.build_dataloader`` and BasicSR's prefetchers, besides a dataset's own.
 DATALOADER_KEYS = ('name', 'type', 'phase', 'batch_size_per_gpu', 'num_worker_per_gpu', 'dataset_enlarge_ratio',
                    'prefetch_mode', 'pin_memory', 'persistent_workers', 'num_prefetch_queue', 'scale')
-
-
-class OptionsError(DespikeUserError, ValueError):
-    """An options file that cannot run; the message names the file and the key."""
 
 
 def _suggest(name: str, candidates: Iterable[str]) -> str:
@@ -164,41 +157,6 @@ def _check_windows_fit(where: str, network_opt: Dict[str, Any], dataset_opt: Dic
                                f'window network_g.windows = {list(windows)} ({smallest}); lengthen the streams or '
                                'shorten the windows (windows longer than a stream are clipped, but the smallest one '
                                'must fit)')
-
-
-def load_options_file(path: str) -> Dict[str, Any]:
-    """Read an options YAML file: the one options reader of the package, the entries and the scripts.
-
-    ``yaml.safe_load`` reads BasicSR's options files as its own (ordered, unsafe) loader does: mappings keep their
-    order (Python dicts are ordered) and no file needs a Python tag.
-
-    Raises:
-        OptionsError: The file is missing, unreadable, not YAML or not a mapping; the message names the file.
-    """
-    if not osp.isfile(path):
-        raise OptionsError(f'options file not found: {path}')
-    try:
-        with open(path, encoding='utf-8') as f:
-            opt = yaml.safe_load(f)
-    except yaml.YAMLError as error:
-        raise OptionsError(f'{path}: not valid YAML: {error}') from error
-    except OSError as error:
-        raise OptionsError(f'{path}: cannot read the options file ({error})') from error
-    if not isinstance(opt, dict):
-        raise OptionsError(f'{path}: expected a mapping of options, found {type(opt).__name__}')
-    return opt
-
-
-def read_network_options(path: str, key: str = 'network_g') -> Dict[str, Any]:
-    """The ``network_g`` (or ``key``) section of an options file, as a new dict that has a ``type``.
-
-    Raises:
-        OptionsError: As :func:`load_options_file`, or when the section or its ``type`` is missing.
-    """
-    opt = load_options_file(path)
-    if not isinstance(opt.get(key), dict) or 'type' not in opt[key]:
-        raise OptionsError(f'{path}: expected a {key} section with a type (BasicSR options file)')
-    return dict(opt[key])
 
 
 def check_options_file(path: str, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:

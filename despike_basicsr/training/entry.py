@@ -4,7 +4,7 @@ import sys
 from os import path as osp
 from typing import List, Optional
 
-PACKAGE_DIR = osp.dirname(osp.abspath(__file__))
+PACKAGE_DIR = osp.dirname(osp.dirname(osp.abspath(__file__)))
 REPO_ROOT = osp.dirname(PACKAGE_DIR)
 
 
@@ -44,7 +44,7 @@ def prepare(argv: Optional[List[str]]) -> str:
     import despike_basicsr
     from despike_basicsr import compat
     despike_basicsr.register()  # compat patches, then every registered class
-    from despike_basicsr.options import check_options_file
+    from despike_basicsr.training.options import check_options_file
     opt_path = option_file_from_argv(sys.argv[1:])
     if opt_path is not None:
         opt = check_options_file(opt_path)

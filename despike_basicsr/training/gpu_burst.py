@@ -1,6 +1,6 @@
 """A fixed-wall-time training burst on a borrowed GPU: continue a campaign from its best weights at GPU batch size.
 
-    python -m despike_basicsr.gpu_burst --out /tmp/burst --minutes 7     # (scripts/gpu_train_burst.sh wraps this)
+    python -m despike_basicsr.training.gpu_burst --out /tmp/burst --minutes 7   # scripts/gpu_train_burst.sh wraps this
 
 The campaign's recipe (``--opt``, default options/train_despike_deblur.yml) runs through BasicSR's own trainer with a
 larger batch, as many data workers as the machine's cores allow (the spike simulation is CPU work), no validation,
@@ -24,7 +24,7 @@ from typing import List, Optional, Tuple
 
 import yaml
 
-from despike_basicsr.campaign import STATE_ROOT, newest_numbered, newest_state
+from despike_basicsr.training.campaign import STATE_ROOT, newest_numbered, newest_state
 
 #: Cores the burst leaves to the trainer process itself.
 _RESERVED_CORES = 2

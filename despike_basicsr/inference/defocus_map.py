@@ -2,7 +2,7 @@
 
 Example::
 
-    from despike_basicsr.defocus_map import DefocusMapEstimator, write_defocus_map
+    from despike_basicsr.inference.defocus_map import DefocusMapEstimator, write_defocus_map
 
     estimator = DefocusMapEstimator()                  # the shipped weights (despike_basicsr/weights/defocus_map.pth)
     sigma = estimator.estimate(spikes)                 # (H, W) float32 σ in pixels at frame T // 2
@@ -21,8 +21,11 @@ import cv2
 import numpy as np
 import torch
 
+from despike_basicsr.inference.network import (PACKAGE_DIR, ReconstructorError, load_network, reconstruct_tiled,
+                                               select_device)
+
 #: The shipped defocus-map network (it stores its ``network_g``).
-DEFOCUS_WEIGHTS = osp.join(osp.dirname(osp.abspath(__file__)), 'weights', 'defocus_map.pth')
+DEFOCUS_WEIGHTS = osp.join(PACKAGE_DIR, 'weights', 'defocus_map.pth')
 #: Smallest top of the colour scale (px): maps of one recording share it unless a map blurs more.
 COLOUR_SCALE_MIN_TOP = 4.0
 
@@ -41,7 +44,6 @@ class DefocusMapEstimator:
 
     def __init__(self, weights: Optional[str] = None, device: Optional[Union[str, torch.device]] = None,
                  tile: int = 0, tile_overlap: int = 32) -> None:
-        from despike_basicsr.reconstructor import ReconstructorError, load_network, select_device
         self.weights = weights or DEFOCUS_WEIGHTS
         if not osp.isfile(self.weights):
             raise ReconstructorError(f'{self.weights}: no defocus-map weights file')
@@ -58,7 +60,6 @@ class DefocusMapEstimator:
     def estimate_window(self, window: torch.Tensor, gamma: Optional[torch.Tensor] = None,
                         progress: Optional[Callable[[int], Any]] = None) -> np.ndarray:
         """σ map of the middle frame of a ``(1, T, H, W)`` window (``gamma``: ``(1, 1, H, W)`` or ``None``)."""
-        from despike_basicsr.reconstructor import reconstruct_tiled
         sigma = reconstruct_tiled(self.net, window, gamma, self.tile, self.tile_overlap, self.device, progress)
         return sigma[0, 0].float().cpu().numpy().astype(np.float32)
 
@@ -68,7 +69,6 @@ class DefocusMapEstimator:
         The network reads :attr:`frames_needed` frames centred on ``centre`` (fewer near the ends of the stream);
         ``gamma`` is the ``(H, W)`` FPN correction or ``None``.
         """
-        from despike_basicsr.reconstructor import ReconstructorError
         stream = torch.as_tensor(np.asarray(spikes) if not torch.is_tensor(spikes) else spikes)
         if stream.dim() != 3:
             raise ReconstructorError(f'spikes must be shaped (T, H, W), got {tuple(stream.shape)}')
