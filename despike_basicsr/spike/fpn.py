@@ -6,12 +6,19 @@ field we estimate the response ``R = rate_uniform - rate_dark`` and the correcti
 their spikes (or rates). Hot pixels (firing far too often, or in the dark) and dead pixels (far too rarely) are
 marked in ``bad`` and get γ = 1: their true response is unknown, so the calibration leaves them as recorded rather than
 amplifying noise; the network (or an inpainting step) sees them through the ``bad`` map.
+
+Without a flat field, :func:`estimate_fpn_from_scene` estimates γ from ordinary recordings of a moving scene
+(scene-based non-uniformity correction, as infrared imaging does it): each pixel's long-run mean rate, over the local
+median of its neighbours' in the log domain, is its gain (see that function and docs/physics.md).
 """
+import json
 import os
-from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from despike_basicsr.errors import DespikeUserError
 
 from .io import DEFAULT_HEIGHT, DEFAULT_WIDTH, SpikeFileError, frame_bytes, load_spikes
 
@@ -29,6 +36,12 @@ class FPNCalibration:
         dark: (H, W) float32 dark firing rate (spikes per step; zeros without dark recordings).
         bad: (H, W) bool, True at hot or dead pixels.
         ref: The reference response R_ref.
+        confidence: (H, W) float32 in [0, 1], how far γ can be trusted at each pixel (scene-based estimates), or
+            ``None`` (a flat-field calibration: trusted everywhere).
+        method: ``'flat-field'`` (:func:`calibrate_fpn`) or ``'scene'`` (:func:`estimate_fpn_from_scene`, whose
+            ``response`` is the relative gain, median 1, rather than spikes per step).
+        note: One line on how the estimate was made and how far to trust it (empty for flat fields).
+        info: Numbers behind the note (steps, moving fraction, ...), JSON-serialisable.
     """
 
     response: np.ndarray
@@ -36,6 +49,10 @@ class FPNCalibration:
     dark: np.ndarray
     bad: np.ndarray
     ref: float
+    confidence: Optional[np.ndarray] = None
+    method: str = 'flat-field'
+    note: str = ''
+    info: Dict[str, Any] = field(default_factory=dict)
 
 
 def _mean_rate(recordings: Sequence[Recording], load_kwargs: dict, chunk_frames: int,
@@ -150,9 +167,35 @@ def calibrate_fpn(recordings: Sequence[Recording],
 
 
 def save_fpn(path: Union[str, os.PathLike], calib: FPNCalibration) -> None:
-    """Write a calibration as one ``.npz`` with keys gamma, response, dark, bad, ref."""
+    """Write a calibration as one ``.npz`` with keys gamma, response, dark, bad, ref (and method, note, info, plus
+    confidence where the calibration has one: scene-based estimates). Readers of the older files need only gamma."""
+    extra: Dict[str, np.ndarray] = dict(method=np.str_(calib.method), note=np.str_(calib.note),
+                                        info=np.str_(json.dumps(calib.info)))
+    if calib.confidence is not None:
+        extra['confidence'] = calib.confidence.astype(np.float32)
     np.savez(path, gamma=calib.gamma.astype(np.float32), response=calib.response.astype(np.float32),
-             dark=calib.dark.astype(np.float32), bad=calib.bad.astype(bool), ref=np.float64(calib.ref))
+             dark=calib.dark.astype(np.float32), bad=calib.bad.astype(bool), ref=np.float64(calib.ref), **extra)
+
+
+def load_fpn_calibration(path: Union[str, os.PathLike]) -> FPNCalibration:
+    """Read a whole calibration written by :func:`save_fpn` (older files: method ``'flat-field'``, no confidence).
+
+    Raises:
+        FileNotFoundError: No file at ``path``.
+        SpikeFileError: Not a calibration ``.npz`` (a key is missing) or γ fails :func:`load_fpn`'s checks.
+    """
+    gamma = load_fpn(path)
+    with np.load(path, allow_pickle=False) as archive:
+        missing = [key for key in FPN_KEYS if key not in archive.files]
+        if missing:
+            raise SpikeFileError(f'{path}: not a full FPN calibration, keys {missing} are missing')
+        files = archive.files
+        return FPNCalibration(response=archive['response'], gamma=gamma, dark=archive['dark'],
+                              bad=archive['bad'].astype(bool), ref=float(archive['ref']),
+                              confidence=archive['confidence'] if 'confidence' in files else None,
+                              method=str(archive['method']) if 'method' in files else 'flat-field',
+                              note=str(archive['note']) if 'note' in files else '',
+                              info=json.loads(str(archive['info'])) if 'info' in files else {})
 
 
 def load_fpn(path: Union[str, os.PathLike], shape: Optional[Tuple[int, int]] = None) -> np.ndarray:
@@ -197,3 +240,449 @@ def load_fpn(path: Union[str, os.PathLike], shape: Optional[Tuple[int, int]] = N
         raise SpikeFileError(f'{path}: gamma must be finite and positive; it holds {int((gamma <= 0).sum())} zero or '
                              f'negative values (min {gamma.min()})')
     return gamma.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Scene-based estimate: γ from ordinary recordings of a moving scene (no flat field)
+# ---------------------------------------------------------------------------------------------------------------------
+
+#: Steps per short window; the spread of the window counts tells whether the scene changed at a pixel.
+SCENE_WINDOW = 64
+#: Fewest steps a scene-based estimate accepts by default (the scene must move across many pixels meanwhile).
+SCENE_MIN_STEPS = 1000
+#: Side (px) of the square neighbourhood whose median log rate is a pixel's reference.
+SCENE_REFERENCE_SIZE = 7
+#: Temporal contrast (beyond counting noise) of the short-window rates from which a pixel counts as having seen motion.
+SCENE_MOTION_CONTRAST = 0.1
+#: Fraction of pixels that must have seen motion; below it the scene is taken as static and γ is left at 1.
+SCENE_MIN_MOVING_FRACTION = 0.5
+#: Consecutive time segments whose separate estimates give each pixel's standard error.
+SCENE_SEGMENTS = 4
+#: Standard error of log γ (relative) at which a moving pixel's confidence is one half.
+SCENE_ERROR_SCALE = 0.01
+#: Mean rate (spikes per step) above which a pixel is too close to saturation to measure its gain.
+SCENE_SATURATED_RATE = 0.9
+
+ProgressArg = Union[bool, Callable[[int], Any], None]
+
+
+class SceneFPNError(DespikeUserError, ValueError):
+    """A recording that cannot give a scene-based FPN estimate (too short, a single frame, NaN, no light, ...)."""
+
+
+class SceneStatistics:
+    """Per-pixel statistics of ordinary recordings, accumulated chunk by chunk in bounded memory.
+
+    Memory is a few (H, W) arrays plus one per time segment, whatever the length of the recordings. Feed blocks of
+    consecutive frames with :meth:`add` and call :meth:`end_recording` between recordings (a short window never
+    straddles two recordings).
+
+    Per pixel it keeps the total spike count, the count per time segment and, over windows of ``window`` steps with
+    counts ``c_k``, the sums of ``n_k = c_k / ĉ_k`` and ``n_k²`` (``ĉ_k`` the frame-mean count of window k, so light
+    flicker common to all pixels does not count as motion) and of ``c_k / ĉ_k²`` (the Poisson variance of ``n_k``).
+
+    Args:
+        shape: ``(H, W)``.
+        total_steps: Steps of all recordings together (sets the segment boundaries).
+        window: Steps per short window.
+        segments: Number of consecutive time segments.
+    """
+
+    def __init__(self, shape: Tuple[int, int], total_steps: int, window: int = SCENE_WINDOW,
+                 segments: int = SCENE_SEGMENTS) -> None:
+        if window < 1 or segments < 1 or total_steps < 1:
+            raise ValueError(f'SceneStatistics: window, segments and total_steps must be >= 1, got {window}, '
+                             f'{segments}, {total_steps}')
+        self.shape = tuple(int(v) for v in shape)
+        self.total_steps = int(total_steps)
+        self.window = int(window)
+        self.count = np.zeros(self.shape, np.int64)
+        self.segment_count = np.zeros((segments, ) + self.shape, np.int64)
+        self.segment_steps = np.zeros(segments, np.int64)
+        self.sum_n = np.zeros(self.shape, np.float64)
+        self.sum_n2 = np.zeros(self.shape, np.float64)
+        self.sum_poisson = np.zeros(self.shape, np.float64)
+        self.windows = 0
+        self.steps = 0
+        self.recordings = 0
+        self._partial = np.zeros(self.shape, np.int64)
+        self._partial_steps = 0
+        bounds = np.round(np.linspace(0, self.total_steps, segments + 1)).astype(np.int64)
+        self._bounds = bounds
+
+    def add(self, block: np.ndarray, where: str = 'recording') -> None:
+        """Accumulate ``block``, (n, H, W) 0/1 spikes of consecutive steps following the previous block."""
+        block = _check_spike_block(block, self.shape, where)
+        n = block.shape[0]
+        if self.steps + n > self.total_steps:
+            raise ValueError(f'SceneStatistics: {self.steps + n} steps fed, more than the announced {self.total_steps}')
+        self.count += block.sum(axis=0, dtype=np.int64)
+        for s in range(len(self.segment_steps)):  # split the block at the segment boundaries
+            lo, hi = max(self._bounds[s], self.steps), min(self._bounds[s + 1], self.steps + n)
+            if hi > lo:
+                self.segment_count[s] += block[lo - self.steps:hi - self.steps].sum(axis=0, dtype=np.int64)
+                self.segment_steps[s] += hi - lo
+        self.steps += n
+        i = 0
+        if self._partial_steps:
+            take = min(n, self.window - self._partial_steps)
+            self._partial += block[:take].sum(axis=0, dtype=np.int64)
+            self._partial_steps += take
+            i = take
+            if self._partial_steps == self.window:
+                self._add_windows(self._partial[None])
+                self._partial[:] = 0
+                self._partial_steps = 0
+        full = (n - i) // self.window
+        if full:
+            counts = block[i:i + full * self.window].reshape(full, self.window, *self.shape)
+            counts = counts.sum(axis=1, dtype=np.int32)
+            self._add_windows(counts)
+            i += full * self.window
+        if i < n:
+            self._partial += block[i:].sum(axis=0, dtype=np.int64)
+            self._partial_steps += n - i
+
+    def end_recording(self) -> None:
+        """Close a recording: drop its unfinished short window (its spikes stay in the totals)."""
+        self._partial[:] = 0
+        self._partial_steps = 0
+        self.recordings += 1
+
+    def _add_windows(self, counts: np.ndarray) -> None:
+        frame_mean = counts.reshape(counts.shape[0], -1).mean(axis=1)
+        lit = frame_mean > 0
+        if not lit.any():
+            return
+        counts = counts[lit].astype(np.float64)
+        scale = (1.0 / frame_mean[lit])[:, None, None]
+        normalised = counts * scale
+        self.sum_n += normalised.sum(axis=0)
+        self.sum_n2 += (normalised * normalised).sum(axis=0)
+        self.sum_poisson += (normalised * scale).sum(axis=0)
+        self.windows += int(lit.sum())
+
+
+def _check_spike_block(block: np.ndarray, shape: Tuple[int, ...], where: str) -> np.ndarray:
+    """A (n, H, W) block of 0/1 spikes as uint8, or a :class:`SceneFPNError` naming what is wrong."""
+    block = np.asarray(block)
+    if block.ndim != 3:
+        raise SceneFPNError(f'{where}: expected (T, H, W) spikes, found shape {block.shape}')
+    if tuple(block.shape[1:]) != tuple(shape):
+        raise SceneFPNError(f'{where}: frame shape {block.shape[1:]} differs from the first recording\'s '
+                            f'{tuple(shape)}')
+    if block.dtype == np.bool_:
+        return block.view(np.uint8)
+    if np.issubdtype(block.dtype, np.floating) and not np.all(np.isfinite(block)):
+        raise SceneFPNError(f'{where}: the spikes hold {int((~np.isfinite(block)).sum())} NaN/inf values')
+    fractional = np.issubdtype(block.dtype, np.floating) and bool(np.any(block != np.round(block)))
+    if block.size and (block.min() < 0 or block.max() > 1 or fractional):
+        raise SceneFPNError(f'{where}: spikes must be 0 or 1, found values in [{block.min()}, {block.max()}]')
+    return block if block.dtype == np.uint8 else block.astype(np.uint8)
+
+
+def local_log_reference(log_rate: np.ndarray, size: int = SCENE_REFERENCE_SIZE) -> np.ndarray:
+    """A pixel's reference: the median of its neighbours' log rates, ``B(x) = median_{k×k around x} log m``.
+
+    The median ignores isolated hot or dead pixels and follows a soft edge of the motion-averaged scene; over a k×k
+    square the white FPN averages to about 0 and a column (row) pattern to its mean over k columns (rows).
+    """
+    from scipy.ndimage import median_filter
+
+    return median_filter(log_rate, size=int(size), mode='reflect')
+
+
+def relative_gain(log_rate: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Scene-based gain estimate:  ``ĝ(x) = exp(log m(x) − B(x)) = m(x) / exp(B(x))``.
+
+    With the scene moving, ``m(x) = g(x)·μ(x)`` (mean rate = gain times the pixel's time-averaged light μ), and μ is
+    smooth wherever the motion averaged the scene over more than the reference neighbourhood, so ``B ≈ log μ`` and
+    ``ĝ ≈ g`` up to the local mean gain.
+    """
+    return np.exp(log_rate - reference)
+
+
+def excess_temporal_contrast(mean_n: np.ndarray, mean_n2: np.ndarray, poisson: np.ndarray) -> np.ndarray:
+    """Squared temporal contrast of a pixel's short-window rate beyond counting noise:
+    ``ν = (E[n²] − E[n]² − E[c/ĉ²]) / E[n]²``,  ``n = c/ĉ``.
+
+    ``c`` is the pixel's count in a window and ``ĉ`` the frame mean count of that window. A Poisson count has
+    variance equal to its mean (``E[c/ĉ²]`` in units of ``n``); integrate-and-fire counts vary less, so ν ≤ 0 for a
+    static scene and ν ≈ (std/mean of the light the pixel saw)² for a moving one.
+    """
+    safe = np.maximum(mean_n, 1e-12)
+    return (mean_n2 - mean_n * mean_n - poisson) / (safe * safe)
+
+
+def motion_weight(nu: np.ndarray, contrast: float = SCENE_MOTION_CONTRAST) -> np.ndarray:
+    """How far a pixel saw the scene move:  ``w = clip(ν / κ², 0, 1)``, κ = ``contrast``."""
+    return np.clip(nu / (contrast * contrast), 0.0, 1.0)
+
+
+def scene_confidence(weight: np.ndarray, standard_error: np.ndarray,
+                     error_scale: float = SCENE_ERROR_SCALE) -> np.ndarray:
+    """Per-pixel confidence:  ``conf = w / (1 + (se / s0)²)``, se the standard error of log ĝ across time segments.
+
+    Low where the scene did not move (w → 0: γ cannot be told from scene texture) and where the segments disagree
+    (counting noise, or scene texture the motion has not yet averaged out).
+    """
+    return weight / (1.0 + (standard_error / error_scale)**2)
+
+
+def shrinkage(log_gain: np.ndarray, standard_error: np.ndarray, good: np.ndarray) -> np.ndarray:
+    """Empirical-Bayes weight of a pixel's estimate: ``s = τ² / (τ² + se²)``, ``τ² = max(var(log ĝ) − mean(se²), 0)``.
+
+    τ² is the spread of the true gains (the spread of the estimates less their noise); a pixel whose standard error
+    is large next to it keeps little of its estimate, so a noisy estimate is pulled towards γ = 1 instead of adding
+    its noise to the image.
+    """
+    error2 = standard_error * standard_error
+    tau2 = max(float(np.var(log_gain[good]) - np.mean(error2[good])), 0.0)
+    return tau2 / (tau2 + error2 + 1e-12)
+
+
+def shrunk_correction(gain: np.ndarray, ref: float, weight: np.ndarray) -> np.ndarray:
+    """γ shrunk towards 1 where the scene did not move:  ``γ = (R_ref / ĝ)^w``  (w = 1: the plain ``R_ref / ĝ``)."""
+    return np.exp(weight * np.log(ref / gain))
+
+
+def texture_correlation(log_gain: np.ndarray, good: np.ndarray) -> float:
+    """Diagonal-neighbour correlation of log ĝ after removing row and column medians (0 for a white FPN).
+
+    Fixed-pattern noise is white apart from its row and column patterns, so a clear correlation between diagonal
+    neighbours means motion-averaged scene texture leaked into the estimate (too little motion for the reference size).
+    """
+    r = np.where(good, log_gain, np.nan)
+    r = r - np.nanmedian(r, axis=0, keepdims=True)
+    r = r - np.nanmedian(r, axis=1, keepdims=True)
+    r = np.where(np.isfinite(r), r, 0.0)
+    a, b = r[1:, 1:].ravel(), r[:-1, :-1].ravel()
+    denominator = float(np.sqrt(np.mean(a * a) * np.mean(b * b)))
+    return float(np.mean(a * b) / denominator) if denominator > 0 else 0.0
+
+
+def _segment_standard_error(stats: SceneStatistics, dark: np.ndarray, size: int) -> np.ndarray:
+    """Standard error of log ĝ from the spread of the per-segment estimates (zeros with a single segment)."""
+    logs = []
+    for count, steps in zip(stats.segment_count, stats.segment_steps):
+        if steps > 0:
+            rate = np.maximum(count / steps - dark, 0.5 / steps)
+            log_rate = np.log(rate)
+            logs.append(log_rate - local_log_reference(log_rate, size))
+    if len(logs) < 2:
+        return np.zeros(stats.shape)
+    return np.std(np.stack(logs), axis=0, ddof=1) / np.sqrt(len(logs))
+
+
+def estimate_fpn_from_stats(stats: SceneStatistics,
+                            dark: Optional[np.ndarray] = None,
+                            reference_size: int = SCENE_REFERENCE_SIZE,
+                            motion_contrast: float = SCENE_MOTION_CONTRAST,
+                            min_moving_fraction: float = SCENE_MIN_MOVING_FRACTION,
+                            min_steps: int = SCENE_MIN_STEPS,
+                            dead_below: float = 0.5,
+                            hot_above: float = 1.5) -> FPNCalibration:
+    """γ, confidence and hot/dead pixels from accumulated :class:`SceneStatistics` (see
+    :func:`estimate_fpn_from_scene` for the model and its limits).
+
+    Raises:
+        SceneFPNError: Too few steps or windows, no spikes at all, or a non-finite result.
+    """
+    if stats.steps < max(min_steps, 1):
+        raise SceneFPNError(f'recording too short: {stats.steps} steps, need {min_steps} (a scene-based FPN '
+                            'estimate needs the scene to move across the sensor meanwhile)')
+    if stats.windows < 2:
+        raise SceneFPNError(f'recording too short: {stats.windows} whole windows of {stats.window} steps, need 2')
+    if reference_size < 3:
+        raise ValueError(f'estimate_fpn_from_stats: reference_size must be >= 3, got {reference_size}')
+    dark = np.zeros(stats.shape) if dark is None else np.asarray(dark, np.float64)
+    rate = stats.count / stats.steps
+    if not np.any(stats.count):
+        raise SceneFPNError(f'no spikes in {stats.steps} steps: a scene-based FPN estimate needs light')
+    response = np.maximum(rate - dark, 0.5 / stats.steps)  # a pixel that never fired: half a spike
+    log_rate = np.log(response)
+    reference = local_log_reference(log_rate, reference_size)
+    gain = relative_gain(log_rate, reference)
+    saturated = rate > SCENE_SATURATED_RATE
+    dead = (stats.count == 0) | (gain < dead_below)
+    hot = gain > hot_above
+    bad = (dead | hot) & ~saturated
+    measurable = ~bad & ~saturated
+    if not measurable.any():
+        raise SceneFPNError('no pixel has a measurable gain (all dead, hot or saturated)')
+    ref = float(np.median(gain[measurable]))
+
+    mean_n = stats.sum_n / stats.windows
+    nu = excess_temporal_contrast(mean_n, stats.sum_n2 / stats.windows, stats.sum_poisson / stats.windows)
+    moving = motion_weight(nu, motion_contrast)
+    moving_fraction = float(np.mean(moving[measurable] > 0.5))
+    size = 3 * int(reference_size)
+    import cv2  # a box average of the motion weight: a moving neighbourhood vouches for a flat patch inside it
+    weight = np.clip(cv2.blur(moving.astype(np.float32), (size, size), borderType=cv2.BORDER_REFLECT), 0.0, 1.0)
+    weight = np.where(measurable, weight, 0.0)
+    standard_error = _segment_standard_error(stats, dark, reference_size)
+    correlation = texture_correlation(np.log(gain), measurable)
+    static = moving_fraction < min_moving_fraction
+    info = dict(steps=int(stats.steps), recordings=int(stats.recordings), windows=int(stats.windows),
+                window=stats.window, reference_size=int(reference_size), moving_fraction=round(moving_fraction, 4),
+                min_moving_fraction=min_moving_fraction, texture_correlation=round(correlation, 4),
+                mean_rate=round(float(rate.mean()), 5), bad=int(bad.sum()), saturated=int(saturated.sum()),
+                static=bool(static))
+    if static:
+        gamma = np.ones(stats.shape)
+        confidence = np.zeros(stats.shape)
+        note = (f'static scene: only {moving_fraction:.0%} of the pixels saw the light change (need '
+                f'{min_moving_fraction:.0%}); gain cannot be told from scene texture, so γ is left at 1 '
+                '(record the scene moving across the sensor, or use a flat field)')
+    else:
+        weight = weight * shrinkage(np.log(gain / ref), standard_error, measurable)
+        gamma = np.where(measurable, shrunk_correction(gain, ref, weight), 1.0)
+        confidence = np.where(measurable, scene_confidence(weight, standard_error), 0.0)
+        note = (f'scene-based estimate from {stats.steps} steps ({stats.recordings} recording(s)): '
+                f'{moving_fraction:.0%} of the pixels saw the scene move, median confidence '
+                f'{float(np.median(confidence)):.2f}; gain patterns smoother than {reference_size} px are not '
+                'separable from scene shading and are left in')
+        if correlation > 0.2:
+            note += (f'; warning: the estimate correlates with its diagonal neighbours ({correlation:.2f}), scene '
+                     'texture may have leaked in (too little motion)')
+    if not np.all(np.isfinite(gamma)):
+        raise SceneFPNError(f'scene-based FPN estimate gave {int((~np.isfinite(gamma)).sum())} NaN/inf γ values')
+    info['median_confidence'] = round(float(np.median(confidence)), 4)
+    return FPNCalibration(response=gain.astype(np.float32), gamma=gamma.astype(np.float32),
+                          dark=dark.astype(np.float32), bad=bad, ref=ref, confidence=confidence.astype(np.float32),
+                          method='scene', note=note, info=info)
+
+
+def _scene_sources(recordings, load_kwargs: dict) -> list:
+    """(name, frames, read(start, stop)) of each recording: arrays, paths (read window by window) or readers."""
+    from .io import RecordingReader
+
+    if isinstance(recordings, (str, os.PathLike, np.ndarray)) or hasattr(recordings, 'read'):
+        recordings = [recordings]
+    sources = []
+    for rec in recordings:
+        if isinstance(rec, np.ndarray) or not hasattr(rec, 'read') and not isinstance(rec, (str, os.PathLike)):
+            array = np.asarray(rec)
+            name = f'array{array.shape}'
+            if array.ndim == 2 or (array.ndim == 3 and array.shape[0] == 1):
+                raise SceneFPNError(f'{name}: a single frame; a scene-based FPN estimate needs a recording over '
+                                    'time (T, H, W) with the scene moving')
+            if array.ndim != 3:
+                raise SceneFPNError(f'{name}: expected (T, H, W) spikes, found {array.ndim} dimensions')
+            sources.append((name, array.shape[0], array.shape[1:], lambda a, b, arr=array: arr[a:b]))
+            continue
+        reader = rec if hasattr(rec, 'read') else RecordingReader(rec, **load_kwargs)
+        name = str(getattr(reader, 'path', rec))
+        if reader.frames == 1:
+            raise SceneFPNError(f'{name}: a single frame; a scene-based FPN estimate needs a recording over time')
+        sources.append((name, reader.frames, (reader.height, reader.width), reader.read))
+    if not sources:
+        raise SceneFPNError('no recordings given')
+    return sources
+
+
+def _progress_callback(progress: ProgressArg, total: int) -> Tuple[Optional[Callable[[int], Any]], Any]:
+    if callable(progress):
+        return progress, None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total, unit='step', desc='scene FPN', mininterval=1.0)
+        return bar.update, bar
+    return None, None
+
+
+def estimate_fpn_from_scene(recordings,
+                            dark_recordings: Optional[Sequence[Recording]] = None,
+                            window: int = SCENE_WINDOW,
+                            reference_size: int = SCENE_REFERENCE_SIZE,
+                            min_steps: int = SCENE_MIN_STEPS,
+                            motion_contrast: float = SCENE_MOTION_CONTRAST,
+                            min_moving_fraction: float = SCENE_MIN_MOVING_FRACTION,
+                            chunk_frames: int = 1024,
+                            progress: ProgressArg = None,
+                            **load_kwargs) -> FPNCalibration:
+    """Estimate the FPN correction γ from ordinary recordings of a moving scene (no flat field).
+
+    Model (scene-based non-uniformity correction, constant statistics): pixel x fires at ``m(x) = g(x)·μ(x) + d(x)``
+    spikes per step on average, with ``μ(x)`` the light it saw averaged over time. When the scene moves across the
+    sensor every pixel sees about the same mixture of the scene, so μ varies only slowly across the sensor and::
+
+        B(x) = median_{k×k} log m,   ĝ(x) = exp(log m(x) − B(x)),   γ(x) = (R_ref / ĝ(x))^w(x),   R_ref = median ĝ
+
+    with ``w`` the motion weight (:func:`motion_weight`, :func:`excess_temporal_contrast`). White and column/row
+    patterns (finer than k px) separate from the scene; a smooth shading (vignetting) cannot be told from the scene's
+    own shading and stays in the image. A measured dark rate (``dark_recordings``) is subtracted from m; without it
+    the dark rate is taken as 0 (a pixel's dark offset cannot be told from its gain by the mean alone).
+
+    A static scene (fewer than ``min_moving_fraction`` of the pixels saw their light change by more than
+    ``motion_contrast`` beyond counting noise) returns γ = 1 and confidence 0 with a note saying so: its texture
+    would otherwise be taken for gain.
+
+    Args:
+        recordings: One or more (T, H, W) 0/1 arrays, ``.dat``/``.npz`` paths or :class:`~.io.RecordingReader`
+            objects (files are read ``chunk_frames`` at a time).
+        dark_recordings: Optional lens-capped recordings; their mean rate is subtracted.
+        window: Steps per short window (motion measure).
+        reference_size: Side of the neighbourhood whose median log rate is the reference, px (odd).
+        min_steps: Fewest steps of all recordings together.
+        motion_contrast: κ of :func:`motion_weight`.
+        min_moving_fraction: Fraction of moving pixels below which the scene counts as static.
+        chunk_frames: Frames read at a time.
+        progress: True for a progress bar, or a callable receiving each block's number of steps.
+        **load_kwargs: Passed to the readers (height, width, flipud, head, key).
+
+    Returns:
+        An :class:`FPNCalibration` with method ``'scene'``, ``confidence``, ``note`` and ``info``.
+
+    Raises:
+        SceneFPNError: A single frame, too few steps, NaN or non-0/1 spikes, frames of different shapes, no light.
+    """
+    sources = _scene_sources(recordings, load_kwargs)
+    shape = tuple(sources[0][2])
+    for name, _, frame_shape, _ in sources[1:]:
+        if tuple(frame_shape) != shape:
+            raise SceneFPNError(f'{name}: frame shape {tuple(frame_shape)} differs from the first recording\'s {shape}')
+    total = sum(frames for _, frames, _, _ in sources)
+    if total < max(min_steps, 2):
+        detail = f' in {len(sources)} recordings' if len(sources) > 1 else ''
+        raise SceneFPNError(f'recording too short: {total} steps{detail}, need {min_steps} (a scene-based FPN estimate '
+                            'needs the scene to move across the sensor meanwhile)')
+    dark = None
+    if dark_recordings:
+        dark, _ = _mean_rate(dark_recordings, load_kwargs, chunk_frames, 'dark')
+        if dark.shape != shape:
+            raise SceneFPNError(f'dark recordings are {dark.shape}, the scene recordings {shape}')
+    stats = SceneStatistics(shape, total, window=window)
+    update, bar = _progress_callback(progress, total)
+    try:
+        for name, frames, _, read in sources:
+            for start in range(0, frames, chunk_frames):
+                block = read(start, min(frames, start + chunk_frames))
+                stats.add(block, name)
+                if update is not None:
+                    update(block.shape[0])
+            stats.end_recording()
+    finally:
+        if bar is not None:
+            bar.close()
+    return estimate_fpn_from_stats(stats, dark, reference_size=reference_size, motion_contrast=motion_contrast,
+                                   min_moving_fraction=min_moving_fraction, min_steps=min_steps)
+
+
+def estimate_fpn_for_recording(recording, min_steps: int = SCENE_MIN_STEPS, progress: ProgressArg = None,
+                               **kwargs) -> FPNCalibration:
+    """``despike-infer --fpn auto``: the scene-based γ of the recording being reconstructed.
+
+    Args:
+        recording: (T, H, W) 0/1 array, a ``.dat``/``.npz`` path, or the :class:`~.io.RecordingReader` already open.
+        min_steps: Fewest steps accepted.
+        progress: As :func:`estimate_fpn_from_scene`.
+        **kwargs: Further options of :func:`estimate_fpn_from_scene` (reader options for a path).
+
+    Returns:
+        The :class:`FPNCalibration`; its ``note`` says how far to trust it (γ = 1 and a note for a static scene).
+
+    Raises:
+        SceneFPNError: ``recording too short: N steps, need M``, a single frame, NaN spikes, no light.
+    """
+    return estimate_fpn_from_scene([recording], min_steps=min_steps, progress=progress, **kwargs)
