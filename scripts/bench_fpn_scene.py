@@ -35,18 +35,19 @@ def load_despike(weights: str, device: str):
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--scenes', default='camera,coffee,rocket',
+    p.add_argument('--scenes', default=','.join(fpn_scene.BENCH_SCENES),
                    help=f'scikit-image photographs, comma separated (any of {", ".join(fpn_scene.BENCH_SCENES)})')
     p.add_argument('--dpdd-root', default='/work/shared/data/dpdd_gray768',
                    help='add its first --dpdd-count sharp val photographs when the folder exists')
-    p.add_argument('--dpdd-count', type=int, default=0)
-    p.add_argument('--height', type=int, default=96)
-    p.add_argument('--width', type=int, default=144)
+    p.add_argument('--dpdd-count', type=int, default=2)
+    p.add_argument('--height', type=int, default=128)
+    p.add_argument('--width', type=int, default=192)
     p.add_argument('--lengths', default='2000,20000')
     p.add_argument('--margin', type=int, default=48, help='how far (px) the photograph moves either way')
     p.add_argument('--speed', type=float, default=0.1, help='spread of the pan speed, px per step')
-    p.add_argument('--electrons', type=float, default=0.0,
-                   help='shot noise, photo-electrons per unit potential (0: none, 5x faster to simulate)')
+    p.add_argument('--electrons', type=float, default=500.0,
+                   help='shot noise, photo-electrons per unit potential (default 500, the evaluation camera; '
+                   '0: none, 5x faster)')
     p.add_argument('--reference-size', type=int, default=None, help='estimator neighbourhood (default: the package)')
     p.add_argument('--weights', default=osp.join(ROOT, 'despike_basicsr', 'weights', 'despike_general.pth'))
     p.add_argument('--no-despike', action='store_true', help='TFP only (no torch)')

@@ -14,7 +14,7 @@ import numpy as np
 from despike_basicsr.errors import DespikeUserError, run_cli
 
 from .camera import sample_fpn, simulate
-from .fpn import calibrate_fpn, save_fpn
+from .fpn import SCENE_MIN_STEPS, SCENE_REFERENCE_SIZE, calibrate_fpn, estimate_fpn_from_scene, save_fpn
 from .io import load_spikes, write_dat, write_npz
 from .images import DEFAULT_DEPTH_SCALE, read_depth, read_linear_intensity
 from .optics import ThinLens, gaussian_blur, render_depth_defocus
@@ -160,11 +160,23 @@ def reconstruct_main(argv: Optional[List[str]] = None) -> int:
 
 
 def calibrate_fpn_main(argv: Optional[List[str]] = None) -> int:
-    """``despike-calibrate-fpn``: uniform-field (and dark) recordings → an FPN calibration .npz."""
+    """``despike-calibrate-fpn``: uniform-field (and dark) recordings, or ordinary recordings of a moving scene
+    (``--from-scene``), → an FPN calibration .npz."""
     p = argparse.ArgumentParser(prog='despike-calibrate-fpn',
-                                description='Estimate per-pixel response, FPN correction γ and hot/dead pixels.')
-    p.add_argument('--uniform', nargs='+', required=True, metavar='REC', help='recordings of a uniform light field')
+                                description='Estimate per-pixel response, FPN correction γ and hot/dead pixels, from '
+                                'uniform-field recordings (--uniform) or from ordinary recordings of a moving scene '
+                                '(--from-scene).')
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument('--uniform', nargs='+', metavar='REC', help='recordings of a uniform light field')
+    source.add_argument('--from-scene', nargs='+', metavar='REC',
+                        help='ordinary recordings in which the scene moves across the sensor (no flat field needed; '
+                        'a still scene gives γ = 1 and says so)')
     p.add_argument('--dark', nargs='+', default=None, metavar='REC', help='recordings with the lens capped')
+    p.add_argument('--min-steps', type=int, default=SCENE_MIN_STEPS,
+                   help=f'--from-scene: fewest steps accepted (default {SCENE_MIN_STEPS})')
+    p.add_argument('--reference-size', type=int, default=SCENE_REFERENCE_SIZE,
+                   help=f'--from-scene: neighbourhood (px) of the local reference (default {SCENE_REFERENCE_SIZE})')
+    p.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bar')
     p.add_argument('--out', required=True, help='output calibration .npz')
     _add_reader_options(p)
     p.add_argument('--reference', default='median',
@@ -182,6 +194,14 @@ def calibrate_fpn_main(argv: Optional[List[str]] = None) -> int:
                 raise CommandError(f"--reference must be median, mean or ROW,COL, got {reference!r}") from None
             reference = (row, col)
         load_kwargs = dict(height=args.height, width=args.width, flipud=args.flipud, head=args.head, key=args.key)
+        if args.from_scene:
+            calib = estimate_fpn_from_scene(args.from_scene, args.dark, reference_size=args.reference_size,
+                                            min_steps=args.min_steps, progress=args.progress, **load_kwargs)
+            save_fpn(args.out, calib)
+            spread = float(np.std(np.log(calib.gamma[calib.confidence > 0]))) if np.any(calib.confidence > 0) else 0.0
+            print(f'wrote {args.out}: {calib.gamma.shape[0]}x{calib.gamma.shape[1]} pixels, γ spread {spread:.2%}, '
+                  f'{int(calib.bad.sum())} hot/dead pixels; {calib.note}')
+            return 0
         calib = calibrate_fpn(args.uniform, args.dark, reference=reference, **load_kwargs)
         save_fpn(args.out, calib)
         good = ~calib.bad

@@ -491,14 +491,14 @@ def estimate_fpn_from_stats(stats: SceneStatistics,
     if stats.steps < max(min_steps, 1):
         raise SceneFPNError(f'recording too short: {stats.steps} steps, need {min_steps} (a scene-based FPN '
                             'estimate needs the scene to move across the sensor meanwhile)')
+    if not np.any(stats.count):
+        raise SceneFPNError(f'no spikes in {stats.steps} steps: a scene-based FPN estimate needs light')
     if stats.windows < 2:
-        raise SceneFPNError(f'recording too short: {stats.windows} whole windows of {stats.window} steps, need 2')
+        raise SceneFPNError(f'recording too short: {stats.windows} whole lit windows of {stats.window} steps, need 2')
     if reference_size < 3:
         raise ValueError(f'estimate_fpn_from_stats: reference_size must be >= 3, got {reference_size}')
     dark = np.zeros(stats.shape) if dark is None else np.asarray(dark, np.float64)
     rate = stats.count / stats.steps
-    if not np.any(stats.count):
-        raise SceneFPNError(f'no spikes in {stats.steps} steps: a scene-based FPN estimate needs light')
     response = np.maximum(rate - dark, 0.5 / stats.steps)  # a pixel that never fired: half a spike
     log_rate = np.log(response)
     reference = local_log_reference(log_rate, reference_size)
