@@ -50,9 +50,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ReconstructorError as err:
         print(f'evaluate_heldout: error: {err}', file=sys.stderr)
         return 2
-    scenes = heldout.dpdd_val_scenes(args.dpdd_root) if args.dpdd_root else []
-    if not args.no_photos:
-        scenes += heldout.synthetic_depth_scenes(heldout.skimage_images(), seed=args.seed)
+    val = heldout.dpdd_val_scenes(args.dpdd_root) if args.dpdd_root else []
+    photos = [] if args.no_photos else heldout.synthetic_depth_scenes(heldout.skimage_images(), seed=args.seed)
+    scenes = val + photos
+    if not args.no_harm:
+        scenes += no_harm.in_focus_scenes(val) + no_harm.in_focus_scenes(photos)
+        scenes += no_harm.moving_scenes(val + photos, args.steps, args.seed)
     start = time.time()
 
     def despike(spikes, gamma):  # unclipped: the exposure correction comes first
@@ -60,6 +63,14 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     report = heldout.evaluate(scenes, despike, reconstructor.net.reference_rate, args.steps,
                               args.seed, progress=lambda line: print(line, flush=True))
+    harm_table = ''
+    if not args.no_harm:
+        clips = no_harm.recording_clips(args.recordings) if osp.isdir(args.recordings) else []
+        report['rows'] += no_harm.evaluate_recordings(clips, lambda s: despike(s, None))['rows']
+        report['summary'] = heldout.summarise(report['rows'])
+        report['no_harm'] = no_harm.harm_rows(report['rows'])
+        harm_table = ('\n## Do no harm: DeSpike minus the bar, fitted PSNR (dB)\n\n' +
+                      no_harm.harm_markdown(report['no_harm']))
     network = reconstructor.network_source.replace(reconstructor.weights, display_path(reconstructor.weights))
     info = dict(weights=describe_weights(reconstructor.weights), network=network, steps=args.steps,
                 seed=args.seed, levels=heldout.LIGHT_LEVELS, camera=heldout.EVAL_CAMERA,

@@ -27,6 +27,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--dpdd-root', default='../shared/data/dpdd_gray768', help='DPDD layout with val_c/')
     parser.add_argument('--every', type=int, default=500, help='score checkpoints at multiples of this iteration')
     parser.add_argument('--out', default='results/training', help='folder of curve.json / .md / .png')
+    parser.add_argument('--no-harm', action='store_true',
+                        help='skip the in-focus and moving columns (DPDD val sharp images, against TFP-192 / TFP-41)')
     args = parser.parse_args(argv)
     with open(args.opt, encoding='utf-8') as f:
         opt = yaml.safe_load(f)
@@ -37,8 +39,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     done = {e['iteration'] for e in entries}
     seconds = tc.iteration_seconds(sorted(glob.glob(osp.join(experiment, 'train_*.log'))), print_freq)
 
-    from despike_basicsr.evaluation import heldout
+    from despike_basicsr.evaluation import heldout, no_harm
     scenes = heldout.dpdd_val_scenes(args.dpdd_root)
+    harm_scenes = [] if args.no_harm else no_harm.in_focus_scenes(scenes) + no_harm.moving_scenes(scenes)
     found = []
     start = (opt.get('path') or {}).get('pretrain_network_g')
     if start and osp.isfile(start) and 0 not in done:  # where the campaign started from, as iteration 0
@@ -49,8 +52,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             found.append((int(match.group(1)), path))
     for iteration, path in sorted(found):
         hours = 0.0 if iteration == 0 else tc.cpu_hours(iteration, entries, seconds)
+        harm: List[dict] = []
         entry = {'iteration': iteration, 'cpu_hours': hours,
-                 'images': tc.score_checkpoint(path, scenes)}
+                 'images': tc.score_checkpoint(path, scenes, harm_scenes=harm_scenes, harm=harm)}
+        if harm:
+            entry['harm'] = harm
         entries.append(entry)
         tc.save_curve(json_path, name, entries)
         print(f'[curve] {name} iteration {iteration}: fit PSNR {tc.mean_of(entry, "despike", "psnr_fit"):.2f} dB, '

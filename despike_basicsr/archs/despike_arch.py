@@ -152,6 +152,31 @@ def plain_display(rates: Tensor, display_gamma: float) -> Tensor:
     return rates.clamp_min(0.0).pow(1.0 / display_gamma)
 
 
+def segment_deviations(spikes: Tensor, bound: Tuple[int, int], segments: int, gamma: Optional[Tensor],
+                       norm: Tensor) -> Tensor:
+    """Motion evidence: d_k = r̂_k − (1/n)·Σ_j r̂_j, the normalised rates of n consecutive parts of one window.
+
+    An integrate-and-fire pixel watching a still scene fires almost periodically, so its counts in equal parts of a
+    window differ by about one spike; a moving edge changes them by far more. The deviations show where, and when in
+    the window, the scene moved, which a few nested centred windows cannot.
+
+    Args:
+        spikes: ``(B, T, H, W)`` 0/1 stream.
+        bound: ``(start, end)`` of the window to split (the longest).
+        segments: n.
+        gamma: FPN factor or ``None``.
+        norm: ``(B or 1, 1, 1, 1)`` rate normalisation (the exposure ℓ, or ρ_ref).
+
+    Returns:
+        ``(B, n, H, W)`` deviations.
+    """
+    start, end = bound
+    edges = [start + round(k * (end - start) / segments) for k in range(segments + 1)]
+    parts = [(a, max(b, a + 1)) for a, b in zip(edges[:-1], edges[1:])]
+    rates = normalise_spike_count(integrate_windows(spikes, parts, gamma), parts) / norm
+    return rates - rates.mean(1, keepdim=True)
+
+
 def gated_plain_reconstruction(head: Tensor, plains: Tensor, prior: Tensor) -> Tensor:
     """Rec = Δ + Σ_k softmax_k(z + z₀)·P_k: a correction Δ on a per-pixel mix of plain reconstructions P_k.
 
@@ -295,6 +320,8 @@ class DeSpikeNet(nn.Module):
             image directly, as the paper does.
         base_prior: Logit head start z₀ of the longest base window (6: an untrained network gives 99 % of it when
             there are five windows).
+        motion_segments: n > 0 adds :func:`segment_deviations` of the longest window, split into n parts, as motion
+            evidence to every temporal scale's features (through a small zero-initialised branch); 0 (default) none.
     """
 
     def __init__(self,
@@ -319,7 +346,8 @@ class DeSpikeNet(nn.Module):
                  physical_kernels: bool = True,
                  fusion_attention: str = 'physical',
                  base_windows: Optional[Sequence[int]] = None,
-                 base_prior: float = 6.0) -> None:
+                 base_prior: float = 6.0,
+                 motion_segments: int = 0) -> None:
         super().__init__()
         windows = [int(w) for w in windows]
         if not windows or min(windows) < 1:
@@ -351,6 +379,15 @@ class DeSpikeNet(nn.Module):
         self.reference_rate = float(reference_rate)
         self.display_gamma = float(display_gamma)
         self.base_windows = base_windows
+        if motion_segments < 0:
+            raise ValueError(f'motion_segments must be >= 0, got {motion_segments}')
+        self.motion_segments = int(motion_segments)
+        if motion_segments:
+            self.motion_lift = nn.Sequential(
+                nn.PixelUnshuffle(unshuffle), nn.Conv2d(motion_segments * unshuffle**2, num_feat, 3, padding=1),
+                nn.LeakyReLU(0.1, inplace=True), nn.Conv2d(num_feat, num_feat, 1))
+            nn.init.zeros_(self.motion_lift[-1].weight)  # starts as no evidence: the features are unchanged
+            nn.init.zeros_(self.motion_lift[-1].bias)
         if base_windows:
             prior = torch.zeros(1, len(base_windows), 1, 1)
             prior[:, -1] = float(base_prior)
@@ -456,9 +493,14 @@ class DeSpikeNet(nn.Module):
             if k == 0 and self._channels_last(spikes):  # after the pixel unshuffle: every feature map channels-last
                 lifted = lifted.contiguous(memory_format=torch.channels_last)
         lifted = lifted.reshape(b, num_windows, -1, *lifted.shape[-2:])
+        motion = None
+        if self.motion_segments:
+            longest = max(centred_window_bounds(length, self.windows + self.base_windows), key=lambda p: p[1] - p[0])
+            deviations = segment_deviations(spikes, longest, self.motion_segments, gamma, norm)
+            motion = self.motion_lift(pad_to_multiple(deviations, self.size_multiple))
         grid, hidden = [], None
         for i in range(num_windows):
-            feat = lifted[:, i]
+            feat = lifted[:, i] if motion is None else lifted[:, i] + motion
             if hidden is not None:
                 feat = self.temporal_merge(torch.cat([feat, hidden], dim=1))
             pyramid = [feat]

@@ -178,7 +178,8 @@ class NaturalSpikeDataset(data.Dataset):
         self.gain_field = bool(opt.get('gain_field', False))
         self.motion_probability = float(opt.get('motion_probability', 0.0))
         if not 0.0 <= self.motion_probability <= 1.0:
-            raise ValueError(f'NaturalSpikeDataset: motion_probability must lie in [0, 1], got {self.motion_probability}')
+            raise ValueError(
+                f'NaturalSpikeDataset: motion_probability must lie in [0, 1], got {self.motion_probability}')
         self.motion_ranges = motion_ranges(opt.get('motion'))
 
     @staticmethod

@@ -27,6 +27,7 @@ import numpy as np
 from despike_basicsr.spike.camera import simulate_sensor
 from despike_basicsr.data.preparation import (display_to_linear_luminance, dpdd_pairs, fit_thin_lens,
                                               read_linear_intensity)
+from despike_basicsr.data.motion import MovingScene
 from despike_basicsr.data.scenes import synthetic_depth_map
 from despike_basicsr.inference.recording_report import to_uint8
 from despike_basicsr.spike import optics
@@ -47,12 +48,17 @@ DISPLAY_GAMMA = 2.2
 
 @dataclass
 class HeldoutScene:
-    """One held-out scene: sharp and defocused linear intensity."""
+    """One held-out scene: sharp and defocused linear intensity (``blurred`` is ``sharp`` for an in-focus scene).
+
+    A moving scene carries its :class:`~despike_basicsr.data.motion.MovingScene`: the camera then watches its frames,
+    ``sharp`` is the picture at the centre step and ``blurred`` what the camera sees then.
+    """
 
     set_name: str
     key: str
     sharp: np.ndarray
     blurred: np.ndarray
+    motion: Optional[MovingScene] = None
 
 
 def dpdd_val_scenes(dpdd_root: str, split: str = 'val') -> List[HeldoutScene]:
@@ -173,7 +179,11 @@ def reconstruct_all(scene: HeldoutScene, mean_rate: float, steps: int, seed: int
                     reference_rate: float = 0.5) -> Dict[str, np.ndarray]:
     """Every method's display-referred image of ``scene`` at one light level (raw scale, see the module doc)."""
     sensor = dict(EVAL_CAMERA, mean_rate=mean_rate)
-    spikes, gain, rate_per_unit = simulate_sensor(scene.blurred, sensor, steps, seed)
+    if scene.motion is not None:
+        spikes, gain, rate_per_unit = simulate_sensor(scene.motion.as_intensity(), sensor, steps, seed,
+                                                      reference=scene.blurred)
+    else:
+        spikes, gain, rate_per_unit = simulate_sensor(scene.blurred, sensor, steps, seed)
     gamma = (1.0 / np.maximum(gain, 1e-3)).astype(np.float32)
     images = {'defocused': to_display(scene.blurred)}
     for name, rate in (('tfp41', tfp(spikes, window=41)), ('tfp192', tfp(spikes, window=192)), ('tfi', tfi(spikes))):
@@ -483,7 +493,8 @@ def _write_outputs(out_dir: str, stem: str, title: str, report: Dict[str, Any], 
     os.makedirs(out_dir, exist_ok=True)
     paths = {name: osp.join(out_dir, f'{stem}.{name}') for name in ('json', 'md', 'png')}
     with open(paths['json'], 'w', encoding='utf-8') as f:
-        json.dump({'info': info, 'summary': report['summary'], 'rows': report['rows']}, f, indent=1)
+        extra = {'no_harm': report['no_harm']} if 'no_harm' in report else {}
+        json.dump({'info': info, 'summary': report['summary'], 'rows': report['rows'], **extra}, f, indent=1)
     with open(paths['md'], 'w', encoding='utf-8') as f:
         f.write(f'# {title}\n\n' + '\n'.join(f'- {k}: {v}' for k, v in info.items()) + '\n\n' + table)
     if image is not None:
@@ -491,10 +502,12 @@ def _write_outputs(out_dir: str, stem: str, title: str, report: Dict[str, Any], 
     return paths
 
 
-def write_results(report: Dict[str, Any], out_dir: str, info: Dict[str, Any]) -> Dict[str, str]:
-    """``heldout.json`` (rows + summary + info), ``heldout.md`` and ``heldout.png`` in ``out_dir``."""
+def write_results(report: Dict[str, Any], out_dir: str, info: Dict[str, Any], extra: str = '') -> Dict[str, str]:
+    """``heldout.json`` (rows + summary + info, and ``no_harm`` when the report has it), ``heldout.md`` (the tables,
+    then ``extra``) and ``heldout.png`` in ``out_dir``."""
     image = picture(report['_images']) if report['_images'] else None
-    return _write_outputs(out_dir, 'heldout', 'Held-out natural data', report, info, markdown(report['summary']), image)
+    return _write_outputs(out_dir, 'heldout', 'Held-out natural data', report, info,
+                          markdown(report['summary']) + extra, image)
 
 
 def write_defocus_map_results(report: Dict[str, Any], out_dir: str, info: Dict[str, Any]) -> Dict[str, str]:

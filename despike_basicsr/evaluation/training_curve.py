@@ -49,8 +49,14 @@ def cpu_hours(iteration: int, known: List[Dict[str, Any]], seconds: Dict[int, fl
 CURVE_METRICS = ('psnr', 'ssim', 'psnr_fit', 'ssim_fit', 'ssim_defocus', 'ssim_rest')
 
 
-def score_checkpoint(weights: str, scenes, steps: int = 192, seed: int = 0, mean_rate: float = 0.3) -> Dict[str, Any]:
-    """DeSpike (EMA weights of ``weights``) and the photograph on every scene: per-image PSNR/SSIM, raw and fitted."""
+def score_checkpoint(weights: str, scenes, steps: int = 192, seed: int = 0, mean_rate: float = 0.3,
+                     harm_scenes=(), harm: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """DeSpike (EMA weights of ``weights``) and the photograph on every scene: per-image PSNR/SSIM, raw and fitted.
+
+    ``harm_scenes`` (in-focus and moving sets, :mod:`.no_harm`) are scored too; DeSpike's per-image differences to
+    their bars (:func:`.no_harm.harm_rows`) are appended to ``harm`` when it is a list.
+    """
+    from despike_basicsr.evaluation import no_harm
     from despike_basicsr.evaluation import heldout
     from despike_basicsr.inference import DeSpikeReconstructor
 
@@ -59,11 +65,14 @@ def score_checkpoint(weights: str, scenes, steps: int = 192, seed: int = 0, mean
     def despike(spikes, gamma):
         return reconstructor.reconstruct(spikes, gamma, clip=False, exposure='fixed')
 
-    report = heldout.evaluate(scenes, despike, reconstructor.net.reference_rate, steps, seed,
-                                 levels={'bright': mean_rate}, keep_images=0)
+    report = heldout.evaluate(list(scenes) + list(harm_scenes), despike, reconstructor.net.reference_rate, steps,
+                              seed, levels={'bright': mean_rate}, keep_images=0)
+    if harm is not None:
+        harm += [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+                 for row in no_harm.harm_rows(report['rows']) if row['condition'] != 'defocused']
     per_image = {}
     for row in report['rows']:
-        if row['method'] in ('despike', 'defocused'):
+        if row['method'] in ('despike', 'defocused') and no_harm.condition_of(row['set']) == 'defocused':
             per_image.setdefault(row['key'], {})[row['method']] = {
                 k: round(row[k], 4) for k in CURVE_METRICS if k in row}
     return per_image
@@ -122,14 +131,30 @@ def markdown(name: str, entries: List[Dict[str, Any]]) -> str:
         f'{np.mean([photo[k]["psnr"] for k in keys]):.2f} / {np.mean([photo[k]["ssim"] for k in keys]):.3f} raw; '
         f'SSIM by region {region_cell(entries[-1], "defocused")}.', '',
         '| iteration | CPU hours | PSNR / SSIM | fit PSNR / SSIM | ' + ' | '.join(f'Δ {k}' for k in keys) +
-        ' | SSIM by region |', '| ---: | ---: | ---: | ---: |' + ' ---: |' * len(keys) + ' ---: |']
+        ' | SSIM by region | ' + ' | '.join(HARM_COLUMNS) + ' |',
+        '| ---: | ---: | ---: | ---: |' + ' ---: |' * len(keys) + ' ---: |' + ' ---: |' * len(HARM_COLUMNS)]
     for e in entries:
         hours = 'n/a' if e.get('cpu_hours') is None else f'{e["cpu_hours"]:.2f}'
         delta = ' | '.join(f'{gains(e)[k]:+.2f}' for k in keys)
         lines.append(f'| {e["iteration"]} | {hours} | {mean_of(e, "despike", "psnr"):.2f} / '
                      f'{mean_of(e, "despike", "ssim"):.3f} | {mean_of(e, "despike", "psnr_fit"):.2f} / '
-                     f'{mean_of(e, "despike", "ssim_fit"):.3f} | {delta} | {region_cell(e, "despike")} |')
+                     f'{mean_of(e, "despike", "ssim_fit"):.3f} | {delta} | {region_cell(e, "despike")} | '
+                     + ' | '.join(harm_cell(e, condition) for condition in HARM_COLUMNS.values()) + ' |')
+    if any(e.get('harm') for e in entries):
+        lines += ['', 'Do no harm: DeSpike\'s fitted PSNR minus TFP-192 on the same 4 images in focus, and minus '
+                  'TFP-41 on them moving across the sensor (`despike_basicsr/evaluation/no_harm.py`); mean, then the '
+                  'worst image.']
     return '\n'.join(lines) + '\n'
+
+
+#: The do-no-harm columns of the curve: header -> condition (:func:`.no_harm.condition_of`).
+HARM_COLUMNS = {'in focus − TFP-192 (worst)': 'in focus', 'moving − TFP-41 (worst)': 'moving'}
+
+
+def harm_cell(entry: Dict[str, Any], condition: str) -> str:
+    """``mean (worst)`` of DeSpike's differences to the bar of ``condition``, ``n/a`` when the entry has none."""
+    diffs = [h['diff'] for h in entry.get('harm', []) if h['condition'] == condition]
+    return f'{np.mean(diffs):+.2f} ({min(diffs):+.2f})' if diffs else 'n/a'
 
 
 def plot(name: str, entries: List[Dict[str, Any]], size=(760, 420)) -> np.ndarray:

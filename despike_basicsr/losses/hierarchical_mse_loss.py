@@ -18,7 +18,19 @@ def default_temporal_weights(num_temporal: int) -> List[float]:
     return [0.1 + 0.9 * i / (num_temporal - 1) for i in range(num_temporal)]
 
 
-def hierarchical_mse(grid: Sequence[Sequence[Tensor]], target: Tensor, weights: Tensor) -> Tensor:
+def log_mse(output: Tensor, target: Tensor, eps: float) -> Tensor:
+    """The decibel loss: (1/B)·Σ_b 10·log10(MSE_b + ε), MSE_b the mean squared error of sample b (−PSNR per sample).
+
+    Every sample counts by its error in decibels, so a nearly perfect sample (an in-focus, still, well-lit scene whose
+    plain average is a 45 dB image) weighs as much as a badly blurred one: its gradient is 10/(ln 10·(MSE_b + ε))
+    times that of its MSE. ε caps that weight (1e-5: 50 dB).
+    """
+    per_sample = (output - target).pow(2).flatten(1).mean(1)
+    return (10.0 * torch.log10(per_sample + eps)).mean()
+
+
+def hierarchical_mse(grid: Sequence[Sequence[Tensor]], target: Tensor, weights: Tensor,
+                     log_eps: Optional[float] = None) -> Tensor:
     """L_grid = Σ_i Σ_s β_i · w_s · MSE(grid[i][s], ↓_s GT), β_{i,s} = β_i · w_s.
 
     ↓_s resizes the ground truth to the size of the output at scale s by area averaging (box filter).
@@ -27,6 +39,7 @@ def hierarchical_mse(grid: Sequence[Sequence[Tensor]], target: Tensor, weights: 
         grid: ``grid[i][s]`` ``(B, 1, h_s, w_s)`` outputs (temporal scale i, spatial scale s).
         target: ``(B, 1, H, W)`` ground truth at full resolution.
         weights: ``(N_t, N_s)`` matrix β_{i,s}.
+        log_eps: With a value, every MSE becomes :func:`log_mse` with this ε.
 
     Returns:
         Scalar loss.
@@ -39,7 +52,8 @@ def hierarchical_mse(grid: Sequence[Sequence[Tensor]], target: Tensor, weights: 
             if size not in targets:
                 targets[size] = target if size == tuple(target.shape[-2:]) else F.interpolate(
                     target, size=size, mode='area')
-            total = total + float(weights[i, s]) * F.mse_loss(output, targets[size])
+            term = F.mse_loss(output, targets[size]) if log_eps is None else log_mse(output, targets[size], log_eps)
+            total = total + float(weights[i, s]) * term
     return total
 
 
@@ -54,13 +68,21 @@ class HierarchicalMSELoss(nn.Module):
         loss_weight: λ1, multiplies the whole sum.
         temporal_weights: β_i per temporal scale, or ``None`` for the default.
         scale_weights: w_s per spatial scale (coarsest first), or ``None`` for all ones.
+        log_per_sample: Use the decibel loss :func:`log_mse` (per-sample −PSNR) for every grid term instead of the
+            MSE, so that nearly perfect samples are not drowned by blurred ones (issue 28: in focus, do no harm).
+        log_eps: Its ε.
     """
 
     def __init__(self,
                  loss_weight: float = 1.0,
                  temporal_weights: Optional[Sequence[float]] = None,
-                 scale_weights: Optional[Sequence[float]] = None) -> None:
+                 scale_weights: Optional[Sequence[float]] = None,
+                 log_per_sample: bool = False,
+                 log_eps: float = 1e-5) -> None:
         super().__init__()
+        if log_eps <= 0:
+            raise ValueError(f'HierarchicalMSELoss: log_eps must be > 0, got {log_eps}')
+        self.log_eps = float(log_eps) if log_per_sample else None
         self.loss_weight = loss_weight
         self.temporal_weights = None if temporal_weights is None else [float(v) for v in temporal_weights]
         self.scale_weights = None if scale_weights is None else [float(v) for v in scale_weights]
@@ -90,4 +112,4 @@ class HierarchicalMSELoss(nn.Module):
             raise ValueError(f'HierarchicalMSELoss: every temporal scale needs the same number of spatial scales, got '
                              f'{sorted(num_scales)}')
         weights = self.weights_for(len(grid), num_scales.pop())
-        return self.loss_weight * hierarchical_mse(grid, target, weights)
+        return self.loss_weight * hierarchical_mse(grid, target, weights, self.log_eps)

@@ -1,0 +1,174 @@
+"""Do no harm: DeSpike where nothing needs deblurring, scored against the plain reconstruction that wins there.
+
+Three conditions beside the defocused scenes of :mod:`.heldout`:
+
+- **in focus**: the sharp photographs themselves through the camera (no blur, nothing moves). The best plain
+  reconstruction is the longest average, TFP-192; a learned reconstruction earns its place only at or above it.
+- **moving**: the sharp photographs moving across the sensor during the window (a camera pan with roll and zoom and an
+  independently moving layer, :mod:`despike_basicsr.data.motion`, fixed per scene by a seed). A long average smears;
+  the plain bar is TFP-41.
+- **recordings**: real-format spike clips of moving scenes with ground truth (``spikezoo_reds_train``: Spk2ImgNet's
+  simulation of REDS video, Spike-Zoo's ``.dat`` layout). Their ground truth is linear in the firing rate (measured:
+  TFP-41 scores 23.6 dB fitted as a rate, 21.6 through a display gamma), so every method is compared as linear
+  intensity: TFP as its rate, DeSpike's display output through the inverse gamma; PSNR/SSIM after a gain/offset fit.
+
+``scripts/evaluate_heldout.py`` runs them with the defocused sets; :func:`harm_rows` gives DeSpike's per-image
+difference to each condition's bar.
+"""
+import os
+import os.path as osp
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from despike_basicsr.data.motion import MAX_MARGIN, MotionPath, MovingScene, draw_motion, motion_ranges
+from despike_basicsr.evaluation.heldout import DISPLAY_GAMMA, HeldoutScene, photo_linear, scores
+from despike_basicsr.spike.io import read_dat
+from despike_basicsr.spike.reconstruct import tfp
+
+#: The plain reconstruction each condition's DeSpike must match or beat (``defocused``: the photograph itself).
+BARS = {'defocused': 'defocused', 'in focus': 'tfp192', 'moving': 'tfp41'}
+#: Motion of the held-out moving scenes: a visible pan (5-50 px over a 192-step window) and always a moving layer.
+EVAL_MOTION = {'speed_range': (0.03, 0.25), 'layer_probability': (1.0, ), 'layer_speed_range': (0.05, 0.3)}
+#: Side of the square crop of a moving scene (the margin of :data:`~despike_basicsr.data.motion.MAX_MARGIN` around it
+#: is rendered too).
+MOVING_SIZE = 256
+#: The TFP windows compared on real-format recordings.
+RECORDING_WINDOWS = (17, 25, 41)
+
+
+def condition_of(set_name: str) -> str:
+    """``'in focus'``, ``'moving'`` or ``'defocused'`` from a scene set's name."""
+    for condition in ('in focus', 'moving'):
+        if set_name.endswith(condition):
+            return condition
+    return 'defocused'
+
+
+def in_focus_scenes(scenes: Sequence[HeldoutScene]) -> List[HeldoutScene]:
+    """The sharp image of every scene, seen in focus (``blurred`` = ``sharp``), as set ``'<set> in focus'``."""
+    return [HeldoutScene(f'{s.set_name.split("+")[0]} in focus', s.key, s.sharp, s.sharp) for s in scenes]
+
+
+def photo_scenes(images: Dict[str, np.ndarray], max_side: int = 512, set_name: str = 'photos') -> List[HeldoutScene]:
+    """Display-referred photographs (``heldout.skimage_images``) as in-focus linear scenes."""
+    scenes = []
+    for key, image in sorted(images.items()):
+        linear = photo_linear(image, max_side).astype(np.float32)
+        scenes.append(HeldoutScene(f'{set_name} in focus', key, linear, linear))
+    return scenes
+
+
+def moving_scenes(scenes: Sequence[HeldoutScene], steps: int = 192, seed: int = 0,
+                  size: int = MOVING_SIZE) -> List[HeldoutScene]:
+    """The sharp image of every scene moving across the sensor (one fixed :class:`MotionPath` per scene and seed).
+
+    The crop is the ``size``-pixel square at the image's centre; images too small for it and its motion margin are
+    skipped.
+    """
+    ranges = motion_ranges(EVAL_MOTION)
+    moving = []
+    for index, scene in enumerate(scenes):
+        height, width = scene.sharp.shape
+        canvas = size + 2 * MAX_MARGIN
+        if height < canvas or width < canvas:
+            continue
+        y0, x0 = (height - canvas) // 2, (width - canvas) // 2
+        region = scene.sharp[y0:y0 + canvas, x0:x0 + canvas]
+        path = draw_motion(np.random.default_rng([seed, index, 7]), ranges, size, steps - steps // 2)
+        motion = MovingScene(region, region, size, path, steps // 2)
+        moving.append(HeldoutScene(f'{scene.set_name.split("+")[0]} moving', scene.key, motion.target(),
+                                   motion.reference(), motion))
+    return moving
+
+
+def describe_motion(path: MotionPath, steps: int = 192) -> str:
+    """How far a scene moves over the window, in words (for the tables)."""
+    pan = float(np.hypot(*path.velocity)) * steps
+    layer = float(np.hypot(*path.layer_velocity)) * steps if path.layer else 0.0
+    return f'pan {pan:.0f} px, layer {layer:.0f} px over {steps} steps'
+
+
+def harm_rows(rows: Sequence[Dict[str, Any]], metric: str = 'psnr_fit') -> List[Dict[str, Any]]:
+    """DeSpike's difference to its condition's bar (:data:`BARS`), per image and light level.
+
+    Returns:
+        ``[{set, condition, key, level, bar, despike, bar_value, diff}]`` for every scene DeSpike was scored on.
+    """
+    index = {(r['set'], r['key'], r['level'], r['method']): r for r in rows}
+    out = []
+    for (set_name, key, level, method), row in index.items():
+        if method != 'despike':
+            continue
+        condition = condition_of(set_name)
+        bar = index.get((set_name, key, level, BARS[condition]))
+        if bar is None:
+            continue
+        out.append(dict(set=set_name, condition=condition, key=key, level=level, bar=BARS[condition],
+                        despike=row[metric], bar_value=bar[metric], diff=row[metric] - bar[metric]))
+    return out
+
+
+def harm_markdown(harm: Sequence[Dict[str, Any]], metric: str = 'fit PSNR') -> str:
+    """A table per (set, level): DeSpike against its bar, mean, worst image and every image's difference."""
+    lines = [f'| set | level | bar | DeSpike {metric} | bar {metric} | mean diff | worst image | per image |',
+             '| --- | --- | --- | ---: | ---: | ---: | ---: | --- |']
+    groups: Dict[tuple, List[Dict[str, Any]]] = {}
+    for row in harm:
+        groups.setdefault((row['set'], row['level']), []).append(row)
+    for (set_name, level), members in groups.items():
+        diffs = [m['diff'] for m in members]
+        worst = min(members, key=lambda m: m['diff'])
+        per_image = ', '.join(f"{m['key']} {m['diff']:+.2f}" for m in members)
+        lines.append(f"| {set_name} | {level} | {members[0]['bar']} | {np.mean([m['despike'] for m in members]):.2f} | "
+                     f"{np.mean([m['bar_value'] for m in members]):.2f} | {np.mean(diffs):+.2f} | "
+                     f"{worst['diff']:+.2f} ({worst['key']}) | {per_image} |")
+    return '\n'.join(lines) + '\n'
+
+
+def recording_clips(root: str) -> List[Dict[str, str]]:
+    """``[{key, spikes, gt}]`` for every ``spike/<key>.dat`` under ``root`` with a ``gt/<key>.png``."""
+    clips = []
+    spike_dir, gt_dir = osp.join(root, 'spike'), osp.join(root, 'gt')
+    if not osp.isdir(spike_dir):
+        raise FileNotFoundError(f'{spike_dir} does not exist; expected {root}/spike/<key>.dat and {root}/gt/<key>.png')
+    for name in sorted(n for n in os.listdir(spike_dir) if n.endswith('.dat')):
+        key = osp.splitext(name)[0]
+        gt = osp.join(gt_dir, key + '.png')
+        if osp.isfile(gt):
+            clips.append(dict(key=key, spikes=osp.join(spike_dir, name), gt=gt))
+    return clips
+
+
+def evaluate_recordings(clips: Sequence[Dict[str, str]],
+                        despike: Optional[Callable[[np.ndarray], np.ndarray]],
+                        height: int = 250,
+                        width: int = 400,
+                        windows: Sequence[int] = RECORDING_WINDOWS) -> Dict[str, Any]:
+    """Score TFP at ``windows`` and DeSpike on real-format clips against their ground truth (linear, fitted).
+
+    Args:
+        clips: From :func:`recording_clips`.
+        despike: ``f(spikes (T, H, W) uint8) -> (H, W)`` display image of the frame at ``T // 2`` (unclipped), or None.
+        height, width: Frame size of the ``.dat`` files.
+        windows: TFP windows.
+
+    Returns:
+        ``{'rows': [{set, key, level, method, psnr_fit, ssim_fit, ...}]}`` with set ``'recordings moving'``.
+    """
+    rows = []
+    for clip in clips:
+        spikes = read_dat(clip['spikes'], height, width)
+        truth = cv2.imread(clip['gt'], cv2.IMREAD_GRAYSCALE)
+        if truth is None:
+            raise ValueError(f'{clip["gt"]}: not a readable image')
+        truth = truth.astype(np.float32) / 255.0
+        centre = spikes.shape[0] // 2
+        outputs = {f'tfp{w}': tfp(spikes, center=centre, window=w) for w in windows}
+        if despike is not None:
+            outputs['despike'] = np.maximum(despike(spikes), 0.0)**DISPLAY_GAMMA
+        for method, image in outputs.items():
+            rows.append(dict(set='recordings moving', key=clip['key'], level='as recorded', method=method,
+                             **scores(image, truth)))
+    return {'rows': rows}
