@@ -167,10 +167,11 @@ def calibrate_fpn(recordings: Sequence[Recording],
 
 
 def save_fpn(path: Union[str, os.PathLike], calib: FPNCalibration) -> None:
-    """Write a calibration as one ``.npz`` with keys gamma, response, dark, bad, ref (and method, note, info, plus
-    confidence where the calibration has one: scene-based estimates). Readers of the older files need only gamma."""
-    extra: Dict[str, np.ndarray] = dict(method=np.str_(calib.method), note=np.str_(calib.note),
-                                        info=np.str_(json.dumps(calib.info)))
+    """Write a calibration as one ``.npz`` with keys gamma, response, dark, bad, ref; a scene-based estimate adds
+    method, note, info and confidence (a flat field writes the five keys alone, as before; readers need only gamma)."""
+    extra: Dict[str, np.ndarray] = {}
+    if calib.method != 'flat-field' or calib.note or calib.info or calib.confidence is not None:
+        extra = dict(method=np.str_(calib.method), note=np.str_(calib.note), info=np.str_(json.dumps(calib.info)))
     if calib.confidence is not None:
         extra['confidence'] = calib.confidence.astype(np.float32)
     np.savez(path, gamma=calib.gamma.astype(np.float32), response=calib.response.astype(np.float32),
