@@ -10,6 +10,7 @@ is a bug to fix, not a message to read.
 This module imports nothing but the standard library, so the physics modules may use it.
 """
 import sys
+import warnings
 from typing import Callable, Tuple, Type
 
 #: Exit status of a command stopped by a user error (argparse uses 2 for bad arguments too).
@@ -18,6 +19,13 @@ USER_ERROR_STATUS = 2
 
 class DespikeUserError(Exception):
     """Base of the errors a user can cause and fix; the message names the input and what was expected."""
+
+
+class DespikeUserWarning(UserWarning):
+    """Something a user should know about an input that can still be used (a recording cut off mid-frame, ...).
+
+    Under :func:`run_cli` it is one line, ``PROG: warning: message``; elsewhere an ordinary Python warning.
+    """
 
 
 def user_error_message(error: BaseException) -> str:
@@ -35,11 +43,23 @@ def run_cli(prog: str, body: Callable[[], int], also: Tuple[Type[BaseException],
         also: Further exception types this command treats as user errors, for commands whose flags go straight into
             library functions that validate with plain ``ValueError`` (the physics commands).
 
+    A :class:`DespikeUserWarning` raised meanwhile prints as ``PROG: warning: message`` and the work goes on.
+
     Returns:
         ``body()``'s status, or 2 after a user error.
     """
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DespikeUserWarning):
+            print(f'{prog}: warning: {user_error_message(message)}', file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
     try:
-        return body()
+        with warnings.catch_warnings():
+            warnings.simplefilter('always', DespikeUserWarning)  # each is raised once where once is meant
+            shown = warnings.showwarning
+            warnings.showwarning = show
+            return body()
     except (DespikeUserError, OSError, *also) as error:
         print(f'{prog}: error: {user_error_message(error)}', file=sys.stderr)
         return USER_ERROR_STATUS

@@ -364,9 +364,6 @@ def test_bad_inputs_give_one_line_errors_naming_the_file(tiny, stand_in, tmp_pat
     opt, weights, _ = tiny
     good = _stream(250, 400, 40, seed=8)
     write_dat(tmp_path / 'good.dat', good)
-    with open(tmp_path / 'good.dat', 'rb') as f:
-        data = f.read()
-    (tmp_path / 'truncated.dat').write_bytes(data[:-100])
     (tmp_path / 'corrupt.pth').write_bytes(b'PK\x03\x04 this is not a checkpoint' * 10)
     torch.save({'params': nn.Conv2d(1, 4, 3).state_dict()}, tmp_path / 'other.pth')
     other_arch = tmp_path / 'other_arch.pth'
@@ -381,8 +378,6 @@ def test_bad_inputs_give_one_line_errors_naming_the_file(tiny, stand_in, tmp_pat
             str(tmp_path / 'out')
         ] + list(extra))
 
-    line = run(weights, tmp_path / 'truncated.dat')
-    assert 'truncated.dat' in line and 'not a whole number of frames' in line and '12500' in line
     line = run(weights, tmp_path / 'good.dat', '--height', '256', '--width', '256')
     assert 'good.dat' in line and 'height=256' in line
     line = run(tmp_path / 'other.pth', tmp_path / 'good.dat')
@@ -403,6 +398,47 @@ def test_bad_inputs_give_one_line_errors_naming_the_file(tiny, stand_in, tmp_pat
     line = run(weights, tmp_path / 'good.dat', '--opt', str(tmp_path / 'nope.yml'))
     assert 'nope.yml' in line
     assert not osp.exists(tmp_path / 'out' / 'despike')  # nothing was written by failed runs
+
+
+def test_a_recording_cut_off_mid_frame_is_read_to_its_last_whole_frame_with_one_warning(stand_in, tmp_path, capsys):
+    opt, weights = stand_in
+    spikes = _stream(250, 400, 40, seed=8)
+    write_dat(tmp_path / 'good.dat', spikes)
+    cut = tmp_path / 'cut.dat'
+    cut.write_bytes((tmp_path / 'good.dat').read_bytes()[:-100])  # the camera stopped 100 bytes before the end
+    argv = ['--weights', weights, '--opt', opt, '--input', str(cut), '--sliding', '8', '--quiet', '--exposure',
+            'fixed', '--out', str(tmp_path / 'out')]
+    assert main(argv) == 0
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f'despike-infer: warning: {cut}: ends in part of a frame (12400 bytes left over after 39 whole frames of '
+        '12500 bytes, height=250, width=400, head=False): a recording cut off mid-frame? Reading the 39 whole frames'
+    ]
+    written = sorted(os.listdir(tmp_path / 'out' / 'despike'))
+    assert written == [f'cut_t{c:06d}.png' for c in range(8, 32, 8)]  # centres whose 16 frames lie in frames 0-38
+    np.testing.assert_array_equal(_png(tmp_path / 'out' / 'despike' / 'cut_t000024.png'),
+                                  to_uint8(2 * spikes[16:32].mean(0)))
+
+
+def test_window_len_and_out_are_checked_like_the_other_arguments(stand_in, tmp_path, capsys):
+    opt, weights = stand_in
+    write_npz(tmp_path / 'o.npz', _stream(24, 24, 30, seed=7))
+    base = ['--weights', weights, '--opt', opt, '--input', str(tmp_path / 'o.npz'), '--quiet']
+    out = ['--out', str(tmp_path / 'out')]
+    for bad in ('0', '-3'):
+        assert _run_error(capsys, base + out + ['--window-len', bad]) == (
+            f'despike-infer: error: --window-len must be a positive number of frames, got {bad}')
+    assert main(base + out + ['--window-len', '100000']) == 0
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f'despike-infer: warning: --window-len 100000 is longer than {tmp_path / "o.npz"} (30 frames): using 30 frames'
+    ]
+    assert sorted(os.listdir(tmp_path / 'out' / 'despike')) == ['o_t000015.png']
+    a_file = tmp_path / 'notes.txt'
+    a_file.write_text('not a folder')
+    assert _run_error(capsys, base + ['--out', str(a_file)]) == (
+        f'despike-infer: error: {a_file}: is a file, not a folder; --out names the folder the images are written to')
+    assert _run_error(capsys, base + ['--out', str(a_file / 'sub')]) == (
+        f'despike-infer: error: {a_file / "sub"} (at {a_file}): is a file, not a folder; --out names the folder the '
+        'images are written to')
 
 
 def test_module_entry_runs_in_a_subprocess(tiny, tmp_path):

@@ -71,9 +71,9 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path, sharp_png, capsys):
     assert simulate_main([str(image), '--out', str(tmp_path / 'a.txt')]) == 2
     assert "extension must be one of .dat, .npz, found '.txt'" in one_line_error(capsys, 'despike-simulate')
     bad = tmp_path / 'bad.dat'
-    bad.write_bytes(bytes(12501))
+    bad.write_bytes(bytes(12499))  # less than one 250x400 frame
     assert reconstruct_main(['--method', 'tfi', '--input', str(bad), '--out', str(tmp_path / 'x.png')]) == 2
-    assert 'bad.dat: size 12501 bytes is not a whole number of frames' in one_line_error(capsys, 'despike-reconstruct')
+    assert 'bad.dat: size 12499 bytes is not a whole number of frames' in one_line_error(capsys, 'despike-reconstruct')
     with pytest.raises(SystemExit) as exc:
         reconstruct_main(['--method', 'nope', '--input', str(bad), '--out', 'x.png'])
     assert exc.value.code == 2
@@ -95,8 +95,8 @@ def test_calibrate_fpn_command(tmp_path, capsys):
                                '16', '--head', '--reference', 'corner']) == 2
     message = one_line_error(capsys, 'despike-calibrate-fpn')
     assert "--reference must be median, mean or ROW,COL, got 'corner'" in message
-    assert calibrate_fpn_main(['--uniform', str(rec), '--out', str(tmp_path / 'g.npz'), '--height', '11',
-                               '--width', '16', '--head']) == 2
+    assert calibrate_fpn_main(['--uniform', str(rec), '--out', str(tmp_path / 'g.npz'), '--height', '2000',
+                               '--width', '1000']) == 2  # less than one frame of that size
     assert 'flat.dat: size' in one_line_error(capsys, 'despike-calibrate-fpn')
 
 

@@ -77,7 +77,7 @@ def test_reference_pixel_and_files_equal_arrays(tmp_path):
     with pytest.raises(SpikeFileError, match=r'differs from the first recording'):
         calibrate_fpn([spikes, spikes[:, :5]])
     with pytest.raises(SpikeFileError, match=r'u\.dat.*not a whole number of frames'):
-        calibrate_fpn([str(path)], height=7, width=10)
+        calibrate_fpn([str(path)], height=1000, width=1000)  # less than one frame of that size
 
 
 def test_save_load_round_trip_and_validation(tmp_path):

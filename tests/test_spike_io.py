@@ -1,6 +1,7 @@
 """Spike file formats: byte-exact .dat, .npz layouts, time packing, and clear errors for bad files."""
 import os
 import tempfile
+import warnings
 
 import numpy as np
 import pytest
@@ -8,8 +9,8 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from despike_basicsr.spike.io import (RecordingReader, SpikeFileError, frame_bytes, load_spikes, pack_time, read_dat,
-                                      read_npz, unpack_time, write_dat, write_npz)
+from despike_basicsr.spike.io import (PartialFrameWarning, RecordingReader, SpikeFileError, frame_bytes, load_spikes,
+                                      pack_time, read_dat, read_npz, unpack_time, write_dat, write_npz)
 
 
 def random_stream(shape, seed=0, p=0.3):
@@ -74,8 +75,9 @@ def test_recording_reader_reads_windows_of_dat_and_npz(tmp_path):
     for reader in (RecordingReader(tmp_path / 'rec.dat', 6, 10, head=True), RecordingReader(tmp_path / 'rec.npz')):
         assert (reader.frames, reader.height, reader.width) == (12, 6, 10)
         np.testing.assert_array_equal(reader.read(3, 9), spikes[3:9])
-    with pytest.raises(SpikeFileError, match=r'rec\.dat: size .* not a whole number of frames'):
-        RecordingReader(tmp_path / 'rec.dat', 7, 10, head=True)  # the wrong frame height
+    write_dat(tmp_path / 'plain.dat', spikes)
+    with pytest.raises(SpikeFileError, match=r'plain\.dat: size .* not a whole number of frames.*head=False gives 12'):
+        RecordingReader(tmp_path / 'plain.dat', 6, 10, head=True)  # head columns the file does not have
     with pytest.raises(SpikeFileError, match=r'rec\.npz: expected height 7'):
         RecordingReader(tmp_path / 'rec.npz', height=7)
     with pytest.raises(FileNotFoundError, match='nope.dat: no such recording'):
@@ -88,7 +90,11 @@ def test_recording_reader_reads_windows_of_dat_and_npz(tmp_path):
 def test_dat_size_not_whole_frames_names_file_and_sizes(tmp_path):
     path = tmp_path / 'cut.dat'
     path.write_bytes(bytes(12500 * 2 + 7))
-    with pytest.raises(SpikeFileError, match=r'cut\.dat.*25007 bytes.*multiple of 12500.*2 frames \+ 7 bytes'):
+    with pytest.warns(PartialFrameWarning, match=r'cut\.dat: ends in part of a frame \(7 bytes left over after 2 whole '
+                      r'frames of 12500 bytes'):
+        assert read_dat(path).shape == (2, 250, 400)
+    path.write_bytes(bytes(12493))
+    with pytest.raises(SpikeFileError, match=r'cut\.dat.*12493 bytes.*multiple of 12500.*0 frames \+ 12493 bytes'):
         read_dat(path)
 
 
@@ -217,17 +223,28 @@ def test_property_npz_and_time_packing_round_trip(t, h, w, seed, layout):
 
 @SETTINGS
 @given(t=st.integers(1, 4), h=st.integers(1, 12), w=st.integers(1, 20), head=st.booleans(), data=st.data())
-def test_property_truncated_dat_always_raises(t, h, w, head, data):
+def test_property_truncated_dat_is_refused_or_read_to_its_whole_frames(t, h, w, head, data):
     nbytes = frame_bytes(h, w, head)
     cut = data.draw(st.integers(0, t * nbytes - 1))
     assume(cut % nbytes != 0 or cut == 0)
+    whole = cut // nbytes
+    spikes = random_stream((t, h, w), seed=cut)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, 's.dat')
-        write_dat(path, random_stream((t, h, w), seed=cut), head=head)
+        write_dat(path, spikes, head=head)
         with open(path, 'r+b') as f:
             f.truncate(cut)
-        with pytest.raises(SpikeFileError, match='s.dat'):
-            read_dat(path, h, w, head=head)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            try:
+                got = read_dat(path, h, w, head=head)
+            except SpikeFileError as err:  # less than a frame, or a size other reader settings fit exactly
+                assert 's.dat' in str(err) and ('not a whole number of frames' in str(err) or cut == 0)
+                return
+    assert whole >= 1  # a file shorter than one frame is always refused
+    np.testing.assert_array_equal(got, spikes[:whole])
+    assert [type(w.message) for w in caught] == [PartialFrameWarning]
+    assert f'({cut - whole * nbytes} bytes left over after {whole} whole frames' in str(caught[0].message)
 
 
 @SETTINGS
@@ -242,3 +259,24 @@ def test_property_truncated_npz_always_raises(t, h, w, data):
             f.truncate(cut)
         with pytest.raises(SpikeFileError, match='s.npz'):
             read_npz(path)
+
+
+def test_a_dat_cut_off_mid_frame_is_read_to_its_last_whole_frame_with_one_warning(tmp_path):
+    spikes = random_stream((12, 6, 10), seed=6)  # 8 bytes a frame
+    write_dat(tmp_path / 'rec.dat', spikes)
+    cut = tmp_path / 'cut.dat'
+    cut.write_bytes((tmp_path / 'rec.dat').read_bytes()[:-3])  # the camera stopped 5 bytes into the last frame
+    with pytest.warns(PartialFrameWarning) as caught:
+        reader = RecordingReader(cut, 6, 10)
+        windows = [reader.read(0, 6), reader.read(6, 11)]
+        np.testing.assert_array_equal(read_dat(cut, 6, 10), spikes[:11])
+    assert [str(w.message) for w in caught] == [
+        f'{cut}: ends in part of a frame (5 bytes left over after 11 whole frames of 8 bytes, height=6, width=10, '
+        'head=False): a recording cut off mid-frame? Reading the 11 whole frames'
+    ]
+    assert reader.frames == 11
+    np.testing.assert_array_equal(np.concatenate(windows), spikes[:11])
+    (tmp_path / 'short.dat').write_bytes(bytes(5))
+    with pytest.raises(SpikeFileError, match=r'short\.dat: size 5 bytes is not a whole number of frames: expected a '
+                       r'multiple of 8 bytes for height=6, width=10, head=False, found 0 frames \+ 5 bytes'):
+        read_dat(tmp_path / 'short.dat', 6, 10)

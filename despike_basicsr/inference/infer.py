@@ -30,6 +30,7 @@ import argparse
 import os
 import os.path as osp
 import sys
+import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import cv2
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from despike_basicsr.errors import DespikeUserError, run_cli
+from despike_basicsr.errors import DespikeUserError, DespikeUserWarning, run_cli
 from despike_basicsr.inference.defocus_map import DEFOCUS_WEIGHTS, DefocusMapEstimator, write_defocus_map
 from despike_basicsr.inference.display import FORMATS, expose, output_path, parse_exposure, write_image
 from despike_basicsr.inference.network import DEFAULT_OPT, PRETRAINED_WEIGHTS
@@ -213,6 +214,34 @@ def write_defocus_centre(out_dir: str, stem: str, centre: int, rec: RecordingRea
     write_defocus_map(osp.join(out_dir, 'defocus', f'{stem}_t{centre:06d}'), estimator.estimate_window(window, gamma))
 
 
+def check_out_folder(out: str) -> None:
+    """``--out`` must be a folder or a path where one can be made: an existing file there (or above it) is refused."""
+    path = osp.abspath(out)
+    while not osp.exists(path) and osp.dirname(path) != path:
+        path = osp.dirname(path)
+    if not osp.isdir(path):
+        where = out if path == osp.abspath(out) else f'{out} (at {path})'
+        raise InferError(f'{where}: is a file, not a folder; --out names the folder the images are written to')
+
+
+def check_window_len(window_len: Optional[int]) -> None:
+    """``--window-len``, when given, is a positive number of frames."""
+    if window_len is not None and window_len < 1:
+        raise InferError(f'--window-len must be a positive number of frames, got {window_len}')
+
+
+def fit_window_len(window_len: int, given: bool, frames: int, path: str) -> int:
+    """The window, at most the recording: a ``--window-len`` longer than the recording is clamped to it, said once
+    (a :class:`~despike_basicsr.errors.DespikeUserWarning`); the network's own default shrinks silently, as near the
+    ends of every recording (:func:`window_for_centre`)."""
+    if window_len <= frames:
+        return window_len
+    if given:
+        warnings.warn(DespikeUserWarning(f'--window-len {window_len} is longer than {path} ({frames} frames): '
+                                         f'using {frames} frames'), stacklevel=2)
+    return frames
+
+
 def load_reconstructor(args: argparse.Namespace) -> DeSpikeReconstructor:
     """The network of ``--weights`` (default: the shipped one) as :class:`DeSpikeReconstructor` builds it, after the
     flags are checked; the network's options come from ``--opt``, else
@@ -240,15 +269,20 @@ def run(args: argparse.Namespace) -> dict:
         exposure = parse_exposure(args.exposure)
     except ValueError as err:
         raise InferError(f'--exposure: {err}') from None
+    check_window_len(args.window_len)
+    check_out_folder(args.out)
     reconstructor = load_reconstructor(args)
     min_len = reconstructor.min_stream_len
-    window_len = args.window_len or int(getattr(reconstructor.net, 'frames_needed', DEFAULT_WINDOW))
+    window_len = args.window_len
+    if window_len is None:
+        window_len = int(getattr(reconstructor.net, 'frames_needed', DEFAULT_WINDOW))
     if window_len < min_len:
         raise InferError(f'--window-len {window_len} is shorter than the network\'s shortest stream ({min_len})')
 
     if not osp.isfile(args.input):
         raise InferError(f'{args.input}: no such recording (--input)')
     rec = RecordingReader(args.input, args.height, args.width, args.flipud, args.head, args.key)
+    window_len = fit_window_len(window_len, args.window_len is not None, rec.frames, args.input)
     centres = choose_centres(args, rec.frames, window_len, min_len, args.input)
     gamma = None
     if args.fpn:

@@ -9,11 +9,12 @@ stored upside down, so readers flip them back (``flipud=True``) and writers flip
 with ``length`` = T (frame ``t`` is bit ``t & 7`` of ``seq[t // 8]``), which is also :func:`pack_time`'s layout.
 """
 import os
-from typing import Optional, Tuple, Union
+import warnings
+from typing import Optional, Set, Tuple, Union
 
 import numpy as np
 
-from despike_basicsr.errors import DespikeUserError
+from despike_basicsr.errors import DespikeUserError, DespikeUserWarning
 
 from ._torch import is_tensor as _is_tensor
 
@@ -80,6 +81,23 @@ def _check_binary_stream(spikes: np.ndarray, where: str) -> np.ndarray:
     return arr.astype(np.uint8, copy=False)
 
 
+class PartialFrameWarning(DespikeUserWarning):
+    """A ``.dat`` recording ends in part of a frame (a camera or a disk stopped mid-frame); whole frames are read."""
+
+
+#: ``(file, size, frame bytes)`` already warned about, so a recording read window by window warns once.
+_PARTIAL_WARNED: Set[Tuple[str, int, int]] = set()
+
+
+def _settings_that_fit(size: int, height: int, width: int, head: bool) -> bool:
+    """Whether ``size`` is a whole number of frames with ``head`` the other way or in the default 250×400 geometry:
+    the usual wrong reader settings, which a file cut off mid-frame matches only by rare coincidence."""
+    other = [frame_bytes(height, width, not head)]
+    if (height, width) != (DEFAULT_HEIGHT, DEFAULT_WIDTH):
+        other += [frame_bytes(DEFAULT_HEIGHT, DEFAULT_WIDTH, hd) for hd in (False, True)]
+    return any(size % n == 0 for n in other)
+
+
 def _dat_size_hint(size: int, height: int, width: int, head: bool) -> str:
     """Suggest reader settings that would fit a file of ``size`` bytes (the usual cause of a size mismatch)."""
     hints = []
@@ -117,7 +135,12 @@ def read_dat(path: PathLike,
 
     Raises:
         FileNotFoundError: No file at ``path``.
-        SpikeFileError: Empty file, or a size that is not a whole number of frames of the given shape.
+        SpikeFileError: Empty file, a file shorter than one frame, or a size that is not a whole number of frames of
+            the given shape but is one with ``head`` the other way or in the default 250×400 geometry (wrong settings).
+
+    Warns:
+        PartialFrameWarning: Once per file, when it ends in part of a frame (a recording cut off mid-frame): the
+            whole frames are read and the bytes left over are named.
     """
     if height <= 0 or width <= 0:
         raise ValueError(f'{path}: height and width must be positive, got height={height}, width={width}')
@@ -127,12 +150,18 @@ def read_dat(path: PathLike,
     nbytes = frame_bytes(height, width, head)
     if size == 0:
         raise SpikeFileError(f'{path}: empty file (expected a multiple of {nbytes} bytes per {height}x{width} frame)')
-    if size % nbytes:
+    total, left_over = divmod(size, nbytes)
+    if left_over and (total == 0 or _settings_that_fit(size, height, width, head)):
         raise SpikeFileError(f'{path}: size {size} bytes is not a whole number of frames: expected a multiple of '
                              f'{nbytes} bytes for height={height}, width={width}, head={head}, found '
-                             f'{size // nbytes} frames + {size % nbytes} bytes'
+                             f'{total} frames + {left_over} bytes'
                              f'{_dat_size_hint(size, height, width, head)}')
-    total = size // nbytes
+    if left_over and (os.path.abspath(path), size, nbytes) not in _PARTIAL_WARNED:
+        _PARTIAL_WARNED.add((os.path.abspath(path), size, nbytes))
+        warnings.warn(PartialFrameWarning(
+            f'{path}: ends in part of a frame ({left_over} bytes left over after {total} whole frames of {nbytes} '
+            f'bytes, height={height}, width={width}, head={head}): a recording cut off mid-frame? Reading the '
+            f'{total} whole frames{_dat_size_hint(size, height, width, head)}'), stacklevel=2)
     start, stop = _frame_range(frames, total, path)
     data = np.memmap(path, dtype=np.uint8, mode='r', offset=start * nbytes, shape=(stop - start, nbytes))
     row = width + (HEAD_COLUMNS if head else 0)
