@@ -316,6 +316,35 @@ def test_paired_difference_stats_on_known_numbers():
         benchmarking.paired_difference_stats({'a': [1.0, 2.0]}, {'a': [1.0]})
 
 
+def test_a_difference_is_real_only_where_both_intervals_exclude_zero_on_one_side():
+    reference = {k: [20.0, 20.0] for k in 'abcd'}
+    tiles_up = {k: [21.0, 21.0] for k in 'abcd'}  # every tile +1 dB: the bootstrap interval is [+1, +1]
+    # but the whole images disagree (+3, -2, +1, +2 dB): the t-interval over the images contains 0
+    spread = benchmarking.paired_difference_stats(tiles_up, reference, {'a': 23.0, 'b': 18.0, 'c': 21.0, 'd': 22.0},
+                                                  {k: 20.0 for k in 'abcd'})
+    assert spread['bootstrap_interval'] == pytest.approx([1.0, 1.0])
+    assert spread['t_interval'][0] < 0 < spread['t_interval'][1]
+    assert spread['verdict'] == 'within noise'
+    # the other way round: the images agree (+1 each), the tiles of each image straddle 0
+    straddle = benchmarking.paired_difference_stats({k: [25.0, 17.0] for k in 'abcd'}, reference,
+                                                    {k: 21.0 for k in 'abcd'}, {k: 20.0 for k in 'abcd'})
+    assert straddle['t_interval'] == pytest.approx([1.0, 1.0])
+    assert straddle['bootstrap_interval'][0] < 0 < straddle['bootstrap_interval'][1]
+    assert straddle['verdict'] == 'within noise'
+    # both exclude 0, on opposite sides: no verdict either
+    assert benchmarking.verdict_of([0.5, 1.5], [-1.0, -0.2]) == 'within noise'
+    assert benchmarking.verdict_of([0.5, 1.5], [0.1, 0.9]) == 'higher'
+    assert benchmarking.verdict_of([-1.5, -0.5], [-0.9, -0.1]) == 'lower'
+    assert benchmarking.verdict_of([float('nan'), float('nan')], [0.1, 0.9]) == 'within noise'  # one image
+    one_image = benchmarking.paired_difference_stats({'a': [22.0, 23.0]}, {'a': [20.0, 20.0]})
+    assert one_image['bootstrap_interval'][0] > 0 and one_image['verdict'] == 'within noise'
+    table = benchmarking.differences_table({'reference': 'despike', 'tiles_per_side': 2,
+                                            'differences': {'tfp': spread}})
+    assert table[2].endswith('The verdict: "higher" / "lower": the t-interval over the images and the bootstrap '
+                             'interval over their tiles both exclude 0, on the same side; otherwise "within noise" '
+                             '(also with one image, which has no t-interval).')
+
+
 def test_benchmark_reports_paired_differences_to_the_reference(workspace, tmp_path):
     root = workspace['root']
     report = benchmarking.run_benchmark(

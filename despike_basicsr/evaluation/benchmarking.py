@@ -13,7 +13,8 @@ Differences that mean something (:func:`paired_difference_stats`): a handful of 
 compared with a reference method (``despike`` by default) image by image (paired differences of PSNR, their spread and
 a t-interval over the images) and tile by tile (PSNR on a grid of non-overlapping tiles of every image, and a
 bootstrap interval of the mean paired difference that resamples images, then tiles within them, since tiles of one
-image are not independent); a difference whose 95 % interval contains 0 is reported as within noise.
+image are not independent). A difference is called real (``higher`` / ``lower``) only where both 95 % intervals exclude
+0 on the same side (:data:`VERDICT_RULE`); otherwise it is within noise.
 
 Importing this module registers the plugin with BasicSR (:func:`despike_basicsr.register`).
 """
@@ -84,6 +85,31 @@ def tile_psnrs(result: np.ndarray, gt: np.ndarray, grid: int) -> List[float]:
     return values
 
 
+#: When a paired difference counts as real: both intervals, over the images and over their tiles, must say so.
+VERDICT_RULE = ('"higher" / "lower": the t-interval over the images and the bootstrap interval over their tiles both '
+                'exclude 0, on the same side; otherwise "within noise" (also with one image, which has no t-interval)')
+
+
+def interval_side(interval: Sequence[float]) -> Optional[str]:
+    """``'higher'`` when a finite interval lies above 0, ``'lower'`` below 0, else ``None``."""
+    low, high = interval
+    if np.isfinite(low) and low > 0:
+        return 'higher'
+    if np.isfinite(high) and high < 0:
+        return 'lower'
+    return None
+
+
+def verdict_of(t_interval: Sequence[float], bootstrap_interval: Sequence[float]) -> str:
+    """:data:`VERDICT_RULE`: the side both intervals exclude 0 on, else ``'within noise'``.
+
+    The image-level t-interval and the tile bootstrap answer one question two ways (few images, Student's t; many
+    tiles, resampled images first); a difference one of them cannot tell from 0 is not called real.
+    """
+    side = interval_side(t_interval)
+    return side if side is not None and side == interval_side(bootstrap_interval) else 'within noise'
+
+
 def paired_difference_stats(scores: Dict[str, Sequence[float]],
                             reference: Dict[str, Sequence[float]],
                             image_scores: Optional[Dict[str, float]] = None,
@@ -111,8 +137,8 @@ def paired_difference_stats(scores: Dict[str, Sequence[float]],
 
     Returns:
         ``{'images', 'per_image', 'mean', 'sd', 't_interval', 'tiles', 'tile_mean', 'bootstrap_interval',
-        'verdict'}``; ``verdict`` is ``'higher'`` / ``'lower'`` when the bootstrap interval (or, without tiles
-        beyond one per image, the t-interval) excludes 0, else ``'within noise'``.
+        'verdict'}``; ``verdict`` is ``'higher'`` / ``'lower'`` when the t-interval and the bootstrap interval both
+        exclude 0 on that side, else ``'within noise'`` (:func:`verdict_of`, :data:`VERDICT_RULE`).
 
     Raises:
         ValueError: The keys or the tile counts of the two sides differ, or there are no images.
@@ -148,13 +174,7 @@ def paired_difference_stats(scores: Dict[str, Sequence[float]],
     alpha = (1 - confidence) / 2
     boot = [float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))]
     all_tiles = np.concatenate(tiles)
-    interval = boot if all_tiles.size > n else t_interval
-    if np.isfinite(interval[0]) and interval[0] > 0:
-        verdict = 'higher'
-    elif np.isfinite(interval[1]) and interval[1] < 0:
-        verdict = 'lower'
-    else:
-        verdict = 'within noise'
+    verdict = verdict_of(t_interval, boot)
     return {
         'images': n, 'per_image': {k: float(d) for k, d in zip(keys, per_image)}, 'mean': mean, 'sd': sd,
         't_interval': t_interval, 'tiles': int(all_tiles.size), 'tile_mean': float(all_tiles.mean()),
@@ -451,7 +471,7 @@ def differences_table(report: Dict[str, Any]) -> List[str]:
              f'PSNR of each method minus {reference}\'s, image by image (Δ per image, their mean, standard deviation '
              f'and 95 % t-interval over the images), and over a {tiles}×{tiles} grid of non-overlapping tiles per '
              'image (mean of the tile differences, 95 % bootstrap interval resampling images, then tiles within '
-             'them). "within noise": the interval contains 0 (the bootstrap one when there are tiles).', '',
+             f'them). The verdict: {VERDICT_RULE}.', '',
              '| Method | Δ per image (dB) | mean Δ | sd | 95 % t-interval | tiles | tile mean Δ | 95 % bootstrap | '
              'verdict |', '|---|---|---:|---:|---|---:|---:|---|---|']
     for name, d in differences.items():
