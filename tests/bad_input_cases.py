@@ -131,8 +131,8 @@ def build_cases() -> List[Case]:
     frame = 250 * 400 // 8
     bits = np.zeros((4, 6, 10), np.uint8)
     return [
-        Case('spike file', '`.dat` whose size is not a whole number of frames',
-             lambda d: _write(d, 'cut.dat', bytes(frame * 3 + 100)), lambda p: load_spikes(p, height=250, width=400)),
+        Case('spike file', '`.dat` shorter than one frame', lambda d: _write(d, 'cut.dat', bytes(frame - 100)),
+             lambda p: load_spikes(p, height=250, width=400)),
         Case('spike file', '`.dat` read with the wrong height/width', lambda d: _write(d, 'rec.dat', bytes(frame * 2)),
              lambda p: load_spikes(p, height=256, width=400)),
         Case('spike file', 'empty `.dat`', lambda d: _write(d, 'empty.dat', b''),
@@ -164,9 +164,9 @@ def build_cases() -> List[Case]:
              check_options_file, lambda p: 'num_feats'),
         Case('options', 'unregistered `type:`', lambda d: _options(d, lambda o: _set(o, 'network_g.type', 'DeSpike')),
              check_options_file, lambda p: 'DeSpike'),
-        Case('options', 'streams shorter than the smallest window',
-             lambda d: _options(d, lambda o: _set(o, 'network_g.windows', [512])), check_options_file,
-             lambda p: 'windows'),
+        Case('options', 'streams shorter than DeSpikeNet reads',
+             lambda d: _options(d, lambda o: _set(o, 'datasets.train.temporal_len', [4, 32])), check_options_file,
+             lambda p: 'temporal_len'),
         Case('calibration', 'FPN file of the wrong shape', lambda d: _fpn(d, np.ones((10, 10), np.float32)),
              lambda p: _load_fpn(p, (250, 400))),
         Case('calibration', 'FPN file with zeros', lambda d: _fpn(d, np.zeros((250, 400), np.float32)),

@@ -252,3 +252,26 @@ def test_the_protocol_budget_check_can_fail(tmp_path):
     changed.write_text(text.replace('total_iter: 1200', 'total_iter: 2400').replace('manual_seed: 2026',
                                                                                     'manual_seed: 1'))
     assert _protocol_differences(str(changed), reference) == ['manual_seed', 'train.total_iter']
+
+
+def test_despike_streams_need_only_be_as_long_as_despikenet_reads():
+    """DeSpikeNet clips its windows to the stream down to min(8, smallest window) steps; the check asks no more."""
+    opt = load_options_file(osp.join(OPTIONS_DIR, 'train_despike_demo.yml'))
+    train = opt['datasets']['train']
+    train['temporal_len'] = [8, 32]  # shorter than every window [64, 128, 192]: read with the windows clipped
+    opt['datasets']['val']['val_len'] = 16
+    check_options(opt, 'demo.yml')
+    train['temporal_len'] = [7, 32]
+    with pytest.raises(OptionsError) as err:
+        check_options(opt, 'demo.yml')
+    assert str(err.value) == ('demo.yml: datasets.train.temporal_len: streams of 7 steps are shorter than DeSpikeNet '
+                              'reads: at least 8 steps, min(8, the smallest of network_g.windows = [64, 128, 192]); '
+                              'lengthen the streams')
+    train['temporal_len'] = [8, 32]
+    opt['network_g']['windows'] = [4, 64]  # a window shorter than 8 steps lowers the floor to it
+    opt['datasets']['val']['val_len'] = 3
+    with pytest.raises(OptionsError, match=r'^demo\.yml: datasets\.val\.val_len: streams of 3 steps are shorter than '
+                       r'DeSpikeNet reads: at least 4 steps'):
+        check_options(opt, 'demo.yml')
+    opt['network_g'] = {'type': 'GKMNet'}  # no windows: nothing to check
+    check_options(opt, 'demo.yml')

@@ -3,7 +3,7 @@
 BasicSR silently ignores unknown keys and fails late (at the first iteration, or at the first validation hours later)
 on wrong types. :func:`check_options` looks at the parts of the file this plugin understands: top-level keys, the
 registered ``type:`` names (model, networks, datasets, losses, metrics), the keyword arguments each network and loss
-accepts, the types of the numbers the trainer uses, and whether the temporal windows fit the streams the data gives.
+accepts, the types of the numbers the trainer uses, and whether DeSpikeNet reads the streams the data gives.
 """
 import difflib
 import inspect
@@ -140,11 +140,19 @@ def _check_acceleration(source: str, train_opt: Dict[str, Any]) -> None:
 
 
 def _check_windows_fit(where: str, network_opt: Dict[str, Any], dataset_opt: Dict[str, Any]) -> None:
-    """The shortest stream a dataset hands the network must cover the network's smallest integration window."""
-    windows = network_opt.get('windows')
-    if not windows:
+    """The shortest stream a dataset hands DeSpikeNet must be one it reads.
+
+    DeSpikeNet clips every window to the stream, down to ``min(MIN_STREAM_LEN, smallest window)`` steps
+    (:data:`~despike_basicsr.archs.despike_arch.MIN_STREAM_LEN`, 8); this is the same bound, checked before training
+    starts. Other networks with windows (DefocusMapNet) clip them down to one frame and read any stream.
+    """
+    if network_opt.get('type') != 'DeSpikeNet':
         return
-    smallest = min(windows)
+    from despike_basicsr.archs.despike_arch import MIN_STREAM_LEN, PAPER_WINDOWS
+    windows = network_opt.get('windows') or list(PAPER_WINDOWS)
+    if not isinstance(windows, (list, tuple)) or not all(isinstance(w, int) for w in windows):
+        return  # DeSpikeNet itself names a malformed windows list when it is built
+    shortest = min(MIN_STREAM_LEN, min(windows))
     lengths = []
     if dataset_opt.get('temporal_len'):
         temporal_len = dataset_opt['temporal_len']
@@ -152,11 +160,10 @@ def _check_windows_fit(where: str, network_opt: Dict[str, Any], dataset_opt: Dic
     if dataset_opt.get('val_len'):
         lengths.append(('val_len', dataset_opt['val_len']))
     for key, length in lengths:
-        if length < smallest:
-            raise OptionsError(f'{where}.{key}: streams of {length} steps are shorter than the smallest integration '
-                               f'window network_g.windows = {list(windows)} ({smallest}); lengthen the streams or '
-                               'shorten the windows (windows longer than a stream are clipped, but the smallest one '
-                               'must fit)')
+        if isinstance(length, int) and length < shortest:
+            raise OptionsError(f'{where}.{key}: streams of {length} steps are shorter than DeSpikeNet reads: at least '
+                               f'{shortest} steps, min({MIN_STREAM_LEN}, the smallest of network_g.windows = '
+                               f'{list(windows)}); lengthen the streams')
 
 
 def check_options_file(path: str, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
