@@ -24,7 +24,7 @@ def load_despike(weights: str, device: str):
     try:
         from despike_basicsr.inference.reconstructor import DeSpikeReconstructor
     except ImportError:  # before the inference/ package existed
-        from despike_basicsr.reconstructor import DeSpikeReconstructor
+        from despike_basicsr.inference import DeSpikeReconstructor
     reconstructor = DeSpikeReconstructor(weights, device=device)
 
     def despike(spikes: np.ndarray, gamma: np.ndarray) -> np.ndarray:
