@@ -24,6 +24,23 @@ def write_pairs(folder: str, count: int = 8, size: int = 24) -> None:
         cv2.imwrite(osp.join(folder, 'lq', f'{i:03d}.png'), lq)
 
 
+def write_dpdd_tree(root, height: int, width: int, count: int, seed: int) -> None:
+    """A DPDD-layout folder ``{train,val}_c/{source,target}`` of ``count`` generated scenes per split; the source is the
+    target blurred by a Gaussian of σ 2 px (display values)."""
+    import cv2
+    import numpy as np
+
+    from despike_basicsr.data.scenes import generate_scene
+    for split in ('train', 'val'):
+        for folder in ('source', 'target'):
+            (root / f'{split}_c' / folder).mkdir(parents=True)
+        for i in range(count):
+            intensity, _ = generate_scene(height, width, seed + i + (10 if split == 'val' else 0))
+            display = (np.power(intensity, 1 / 2.2) * 255).round().astype(np.uint8)
+            cv2.imwrite(str(root / f'{split}_c' / 'target' / f'p{i}.png'), display)
+            cv2.imwrite(str(root / f'{split}_c' / 'source' / f'p{i}.png'), cv2.GaussianBlur(display, (0, 0), 2.0))
+
+
 def tiny_options(tmp_path, name: str, total_iter: int, image_size: int = 24, num_pairs: int = 8, **overrides) -> str:
     """Options for a tiny SRModel run on generated pairs; ``overrides`` maps dotted keys (``'train.total_iter'``)."""
     data = str(tmp_path / f'pairs{image_size}x{num_pairs}')

@@ -1,9 +1,9 @@
 """NaturalSpikeDataset (natural images, a new camera per draw), the exposure-normalised network, the held-out
 evaluation and the reconstruction API, on small data the tests make."""
-import cv2
 import numpy as np
 import pytest
 import torch
+from pipeline_helpers import write_dpdd_tree
 
 from despike_basicsr.archs.despike_arch import DeSpikeNet, display_scale, exposure_level
 from despike_basicsr.data.natural_spike_dataset import DEFAULT_RANGES, NaturalSpikeDataset, draw_sensor
@@ -17,14 +17,7 @@ TINY = dict(num_feat=8, windows=[16, 32], num_kernels=3, kernel_size=5, num_scal
 @pytest.fixture(scope='module')
 def dpdd_root(tmp_path_factory):
     root = tmp_path_factory.mktemp('natural')
-    for split in ('train', 'val'):
-        for folder in ('source', 'target'):
-            (root / f'{split}_c' / folder).mkdir(parents=True)
-        for i in range(2):
-            intensity, _ = generate_scene(SIZE, SIZE + 16, 70 + i + (10 if split == 'val' else 0))
-            display = (np.power(intensity, 1 / 2.2) * 255).round().astype(np.uint8)
-            cv2.imwrite(str(root / f'{split}_c' / 'target' / f'p{i}.png'), display)
-            cv2.imwrite(str(root / f'{split}_c' / 'source' / f'p{i}.png'), cv2.GaussianBlur(display, (0, 0), 2.0))
+    write_dpdd_tree(root, SIZE, SIZE + 16, count=2, seed=70)
     return root
 
 

@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from pipeline_helpers import write_dpdd_tree
 
 from despike_basicsr.archs.despike_arch import DeSpikeNet, gated_plain_reconstruction, plain_display
 from despike_basicsr.data.motion import DEFAULT_MOTION, MotionPath, MovingScene, draw_motion, motion_ranges
@@ -143,14 +144,7 @@ def test_scoring_holdout_is_a_fixed_fifth():
 @pytest.fixture(scope='module')
 def dpdd_root(tmp_path_factory):
     root = tmp_path_factory.mktemp('noharm')
-    for split in ('train', 'val'):
-        for folder in ('source', 'target'):
-            (root / f'{split}_c' / folder).mkdir(parents=True)
-        for i in range(5):
-            intensity, _ = generate_scene(SIZE + 100, SIZE + 110, 40 + i + (10 if split == 'val' else 0))
-            display = (np.power(intensity, 1 / 2.2) * 255).round().astype(np.uint8)
-            cv2.imwrite(str(root / f'{split}_c' / 'target' / f'p{i}.png'), display)
-            cv2.imwrite(str(root / f'{split}_c' / 'source' / f'p{i}.png'), cv2.GaussianBlur(display, (0, 0), 2.0))
+    write_dpdd_tree(root, SIZE + 100, SIZE + 110, count=5, seed=40)
     return root
 
 
