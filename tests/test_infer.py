@@ -461,3 +461,23 @@ def test_input_alone_uses_the_shipped_weights(tmp_path):
     assert main(['--input', str(tmp_path / 'rec.dat'), '--out', str(tmp_path / 'out'), '--quiet']) == 0
     image = _png(tmp_path / 'out' / 'despike' / 'rec_t000100.png')
     assert image.shape == (250, 400) and 10 < image.mean() < 245
+
+
+def test_fpn_auto_estimates_gamma_from_the_recording_or_says_why_not(stand_in, tmp_path, capsys):
+    from despike_basicsr.spike import fpn_scene
+    from despike_basicsr.spike.camera import sample_fpn
+    from despike_basicsr.spike.io import unpack_time
+    opt, weights = stand_in
+    shape, steps, margin = (48, 72), 1500, 24
+    gain, _ = sample_fpn(shape, gain_std=0.05, seed=3)
+    camera = dict(fpn_scene.BENCH_CAMERA, electrons=0.0)
+    source = fpn_scene.fit_source(fpn_scene.skimage_scene('camera'), shape, margin)
+    spikes = unpack_time(fpn_scene.simulate_moving(source, shape, steps, 0.3, gain, camera, 0, margin), steps)
+    write_dat(tmp_path / 'long.dat', spikes)
+    base = ['--weights', weights, '--opt', opt, '--height', '48', '--width', '72', '--quiet', '--fpn', 'auto']
+    assert main(base + ['--input', str(tmp_path / 'long.dat'), '--out', str(tmp_path / 'out')]) == 0
+    assert 'despike-infer: --fpn auto: scene-based estimate from 1500 steps' in capsys.readouterr().err
+    write_dat(tmp_path / 'short.dat', spikes[:300])
+    line = _run_error(capsys, base + ['--input', str(tmp_path / 'short.dat'), '--out', str(tmp_path / 'out2')])
+    assert line == ('despike-infer: error: --fpn auto: recording too short: 300 steps, need 1000 (a scene-based FPN '
+                    'estimate needs the scene to move across the sensor meanwhile)')

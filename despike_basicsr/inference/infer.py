@@ -46,7 +46,7 @@ from despike_basicsr.inference.reconstructor import DeSpikeReconstructor
 from despike_basicsr.inference.recording_report import (REPORT_FILES, REPORT_FOLDERS, report_centre, to_uint8,
                                                         write_report)
 from despike_basicsr.inference.tiling import count_tiles
-from despike_basicsr.spike.fpn import load_fpn
+from despike_basicsr.spike.fpn import SceneFPNError, estimate_fpn_for_recording, load_fpn
 from despike_basicsr.spike.io import DEFAULT_HEIGHT, DEFAULT_WIDTH, RecordingReader
 
 PROG = 'despike-infer'
@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
         help='.dat rows are stored upside down (default: flip them back)')
     parser.add_argument('--head', action='store_true', help='.dat rows carry the 16-column head of raw camera output')
     parser.add_argument('--key', help='.npz key (default: spk, arr_0 or seq, whichever is present)')
-    parser.add_argument('--fpn', help='FPN calibration .npz from despike-calibrate-fpn, or a bare γ map .npy (H, W)')
+    parser.add_argument('--fpn', help='FPN calibration .npz from despike-calibrate-fpn, a bare γ map .npy (H, W), or '
+                        '"auto": estimated from this recording (a moving scene, thousands of steps; docs/inference.md)')
     when = parser.add_mutually_exclusive_group()
     when.add_argument('--center', type=int, help='reconstruct this frame (default: the middle of the recording)')
     when.add_argument('--centers', help='comma-separated frames, e.g. 200,400,600')
@@ -285,7 +286,14 @@ def run(args: argparse.Namespace) -> dict:
     window_len = fit_window_len(window_len, args.window_len is not None, rec.frames, args.input)
     centres = choose_centres(args, rec.frames, window_len, min_len, args.input)
     gamma = None
-    if args.fpn:
+    if args.fpn == 'auto':
+        try:
+            calibration = estimate_fpn_for_recording(rec, progress=not args.quiet)
+        except SceneFPNError as err:
+            raise InferError(f'--fpn auto: {err}') from None
+        print(f'{PROG}: --fpn auto: {calibration.note}', file=sys.stderr)
+        gamma = torch.from_numpy(calibration.gamma.astype(np.float32))[None, None]
+    elif args.fpn:
         gamma = torch.from_numpy(load_fpn(args.fpn, (rec.height, rec.width)))[None, None]
 
     stem = osp.splitext(osp.basename(args.input))[0]
