@@ -139,7 +139,8 @@ def test_dist_params_timeout_reaches_the_process_group(tmp_path, monkeypatch):
 
     import torch.distributed as dist
 
-    from despike_basicsr import compat, entry
+    from despike_basicsr import compat
+    from despike_basicsr.training import entry
     monkeypatch.delenv(compat.DIST_TIMEOUT_ENV, raising=False)
     monkeypatch.delenv(compat.DIST_BACKEND_ENV, raising=False)
     monkeypatch.setattr('sys.argv', ['train.py'])
