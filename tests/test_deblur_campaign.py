@@ -171,7 +171,11 @@ def test_learning_curve_hours_gains_table_and_plot(tmp_path):
     assert '| 500 | 1.00 |' in table and '+0.50' in table and table.rstrip().endswith('n/a |')
     for image in entries[1]['images'].values():
         image['despike'].update(ssim_defocus=0.7, ssim_rest=0.8)
-    assert tc.markdown('run', entries).rstrip().endswith('| 0.700 / 0.800 |')
+    assert tc.markdown('run', entries).rstrip().endswith('| 0.700 / 0.800 | n/a | n/a |')  # no do-no-harm rows yet
+    entries[1]['harm'] = [dict(condition='in focus', diff=-0.25), dict(condition='in focus', diff=0.75),
+                          dict(condition='moving', diff=1.5)]
+    table = tc.markdown('run', entries)
+    assert '| 0.700 / 0.800 | +0.25 (-0.25) | +1.50 (+1.50) |' in table and 'Do no harm' in table
     image = tc.plot('run', entries)
     assert image.shape == (420, 760, 3) and image.min() == 0
     assert json.loads(open(path).read())['name'] == 'run'
