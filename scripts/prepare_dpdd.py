@@ -22,7 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--dpdd-root', required=True, help='folder holding {train,val,test}_c/{source,target}')
-    parser.add_argument('--split', choices=('train', 'val', 'test'), required=True)
+    parser.add_argument('--split', choices=('train', 'val', 'test', 'scoring'), required=True,
+                        help='scoring: the val pairs and the train split\'s scoring holdout (the protocol\'s 16)')
+    parser.add_argument('--scoring-holdout', choices=prep.SCORING_HOLDOUT_MODES, default='all',
+                        help='of the split\'s pairs: all, exclude (leave every 5th out: the protocol\'s training '
+                        'set) or only (just those)')
     prep.add_simulation_arguments(parser, default_mode='dpdd', modes=('dpdd', 'thinlens'))
     return parser
 
@@ -30,10 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     config = prep.config_from_args(args)
-    pairs = prep.dpdd_pairs(args.dpdd_root, args.split)[:args.limit]
+    if args.split == 'scoring':
+        if args.scoring_holdout != 'all':
+            raise ValueError('--split scoring is the scoring set itself; --scoring-holdout applies to train/val/test')
+        chosen = list(enumerate(prep.protocol_scoring_pairs(args.dpdd_root)))
+    else:
+        chosen = prep.select_scoring_holdout(prep.dpdd_pairs(args.dpdd_root, args.split), args.scoring_holdout)
     specs = [
-        prep.SampleSpec(prep.safe_key(i, sharp), sharp_path=sharp, blurred_path=blurred)
-        for i, (blurred, sharp) in enumerate(pairs)
+        prep.SampleSpec(prep.safe_key(i, sharp), sharp_path=sharp, blurred_path=blurred, index=i)
+        for i, (blurred, sharp) in chosen[:args.limit]
     ]
     out = prep.prepare_lmdb(specs, args.out, config, tag=args.split, overwrite=args.overwrite,
                             progress=not args.no_progress)

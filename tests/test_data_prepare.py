@@ -249,3 +249,38 @@ def test_demo_dataset_is_small_and_blurred_enough(tmp_path):
                                   load_fpn(str(tmp_path / 'demo_val.lmdb' / 'fpn.npz')))
     with pytest.raises(FileExistsError, match='demo_train.lmdb already exists'):
         main(['--out', str(tmp_path), '--num-train', '1', '--num-val', '1', '--size', '16', '--steps', '8'])
+
+
+def test_protocol_scoring_holdout_train_without_it_and_scoring_set_of_val_plus_it(tmp_path):
+    """The protocol's split (issue 29): the training LMDB leaves every 5th train pair out (same keys and streams as the
+    full LMDB for the others); the scoring LMDB holds the val pairs and exactly those held-out pairs."""
+    from pipeline_helpers import write_dpdd_tree
+
+    root = tmp_path / 'dpdd'
+    write_dpdd_tree(root, 24, 32, count=10, seed=5)  # 10 train pairs (holdout: p4 and p9), 10 val pairs
+    train_pairs = prep.dpdd_pairs(str(root), 'train')
+    held = prep.scoring_holdout(train_pairs)
+    assert [os.path.basename(s) for _, s in held] == ['p4.png', 'p9.png']
+    main = _script('prepare_dpdd').main
+    common = ['--dpdd-root', str(root), '--steps', '16', '--seed', '0', '--no-progress']
+    lmdbs = {}
+    for name, extra in (('full', ['--split', 'train']), ('train', ['--split', 'train', '--scoring-holdout', 'exclude']),
+                        ('only', ['--split', 'train', '--scoring-holdout', 'only']),
+                        ('scoring', ['--split', 'scoring'])):
+        assert main(common + extra + ['--out', str(tmp_path / f'{name}.lmdb')]) == 0
+        lmdbs[name] = SpikeLMDBReader(str(tmp_path / f'{name}.lmdb'))
+    sharp = {name: [reader.meta(k)['sharp_file'] for k in reader.keys] for name, reader in lmdbs.items()}
+    assert len(sharp['full']) == 10 and len(sharp['train']) == 8 and sharp['only'] == ['p4.png', 'p9.png']
+    assert not set(sharp['train']) & set(sharp['only']) and set(sharp['train']) | set(sharp['only']) == set(
+        sharp['full'])
+    for key in lmdbs['train'].keys:  # the kept samples are the full LMDB's, byte for byte
+        np.testing.assert_array_equal(lmdbs['train'].read_sample(key)[0], lmdbs['full'].read_sample(key)[0])
+    scoring = lmdbs['scoring']
+    assert len(scoring) == 12
+    assert len(set(scoring.keys)) == 12
+    assert sharp['scoring'] == [f'p{i}.png' for i in range(10)] + ['p4.png', 'p9.png']
+    assert all(scoring.meta(k)['T'] == 16 for k in scoring.keys)
+    with pytest.raises(ValueError, match='mode must be one of'):
+        prep.select_scoring_holdout(train_pairs, 'some')
+    with pytest.raises(ValueError, match='--split scoring is the scoring set itself'):
+        main(common + ['--split', 'scoring', '--scoring-holdout', 'only', '--out', str(tmp_path / 'x.lmdb')])

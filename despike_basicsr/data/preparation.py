@@ -328,6 +328,8 @@ class SampleSpec:
         blurred_path: Blurred image file (``dpdd`` mode).
         depth_path: Depth map file (``depth`` mode).
         loader: Alternative to files: returns ``(sharp_linear, blurred_linear or None, depth or None)``.
+        index: The sample's index in its split, mixed into its seed; default its place in the prepared list (a
+            subset of a split, :func:`select_scoring_holdout`, keeps the full split's streams by giving it).
     """
 
     key: str
@@ -335,6 +337,7 @@ class SampleSpec:
     blurred_path: Optional[str] = None
     depth_path: Optional[str] = None
     loader: Optional[Callable[[], Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]]] = None
+    index: Optional[int] = None
 
     def load(self, config: SimulationConfig) -> Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
         """Read (and rescale) the inputs as linear intensity / meters."""
@@ -395,7 +398,7 @@ def prepare_lmdb(samples: Iterable[SampleSpec],
         bar = tqdm(samples, total=total or len(samples), desc=f'{osp.basename(out)}', unit='sample',
                    disable=not progress)
         for index, spec in enumerate(bar):
-            seed = sample_seed(config.seed, tag, index)
+            seed = sample_seed(config.seed, tag, index if spec.index is None else spec.index)
             rng = np.random.default_rng(seed)
             sharp, blurred, depth = spec.load(config)
             intensity, blur_params = defocus(sharp, config, rng, blurred=blurred, depth=depth)
@@ -615,3 +618,32 @@ def scoring_holdout(pairs: Sequence[Tuple[str, str]], every: int = 5) -> List[Tu
     them (``exclude_scoring_holdout``) and every evaluation that scores them.
     """
     return list(sorted(pairs)[every - 1::every])
+
+
+#: ``--scoring-holdout`` of scripts/prepare_dpdd.py: every pair, the pairs without the scoring holdout, or only it.
+SCORING_HOLDOUT_MODES = ('all', 'exclude', 'only')
+
+
+def select_scoring_holdout(pairs: Sequence[Tuple[str, str]], mode: str = 'all') -> List[Tuple[int, Tuple[str, str]]]:
+    """``(index, pair)`` of the pairs a mode keeps, ``index`` the pair's place in ``pairs`` (so a sample keeps its key
+    and its stream seed whichever mode built the LMDB).
+
+    Args:
+        pairs: The split's pairs, in their sorted order (:func:`dpdd_pairs`).
+        mode: ``'all'``; ``'exclude'``: without :func:`scoring_holdout` (what the protocol trains on); ``'only'``: just
+            the holdout.
+
+    Raises:
+        ValueError: An unknown mode.
+    """
+    if mode not in SCORING_HOLDOUT_MODES:
+        raise ValueError(f'scoring holdout mode must be one of {", ".join(SCORING_HOLDOUT_MODES)}, got {mode!r}')
+    held = set(scoring_holdout(pairs))
+    return [(i, pair) for i, pair in enumerate(pairs)
+            if mode == 'all' or (pair in held) == (mode == 'only')]
+
+
+def protocol_scoring_pairs(root: str) -> List[Tuple[str, str]]:
+    """The DPDD protocol's scoring set: every val pair, then the train split's :func:`scoring_holdout` (4 + 12 pairs
+    for DPDD), in that order."""
+    return list(dpdd_pairs(root, 'val')) + scoring_holdout(dpdd_pairs(root, 'train'))
