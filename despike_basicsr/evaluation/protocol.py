@@ -1,0 +1,337 @@
+"""The DPDD protocol's table, accumulated row by row across sittings (issue 29).
+
+Each finished row of ``scripts/dpdd_protocol.sh`` is scored once on the scoring LMDB (the 4 val pairs and the 12
+train pairs of ``preparation.scoring_holdout``) and written to ``<results>/rows/<row>.json``: its per-image and
+per-tile scores, its weights' size and the wall and CPU seconds of its training (all runs of it, from
+``training_times.md``). The file is committed, and a row with a file is never trained or scored again. The table
+``<results>/benchmark.{json,md}`` is assembled from those files: rows without one are "still training" (with the
+newest iteration in ``experiments/<name>/training_states/`` or in the committed state against ``total_iter``) or "not
+started". A training that cannot finish in one sitting leaves its small state (weights, optimizer, iteration: the
+``training.campaign`` pair) in ``<results>/state/<name>/``, which the next sitting restores.
+
+    python -m despike_basicsr.evaluation.protocol write-row --results results/dpdd --row despike \\
+        --benchmark results/dpdd/rows/.work/despike/benchmark.json --weights experiments/X/models/net_g_latest.pth
+    python -m despike_basicsr.evaluation.protocol assemble --results results/dpdd --rows despike=options/... tfp
+"""
+import argparse
+import glob
+import json
+import os
+import os.path as osp
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from despike_basicsr.evaluation.benchmarking import paired_difference_stats
+from despike_basicsr.training import campaign
+
+#: Written into experiments/<name>/ by scripts/dpdd_protocol.sh before a training on the train LMDB without the
+#: scoring holdout; weights in a folder without it were trained before (on all 60 pairs) and count for nothing here.
+MARKER = 'trained_without_scoring_holdout'
+
+#: A committed training state above this size is not kept (the weights + optimizer of the largest networks).
+STATE_LIMIT_MB = 30.0
+
+#: The earlier 4-image protocol's method names (results/dpdd/val4/benchmark.json) under this protocol's row names.
+LEGACY_NAMES = {
+    'tfp_gkmnet': 'gkmnet_tfp', 'tfp_nrknet': 'nrknet_tfp', 'tfi_gkmnet': 'gkmnet_tfi', 'tfi_nrknet': 'nrknet_tfi',
+    'tfp_nrknet_fpn': 'nrknet_tfp_fpn',
+}
+
+
+def rows_dir(results: str) -> str:
+    """``<results>/rows``: one JSON file per finished row."""
+    return osp.join(results, 'rows')
+
+
+def state_dir(results: str, name: str) -> str:
+    """``<results>/state/<name>``: the committed state of an unfinished training."""
+    return osp.join(results, 'state', name)
+
+
+def training_seconds(times_md: str, row: str) -> Dict[str, Optional[float]]:
+    """Sum of the wall and CPU seconds of every ``train`` line of ``row`` in a ``training_times.md`` table (every run
+    of a training that took several sittings); ``None`` where the table has none."""
+    wall = cpu = 0.0
+    found = False
+    if osp.isfile(times_md):
+        with open(times_md) as handle:
+            for line in handle:
+                cells = [c.strip() for c in line.strip().strip('|').split('|')]
+                if len(cells) >= 5 and cells[0] == row and cells[1] == 'train':
+                    wall, cpu, found = wall + float(cells[3]), cpu + float(cells[4]), True
+    return {'wall_s': wall if found else None, 'cpu_s': cpu if found else None}
+
+
+def write_row(results: str, row: str, benchmark_json: str, method: Optional[str] = None,
+              weights: Optional[str] = None, times_md: Optional[str] = None) -> str:
+    """Write ``<results>/rows/<row>.json`` from a benchmark report holding the row's scores.
+
+    Args:
+        results: The level's results folder.
+        row: The row name.
+        benchmark_json: A ``scripts/benchmark.py`` report (``benchmark.json``) that scored the row.
+        method: The method's name in the report; default its only (or first) method.
+        weights: The trained weights file (its size is recorded), if any.
+        times_md: The level's ``training_times.md`` (default ``<results>/training_times.md``).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: The report lacks the method, or the method could not be scored.
+    """
+    with open(benchmark_json) as handle:
+        report = json.load(handle)
+    methods = report.get('methods', [])
+    entry = next((m for m in methods if method is None or m['name'] == method), None)
+    if entry is None or not entry.get('per_sample'):
+        raise ValueError(f'{benchmark_json} holds no scores of {method or "any method"}')
+    record = {k: v for k, v in entry.items() if not k.startswith('_')}
+    record.update({
+        'row': row,
+        'lmdb': report.get('lmdb'),
+        'num_samples': report.get('num_samples'),
+        'val_len': report.get('val_len'),
+        'device_name': report.get('device_name'),
+        'command': report.get('command'),
+        'tiles_per_side': entry.get('tiles_per_side', report.get('tiles_per_side')),
+        'weights_bytes': osp.getsize(weights) if weights and osp.isfile(weights) else None,
+        'training': training_seconds(times_md or osp.join(results, 'training_times.md'), row),
+    })
+    os.makedirs(rows_dir(results), exist_ok=True)
+    path = osp.join(rows_dir(results), f'{row}.json')
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as handle:
+        json.dump(record, handle, indent=1)
+    os.replace(tmp, path)
+    return path
+
+
+def snapshot_state(results: str, name: str, root: str = '.',
+                   limit_mb: float = STATE_LIMIT_MB) -> Tuple[Optional[int], str]:
+    """Copy the newest state and weights of ``experiments/<name>`` to ``<results>/state/<name>`` (to commit).
+
+    Returns:
+        ``(iteration or None, message)``; a pair above ``limit_mb`` is not kept (the message says so: the training
+        then resumes only where its experiments/ folder is).
+    """
+    states = osp.join(root, 'experiments', name, 'training_states')
+    newest = campaign.newest_state(states)
+    if newest is None:
+        return None, f'{name}: no training state yet'
+    iteration, state_path = newest
+    net_path = osp.join(root, 'experiments', name, 'models', f'net_g_{iteration}.pth')
+    size_mb = (osp.getsize(state_path) + osp.getsize(net_path)) / 2**20
+    if size_mb > limit_mb:
+        return None, (f'{name}: iteration {iteration} state is {size_mb:.0f} MB, over {limit_mb:.0f} MB: not '
+                      'committed (it resumes only from experiments/)')
+    target = osp.join(root, state_dir(results, name))
+    campaign._copy_pair(iteration, state_path, net_path, target, target)
+    for old in glob.glob(osp.join(target, '*')):
+        if osp.basename(old) not in (f'{iteration}.state', f'net_g_{iteration}.pth'):
+            os.remove(old)
+    return iteration, f'{name}: iteration {iteration} saved to {target} ({size_mb:.1f} MB)'
+
+
+def restore_state(results: str, name: str, root: str = '.') -> Optional[int]:
+    """Put ``<results>/state/<name>`` where ``--auto_resume`` finds it unless experiments/ has a state as new."""
+    committed = campaign.newest_state(osp.join(root, state_dir(results, name)))
+    if committed is None:
+        return None
+    iteration, state_path = committed
+    states = osp.join(root, 'experiments', name, 'training_states')
+    existing = campaign.newest_state(states)
+    if existing is not None and existing[0] >= iteration:
+        return None
+    net_path = osp.join(osp.dirname(state_path), f'net_g_{iteration}.pth')
+    campaign._copy_pair(iteration, state_path, net_path, states, osp.join(root, 'experiments', name, 'models'))
+    return iteration
+
+
+def _options(path: str) -> Tuple[str, Optional[int]]:
+    import yaml
+
+    with open(path) as handle:
+        opt = yaml.safe_load(handle)
+    return opt['name'], (opt.get('train') or {}).get('total_iter')
+
+
+def row_status(results: str, row: str, options: Optional[str], root: str = '.') -> Dict[str, Any]:
+    """``{'status': 'scored' | 'still training' | 'trained, not scored' | 'not started' | 'not scored', ...}``."""
+    path = osp.join(root, rows_dir(results), f'{row}.json')
+    if osp.isfile(path):
+        with open(path) as handle:
+            return {'status': 'scored', 'record': json.load(handle)}
+    if not options:
+        return {'status': 'not scored'}
+    name, total = _options(osp.join(root, options))
+    ours = osp.isfile(osp.join(root, 'experiments', name, MARKER))
+    if ours and osp.isfile(osp.join(root, 'experiments', name, 'models', 'net_g_latest.pth')):
+        return {'status': 'trained, not scored', 'experiment': name}
+    found = [campaign.newest_state(osp.join(root, state_dir(results, name)))]
+    if ours:
+        found.append(campaign.newest_state(osp.join(root, 'experiments', name, 'training_states')))
+    iterations = [f[0] for f in found if f is not None]
+    if iterations:
+        return {'status': 'still training', 'experiment': name, 'iteration': max(iterations), 'total_iter': total}
+    return {'status': 'not started', 'experiment': name, 'total_iter': total}
+
+
+def reading(row: str, stats: Dict[str, Any], reference: str) -> str:
+    """One sentence: ahead of, behind or within noise of the reference, with both intervals."""
+    t_low, t_high = stats['t_interval']
+    b_low, b_high = stats['bootstrap_interval']
+    numbers = (f'{stats["mean"]:+.2f} dB over {stats["images"]} images (t-interval [{t_low:+.2f}, {t_high:+.2f}], '
+               f'tile bootstrap [{b_low:+.2f}, {b_high:+.2f}])')
+    if stats['verdict'] == 'higher':
+        return f'{row} is ahead of {reference}: {numbers}, both intervals above 0.'
+    if stats['verdict'] == 'lower':
+        return f'{row} is behind {reference}: {numbers}, both intervals below 0.'
+    return f'{row} is within noise of {reference}: {numbers}, an interval holds 0.'
+
+
+def _legacy(path: Optional[str]) -> Dict[str, Dict[str, Any]]:
+    if not path or not osp.isfile(path):
+        return {}
+    with open(path) as handle:
+        report = json.load(handle)
+    return {m['name']: m for m in report.get('methods', []) if m.get('psnr') is not None}
+
+
+def assemble(results: str, rows: Sequence[Tuple[str, Optional[str]]], reference: str = 'despike',
+             legacy: Optional[str] = None, root: str = '.', seed: int = 0) -> Dict[str, Any]:
+    """The table from the row files: every row's status, scores, cost and paired difference to ``reference``.
+
+    Args:
+        results: The level's results folder (``rows/`` and ``state/`` below it).
+        rows: ``(row, options file or None)`` in table order; ``None`` for rows that need no training.
+        reference: The row every other one is compared with, image by image and tile by tile.
+        legacy: An earlier report (the 4-image protocol) whose scores are listed beside, marked as such.
+        root: Repository root.
+        seed: Bootstrap seed.
+
+    Returns:
+        ``{'results', 'reference', 'scoring_set', 'rows': [...]}``.
+    """
+    statuses = [(row, row_status(results, row, options, root)) for row, options in rows]
+    ref = next((s['record'] for r, s in statuses if r == reference and s['status'] == 'scored'), None)
+    old = _legacy(legacy and osp.join(root, legacy))
+    table = []
+    for row, status in statuses:
+        entry = {'row': row, **{k: v for k, v in status.items() if k != 'record'}}
+        record = status.get('record')
+        if record:
+            entry.update({k: record.get(k) for k in ('psnr', 'psnr_fit', 'ssim', 'lpips', 'params', 'weights_bytes',
+                                                     'training', 'num_samples', 'latency_ms_per_frame')})
+            entry['per_image'] = {k: v['psnr'] for k, v in record['per_sample'].items()}
+            if ref is not None and row != reference:
+                keys = list(ref['per_sample'])
+                if sorted(keys) == sorted(record['per_sample']):
+                    stats = paired_difference_stats(
+                        {k: record['per_sample'][k]['tile_psnr'] for k in keys},
+                        {k: ref['per_sample'][k]['tile_psnr'] for k in keys},
+                        {k: record['per_sample'][k]['psnr'] for k in keys},
+                        {k: ref['per_sample'][k]['psnr'] for k in keys}, seed=seed)
+                    entry['difference'] = stats
+                    entry['reading'] = reading(row, stats, reference)
+                else:
+                    entry['reading'] = f'{row} was scored on other images than {reference}: no paired difference.'
+        previous = old.get(LEGACY_NAMES.get(row, row)) or old.get(row)
+        if previous is not None:
+            entry['earlier_4_images'] = {'psnr': previous['psnr'], 'ssim': previous['ssim'],
+                                         'images': len(previous.get('per_sample', {}))}
+        table.append(entry)
+    return {'results': results, 'reference': reference, 'legacy': legacy,
+            'scoring_set': 'the 4 DPDD val pairs and the 12 train pairs of preparation.scoring_holdout (every 5th)',
+            'rows': table}
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    return f'{value:.{digits}f}' if isinstance(value, (int, float)) and value is not None else '–'
+
+
+def markdown(report: Dict[str, Any]) -> str:
+    """The assembled table as markdown: scores, cost, status and each row's reading."""
+    lines = [f'# DPDD protocol table ({report["results"]}), assembled from {report["results"]}/rows/', '',
+             f'Scored on {report["scoring_set"]}; no protocol row trains on them. Reference for the paired '
+             f'differences: `{report["reference"]}`. The "4 images" columns are the earlier protocol '
+             f'(`{report.get("legacy") or "none"}`: the 4 val pairs only, trained on all 60 train pairs): not '
+             'comparable with the 16-image columns.', '',
+             '| row | status | PSNR (dB) | SSIM | LPIPS | PSNR fit | parameters | weights (MB) | train wall / CPU (s) '
+             '| Δ PSNR to reference | 4 images: PSNR / SSIM |',
+             '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+    for e in report['rows']:
+        status = e['status']
+        if status == 'still training':
+            status = f'still training ({e["iteration"]} / {e.get("total_iter") or "?"} iterations)'
+        elif status == 'scored':
+            status = f'scored ({e.get("num_samples")} images)'
+        training = e.get('training') or {}
+        cost = (f'{_fmt(training.get("wall_s"), 0)} / {_fmt(training.get("cpu_s"), 0)}'
+                if training.get('wall_s') is not None else '–')
+        size = _fmt(e['weights_bytes'] / 2**20, 1) if e.get('weights_bytes') else '–'
+        diff = e.get('difference')
+        delta = f'{diff["mean"]:+.2f} ({diff["verdict"]})' if diff else '–'
+        old = e.get('earlier_4_images')
+        earlier = f'{old["psnr"]:.2f} / {old["ssim"]:.3f}' if old else '–'
+        lpips = e.get('lpips') if isinstance(e.get('lpips'), (int, float)) else None
+        lines.append(f'| {e["row"]} | {status} | {_fmt(e.get("psnr"))} | {_fmt(e.get("ssim"), 3)} | '
+                     f'{_fmt(lpips, 3)} | {_fmt(e.get("psnr_fit"))} | {e.get("params") if "params" in e else "–"} | '
+                     f'{size} | {cost} | {delta} | {earlier} |')
+    readings = [e['reading'] for e in report['rows'] if e.get('reading')]
+    if readings:
+        lines += ['', '## Readings', ''] + [f'- {r}' for r in readings]
+    return '\n'.join(lines) + '\n'
+
+
+def write_table(report: Dict[str, Any], out_dir: str, stem: str = 'benchmark') -> List[str]:
+    """Write ``OUT/STEM.json`` and ``OUT/STEM.md``; returns the paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [osp.join(out_dir, f'{stem}.json'), osp.join(out_dir, f'{stem}.md')]
+    with open(paths[0], 'w') as handle:
+        json.dump(report, handle, indent=1)
+    with open(paths[1], 'w') as handle:
+        handle.write(markdown(report))
+    return paths
+
+
+def _row_pairs(items: Sequence[str]) -> List[Tuple[str, Optional[str]]]:
+    return [(item.split('=', 1)[0], item.split('=', 1)[1] if '=' in item else None) for item in items]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command line: ``write-row``, ``assemble``, ``snapshot``, ``restore`` (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest='action', required=True)
+    row = sub.add_parser('write-row', help='write <results>/rows/<row>.json from a benchmark report')
+    row.add_argument('--results', required=True)
+    row.add_argument('--row', required=True)
+    row.add_argument('--benchmark', required=True, help='benchmark.json that scored the row')
+    row.add_argument('--method', default=None, help='its name there (default: the only method)')
+    row.add_argument('--weights', default=None)
+    table = sub.add_parser('assemble', help='assemble <results>/<name>.{json,md} from the row files')
+    table.add_argument('--results', required=True)
+    table.add_argument('--rows', nargs='+', required=True, help='ROW=OPTIONS.yml, or ROW for rows without training')
+    table.add_argument('--reference', default='despike')
+    table.add_argument('--legacy', default=None, help='earlier report listed beside (marked as such)')
+    table.add_argument('--name', default='benchmark')
+    for action in ('snapshot', 'restore'):
+        state = sub.add_parser(action, help=f'{action} the small state of an unfinished training')
+        state.add_argument('--results', required=True)
+        state.add_argument('--name', required=True, help="the experiment name (the options file's `name`)")
+    args = parser.parse_args(argv)
+    if args.action == 'write-row':
+        print(f'[protocol] wrote {write_row(args.results, args.row, args.benchmark, args.method, args.weights)}')
+    elif args.action == 'assemble':
+        report = assemble(args.results, _row_pairs(args.rows), args.reference, args.legacy)
+        print('[protocol] wrote ' + ', '.join(write_table(report, args.results, args.name)))
+    elif args.action == 'snapshot':
+        print(f'[protocol] {snapshot_state(args.results, args.name)[1]}')
+    else:
+        iteration = restore_state(args.results, args.name)
+        print(f'[protocol] {args.name}: ' + (f'restored iteration {iteration}' if iteration else 'nothing restored'))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
