@@ -14,6 +14,7 @@ from despike_basicsr.inference.display import expose
 from despike_basicsr.inference.network import PRETRAINED_WEIGHTS, ReconstructorError, load_network
 from despike_basicsr.inference.reconstructor import DeSpikeReconstructor
 from despike_basicsr.spike import camera
+from despike_basicsr.spike.reconstruct import tfp
 
 TINY = dict(type='DeSpikeNet', num_feat=8, windows=[16, 32], num_kernels=3, kernel_size=5, num_scales=2,
             num_blocks=1, num_heads=2)
@@ -125,8 +126,14 @@ def test_shipped_weights_load_without_options_and_reconstruct_exposure_invariant
     images = [reconstructor.reconstruct(stream, exposure='fixed') for stream in streams]
     ratio = float(images[0].mean() / images[1].mean())
     assert abs(ratio - 4**(1 / 2.2)) < 0.15 * 4**(1 / 2.2)
-    psnr = 10 * np.log10(1 / np.mean((images[0] - images[1] * 4**(1 / 2.2))**2))
-    assert psnr > 25
+    # each level at least as close to the scene as the plain 192-step average (fitted PSNR): the same image, up to
+    # the noise of 4x fewer spikes, and no harm done at either level
+    truth = scene**(1 / 2.2)
+    for image, stream in zip(images, streams):
+        plain = np.maximum(tfp(stream, window=192), 0.0)**(1 / 2.2)
+        despike_psnr = 10 * np.log10(1 / np.mean((evaluation.gain_offset_fit(image, truth) - truth)**2))
+        plain_psnr = 10 * np.log10(1 / np.mean((evaluation.gain_offset_fit(plain, truth) - truth)**2))
+        assert despike_psnr > plain_psnr, (despike_psnr, plain_psnr)
     shown = [reconstructor.reconstruct(stream) for stream in streams]  # auto exposure: the same brightness
     assert abs(float(shown[0].mean() / shown[1].mean()) - 1.0) < 0.05
 

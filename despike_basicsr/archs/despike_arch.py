@@ -171,7 +171,7 @@ def segment_deviations(spikes: Tensor, bound: Tuple[int, int], segments: int, ga
         ``(B, n, H, W)`` deviations.
     """
     start, end = bound
-    edges = [start + round(k * (end - start) / segments) for k in range(segments + 1)]
+    edges = [start + (k * (end - start)) // segments for k in range(segments + 1)]  # integer maths: traceable
     parts = [(a, max(b, a + 1)) for a, b in zip(edges[:-1], edges[1:])]
     rates = normalise_spike_count(integrate_windows(spikes, parts, gamma), parts) / norm
     return rates - rates.mean(1, keepdim=True)
