@@ -1,6 +1,10 @@
-"""scripts/dpdd_protocol.sh: the whole DPDD protocol in one command (issue 22), checked with --dry-run in a copy of the
-options (no data, no training): both levels, the front-end stages before the cascades that load them, DeSpike and all
-eight cascades in each table, the five ablations, the short windows, and every options file it names exists."""
+"""scripts/dpdd_protocol.sh: the whole DPDD protocol in one command (issues 22 and 29), checked with --dry-run in a copy
+of the options (no data, no training): both levels, training without the scoring holdout and scoring every row on the
+16-image scoring LMDB, the front-end stages before the cascades that load them, the issue's order, DeSpike and all
+eight cascades in each table (assembled from row files), the five ablations, the short windows, and every options file
+it names exists; then its control flow with a stand-in python: each row trained and scored once, its row file
+written, nothing trained again."""
+import json
 import os
 import re
 import shutil
@@ -23,7 +27,7 @@ def dry_run(repo_root, tmp_path_factory):
         shutil.copytree(osp.join(repo_root, 'options', folder), root / 'options' / folder)
     env = dict(os.environ, DESPIKE_VENV=sys.prefix)
     run = subprocess.run(['bash', str(root / 'scripts' / 'dpdd_protocol.sh'), '--dry-run', '--level', 'all'],
-                         cwd=str(root), env=env, capture_output=True, text=True, timeout=300)
+                         cwd=str(root), env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     return root, run.stdout
 
@@ -53,23 +57,36 @@ def test_every_level_trains_stages_first_and_every_options_file_exists(dry_run):
     bright = [osp.basename(p) for p in trained if '/dpdd_cpu/' in p]
     assert {f'train_{a}.yml' for a in ABLATIONS} <= set(bright)
     assert len(trained) == len(set(trained))
-    prepared = re.findall(r'prepare_dpdd\.py .*--out (\S+) .*--eta (\S+)', stdout)
-    assert sorted(prepared) == sorted([('datasets/dpdd_cpu/val.lmdb', '1.0'), ('datasets/dpdd_cpu/train.lmdb', '1.0'),
-                                       ('datasets/dpdd_cpu_low/val.lmdb', '0.18'),
-                                       ('datasets/dpdd_cpu_low/train.lmdb', '0.18')])
+    # the issue's order at the bright level: DeSpike, the ablations and the RSIR cascades, then TFP/TFI, Spk2ImgNet
+    assert bright.index('train_despike_wo_physical_kernels.yml') < bright.index('train_rsir_nrknet.yml') < \
+        bright.index('train_gkmnet_tfp.yml') < bright.index('train_spk2imgnet.yml')
+    prepared = re.findall(r'prepare_dpdd\.py .*--split (\S+) --out (\S+) .*--eta (\S+)', stdout)
+    assert sorted(prepared) == sorted([(split, f'datasets/{data}/{split}.lmdb', eta)
+                                       for data, eta in (('dpdd_cpu', '1.0'), ('dpdd_cpu_low', '0.18'))
+                                       for split in ('val', 'train', 'scoring')])
+    assert all('--scoring-holdout exclude' in line for line in stdout.splitlines() if '--split train' in line)
 
 
-def test_tables_hold_despike_all_eight_cascades_ablations_and_short_windows(dry_run):
+def test_every_row_is_scored_on_the_scoring_set_and_the_tables_are_assembled_from_rows(dry_run):
     _, stdout = dry_run
     runs = {(out, length): names for out, length, names in _benchmarks(stdout)}
+    assert all('/scoring.lmdb' in line for line in stdout.splitlines() if 'scripts/benchmark.py' in line)
+    assert all('--reference despike' in line for line in stdout.splitlines() if 'scripts/benchmark.py' in line)
+    tables = {}
+    for line in stdout.splitlines():
+        if 'evaluation.protocol assemble' in line:
+            results = re.search(r'--results (\S+)', line).group(1)
+            name = re.search(r'--name (\S+)', line).group(1)
+            tables[(results, name)] = [r.split('=')[0] for r in line.split('--rows ', 1)[1].split()]
     for results in ('results/dpdd', 'results/dpdd_low'):
-        names = runs[(results, 192)]
-        assert {'defocused', 'tfp', 'tfi', 'despike', 'rsir', 'spk2imgnet'} | set(CASCADES) <= set(names)
+        rows = {out.rsplit('/', 1)[1] for out, length in runs if out.startswith(f'{results}/rows/.work/')}
+        assert {'defocused', 'tfp', 'tfi', 'despike', 'rsir', 'spk2imgnet'} | set(CASCADES) <= rows
+        assert {'defocused', 'tfp', 'tfi', 'despike', 'rsir', 'spk2imgnet'} | set(CASCADES) <= set(
+            tables[(results, 'benchmark')])
         for frames in (64, 32):
             assert {'despike'} | set(CASCADES) <= set(runs[(f'{results}/short_{frames}', frames)])
-    assert runs[('results/dpdd/ablations', 192)] == ['despike'] + ABLATIONS
-    assert ('results/dpdd_low/ablations', 192) not in runs
-    assert all('--reference despike' in line for line in stdout.splitlines() if 'scripts/benchmark.py' in line)
+    assert tables[('results/dpdd', 'ablations')] == ['despike'] + ABLATIONS
+    assert ('results/dpdd_low', 'ablations') not in tables
 
 
 SHIM = r'''#!/usr/bin/env bash
@@ -91,17 +108,32 @@ with SpikeLMDBWriter(sys.argv[1]) as w:
     name=$("$real" -c "import yaml, sys; print(yaml.safe_load(open(sys.argv[1]))['name'])" "$3")
     echo "train $3" >> calls.log
     mkdir -p "experiments/$name/models" && touch "experiments/$name/models/net_g_latest.pth" ;;
-  scripts/benchmark.py) echo "benchmark $*" >> calls.log ;;
+  -m) exec "$real" "$@" ;;
+  scripts/benchmark.py)
+    echo "benchmark $*" >> calls.log
+    exec "$real" -c "import json, os, sys
+args = sys.argv[1:]
+out = args[args.index('--out-dir') + 1]
+names = [m.split(':')[0] for m in args[args.index('--methods') + 1:] if not m.startswith('--')]
+os.makedirs(out, exist_ok=True)
+tiles = {f'{i:04d}_x': {'psnr': 20.0 + i, 'ssim': 0.5, 'psnr_fit': 21.0, 'tile_psnr': [20.0 + i] * 4}
+         for i in range(16)}
+json.dump({'lmdb': args[args.index('--lmdb') + 1], 'num_samples': 16, 'methods': [
+    {'name': n, 'psnr': 25.0, 'ssim': 0.5, 'per_sample': tiles} for n in names]},
+    open(os.path.join(out, 'benchmark.json'), 'w'))" "$@" ;;
   *) echo "unexpected call: $*" >&2; exit 3 ;;
 esac
 '''
 
 
-def test_a_real_run_trains_once_records_times_and_reuses_what_is_trained(repo_root, tmp_path):
-    """The script's own control flow, with a stand-in python: order, time table, resumption, no second training."""
+def test_a_real_run_trains_and_scores_each_row_once_and_never_again(repo_root, tmp_path):
+    """The script's own control flow, with a stand-in python: order, row files, time table, no second training."""
     (tmp_path / 'scripts').mkdir()
     shutil.copy(osp.join(repo_root, 'scripts', 'dpdd_protocol.sh'), tmp_path / 'scripts')
     shutil.copytree(osp.join(repo_root, 'options', 'dpdd_cpu'), tmp_path / 'options' / 'dpdd_cpu')
+    # weights of the earlier protocol (trained on all 60 pairs): set aside and trained again
+    (tmp_path / 'experiments' / 'DPDDcpu_DeSpike' / 'models').mkdir(parents=True)
+    (tmp_path / 'experiments' / 'DPDDcpu_DeSpike' / 'models' / 'net_g_latest.pth').write_bytes(b'old')
     venv = tmp_path / 'venv' / 'bin'
     venv.mkdir(parents=True)
     (venv / 'python').write_text(SHIM.replace('REAL_PYTHON', sys.executable))
@@ -109,23 +141,32 @@ def test_a_real_run_trains_once_records_times_and_reuses_what_is_trained(repo_ro
     env = dict(os.environ, DESPIKE_VENV=str(tmp_path / 'venv'), OMP_NUM_THREADS='1',
                PYTHONPATH=repo_root + os.pathsep + os.environ.get('PYTHONPATH', ''))
     command = ['bash', str(tmp_path / 'scripts' / 'dpdd_protocol.sh'), '--level', 'bright']
-    first = subprocess.run(command, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    first = subprocess.run(command, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    assert (tmp_path / 'experiments' / 'DPDDcpu_DeSpike_before_holdout' / 'models' / 'net_g_latest.pth').is_file()
     calls = (tmp_path / 'calls.log').read_text().splitlines()
     trained = [c.split()[1] for c in calls if c.startswith('train ')]
-    # 2 stages, DeSpike, 8 cascades, the small DeSpike, TFP -> NRKNet with FPN, 5 ablations; the stages first
+    # DeSpike, 5 ablations, 2 stages, 8 cascades, the small DeSpike, TFP -> NRKNet with FPN; the stages first
     assert len(trained) == 18 == len(set(trained))
-    assert trained[:2] == ['options/dpdd_cpu/train_rsir.yml', 'options/dpdd_cpu/train_spk2imgnet.yml']
+    assert trained.index('options/dpdd_cpu/train_rsir.yml') < trained.index('options/dpdd_cpu/train_rsir_gkmnet.yml')
     prepared = [c.split()[1] for c in calls if c.startswith('prepare ')]
-    assert prepared == ['datasets/dpdd_cpu/val.lmdb', 'datasets/dpdd_cpu/train.lmdb']
-    assert sum(c.startswith('benchmark ') for c in calls) == 4  # table, ablations, 64 and 32 steps
+    assert prepared == ['datasets/dpdd_cpu/val.lmdb', 'datasets/dpdd_cpu/train.lmdb', 'datasets/dpdd_cpu/scoring.lmdb']
+    assert sum(c.startswith('benchmark ') for c in calls) == 6 + 18 + 2  # classical rows, trained rows, 64/32 steps
+    rows = sorted(p.name for p in (tmp_path / 'results' / 'dpdd' / 'rows').glob('*.json'))
+    assert len(rows) == 24 and 'despike.json' in rows and 'spk2imgnet_nrknet.json' in rows
+    record = json.loads((tmp_path / 'results' / 'dpdd' / 'rows' / 'tfp_nrknet.json').read_text())
+    assert record['training']['wall_s'] >= 0 and record['weights_bytes'] == 0 and len(record['per_sample']) == 16
+    table = json.loads((tmp_path / 'results' / 'dpdd' / 'benchmark.json').read_text())
+    assert all(e['status'] == 'scored' for e in table['rows'])
+    assert all(e['difference']['verdict'] == 'within noise' for e in table['rows'] if e['row'] != 'despike')
+    assert (tmp_path / 'results' / 'dpdd' / 'ablations.md').is_file()
     times = (tmp_path / 'results' / 'dpdd' / 'training_times.md').read_text().splitlines()
-    rows = [line.split(' | ') for line in times if line.startswith('| ') and '---' not in line][1:]
-    assert len(rows) == 22 and all(float(r[3]) >= 0 and float(r[4]) >= 0 and r[5] == '1 |' for r in rows)
-    assert [r[1] for r in rows].count('train') == 18 and [r[1] for r in rows].count('evaluate') == 4
+    steps = [line.split(' | ')[1] for line in times if line.startswith('| ') and '---' not in line][1:]
+    assert steps.count('train') == 18 and steps.count('evaluate') == 26
 
     (tmp_path / 'calls.log').unlink()
-    second = subprocess.run(command, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    shutil.rmtree(tmp_path / 'experiments')  # a fresh checkout: the committed row files are enough
+    second = subprocess.run(command, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-2000:]
-    calls = (tmp_path / 'calls.log').read_text().splitlines()
-    assert all(c.startswith('benchmark ') for c in calls) and len(calls) == 4  # nothing trained or prepared again
+    calls = (tmp_path / 'calls.log').read_text().splitlines() if (tmp_path / 'calls.log').exists() else []
+    assert not [c for c in calls if not c.startswith('prepare ')]  # nothing trained or scored again

@@ -21,7 +21,6 @@ import os.path as osp
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from despike_basicsr.evaluation.benchmarking import paired_difference_stats
 from despike_basicsr.training import campaign
 
 #: Written into experiments/<name>/ by scripts/dpdd_protocol.sh before a training on the train LMDB without the
@@ -213,6 +212,8 @@ def assemble(results: str, rows: Sequence[Tuple[str, Optional[str]]], reference:
     Returns:
         ``{'results', 'reference', 'scoring_set', 'rows': [...]}``.
     """
+    from despike_basicsr.evaluation.benchmarking import paired_difference_stats  # torch: only where it is needed
+
     statuses = [(row, row_status(results, row, options, root)) for row, options in rows]
     ref = next((s['record'] for r, s in statuses if r == reference and s['status'] == 'scored'), None)
     old = _legacy(legacy and osp.join(root, legacy))
