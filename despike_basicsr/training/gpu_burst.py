@@ -2,14 +2,14 @@
 
     python -m despike_basicsr.training.gpu_burst --out /tmp/burst --minutes 7   # scripts/gpu_train_burst.sh wraps this
 
-The campaign's recipe (``--opt``, default options/train_despike_noharm.yml, the do-no-harm campaign) runs
-through BasicSR's own trainer with a larger batch, as many data workers as the machine's cores allow (the spike simulation is CPU work), no validation,
-a constant learning rate after a short warm-up and a checkpoint every ``--save-every`` iterations. It starts from the
-campaign's committed state (``results/training/state/<name>/net_g_*.pth``, EMA weights), else from the weights the
-options name. After ``--minutes`` the trainer is stopped, and the newest checkpoint is copied to
-``<out>/net_g_burst.pth`` with ``<out>/burst.json`` (iterations, batch, device, seconds) and the log. Evaluate it on the
-CPU with ``python scripts/training_curve.py``'s scorer or ``scripts/evaluate_heldout.py --weights``, and ship it only if
-it is better.
+The campaign's recipe (``--opt``, default options/train_despike_noharm.yml, the do-no-harm campaign) runs through
+BasicSR's own trainer with a larger batch, as many data workers as the machine's cores allow (the spike simulation is
+CPU work), no validation, a constant learning rate after a short warm-up and a checkpoint every ``--save-every``
+iterations. It starts from the campaign's committed state (``results/training/state/<name>/net_g_*.pth``, EMA weights),
+else from the weights the options name. After ``--minutes`` the trainer is stopped, and the newest checkpoint is copied
+to ``<out>/net_g_burst.pth`` with ``<out>/burst.json`` (iterations, batch, device, seconds) and the log. Evaluate it on
+the CPU with ``python scripts/training_curve.py``'s scorer or ``scripts/evaluate_heldout.py --weights``, and ship it
+only if it is better.
 """
 import argparse
 import json
