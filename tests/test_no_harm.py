@@ -266,3 +266,16 @@ def test_decibel_loss_weighs_every_sample_by_its_psnr():
     assert float(grads[1] / grads[0]) > 9  # the nearly perfect sample is not drowned by the poor one
     with pytest.raises(ValueError, match='log_eps'):
         HierarchicalMSELoss(log_per_sample=True, log_eps=0)
+
+
+def test_shipped_weights_and_their_test_options_describe_the_same_network():
+    """The quick start's benchmark builds the shipped network from options/test_despike_general.yml, strictly."""
+    import yaml
+
+    from despike_basicsr.inference.network import PRETRAINED_WEIGHTS
+    stored = torch.load(PRETRAINED_WEIGHTS, map_location='cpu', weights_only=True)
+    with open('options/test_despike_general.yml', encoding='utf-8') as f:
+        options = yaml.safe_load(f)['network_g']
+    net = DeSpikeNet(**{k: v for k, v in options.items() if k != 'type'})
+    net.load_state_dict(stored['params'], strict=True)
+    assert stored['network_g']['base_windows'] == options['base_windows']
