@@ -254,6 +254,28 @@ def test_motion_evidence_starts_silent_and_separates_still_from_moving():
         DeSpikeNet(**TINY, motion_segments=-1)
 
 
+def test_noise_evidence_starts_silent_and_falls_with_the_spike_count():
+    from despike_basicsr.archs.despike_arch import count_noise_level
+    torch.manual_seed(0)
+    plain = DeSpikeNet(**TINY, base_windows=[8, 32], motion_segments=4).eval()
+    with_noise = DeSpikeNet(**TINY, base_windows=[8, 32], motion_segments=4, noise_evidence=True).eval()
+    with torch.no_grad():  # a trained network: no zero heads, so the features reach the image
+        for param in plain.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    missing = with_noise.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(key.startswith('noise_lift.') for key in missing)
+    spikes = _still_stream(np.full((16, 16), 0.3), 32)
+    with torch.no_grad():
+        assert torch.equal(plain(spikes), with_noise(spikes))
+        with_noise.noise_lift[-1].bias.fill_(0.1)  # a trained branch changes the image
+        assert not torch.equal(plain(spikes), with_noise(spikes))
+    counts = torch.zeros(1, 32, 1, 3, dtype=torch.uint8)
+    counts[:, :, 0, 1] = 1  # 32 spikes
+    counts[:, ::4, 0, 2] = 1  # 8 spikes
+    nu = count_noise_level(counts, (0, 32)).flatten().tolist()
+    assert nu == pytest.approx([1.0, 33**-0.5, 9**-0.5])
+
+
 def test_decibel_loss_weighs_every_sample_by_its_psnr():
     from despike_basicsr.losses.hierarchical_mse_loss import HierarchicalMSELoss
     loss = HierarchicalMSELoss(log_per_sample=True, temporal_weights=[1.0], log_eps=1e-8)

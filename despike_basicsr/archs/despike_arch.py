@@ -177,6 +177,24 @@ def segment_deviations(spikes: Tensor, bound: Tuple[int, int], segments: int, ga
     return rates - rates.mean(1, keepdim=True)
 
 
+def count_noise_level(spikes: Tensor, bound: Tuple[int, int]) -> Tensor:
+    """Noise evidence: ν = (1 + N)^(−1/2), N the spike count of a pixel in one window (the longest).
+
+    The plain reconstruction of that window is uncertain by about one spike in N (integrate-and-fire quantisation)
+    plus photon shot noise, so ν says how noisy it is. The rates the network sees are divided by the exposure level,
+    which removes exactly this: a well-lit texture and a dim, noisy one look alike, and without ν the network
+    smooths fine in-focus texture at any light level as if it were noise.
+
+    Args:
+        spikes: ``(B, T, H, W)`` 0/1 stream (raw counts: no FPN factor, the noise is that of the spikes counted).
+        bound: ``(start, end)`` of the window.
+
+    Returns:
+        ``(B, 1, H, W)`` ν in (0, 1].
+    """
+    return (1.0 + integrate_windows(spikes, [bound])).rsqrt()
+
+
 def gated_plain_reconstruction(head: Tensor, plains: Tensor, prior: Tensor) -> Tensor:
     """Rec = Δ + Σ_k softmax_k(z + z₀)·P_k: a correction Δ on a per-pixel mix of plain reconstructions P_k.
 
@@ -322,6 +340,9 @@ class DeSpikeNet(nn.Module):
             there are five windows).
         motion_segments: n > 0 adds :func:`segment_deviations` of the longest window, split into n parts, as motion
             evidence to every temporal scale's features (through a small zero-initialised branch); 0 (default) none.
+        noise_evidence: True adds :func:`count_noise_level` of the longest window, the noise of the plain
+            reconstruction that exposure normalisation hides, to every temporal scale's features (a small
+            zero-initialised branch); False (default) none.
     """
 
     def __init__(self,
@@ -347,7 +368,8 @@ class DeSpikeNet(nn.Module):
                  fusion_attention: str = 'physical',
                  base_windows: Optional[Sequence[int]] = None,
                  base_prior: float = 6.0,
-                 motion_segments: int = 0) -> None:
+                 motion_segments: int = 0,
+                 noise_evidence: bool = False) -> None:
         super().__init__()
         windows = [int(w) for w in windows]
         if not windows or min(windows) < 1:
@@ -388,6 +410,13 @@ class DeSpikeNet(nn.Module):
                 nn.LeakyReLU(0.1, inplace=True), nn.Conv2d(num_feat, num_feat, 1))
             nn.init.zeros_(self.motion_lift[-1].weight)  # starts as no evidence: the features are unchanged
             nn.init.zeros_(self.motion_lift[-1].bias)
+        self.noise_evidence = bool(noise_evidence)
+        if noise_evidence:
+            self.noise_lift = nn.Sequential(
+                nn.PixelUnshuffle(unshuffle), nn.Conv2d(unshuffle**2, num_feat, 3, padding=1),
+                nn.LeakyReLU(0.1, inplace=True), nn.Conv2d(num_feat, num_feat, 1))
+            nn.init.zeros_(self.noise_lift[-1].weight)  # starts as no evidence, like the motion branch
+            nn.init.zeros_(self.noise_lift[-1].bias)
         if base_windows:
             prior = torch.zeros(1, len(base_windows), 1, 1)
             prior[:, -1] = float(base_prior)
@@ -493,11 +522,14 @@ class DeSpikeNet(nn.Module):
             if k == 0 and self._channels_last(spikes):  # after the pixel unshuffle: every feature map channels-last
                 lifted = lifted.contiguous(memory_format=torch.channels_last)
         lifted = lifted.reshape(b, num_windows, -1, *lifted.shape[-2:])
-        motion = None
+        motion = None  # the evidence branches' features, added to every temporal scale's
+        longest = max(centred_window_bounds(length, self.windows + self.base_windows), key=lambda p: p[1] - p[0])
         if self.motion_segments:
-            longest = max(centred_window_bounds(length, self.windows + self.base_windows), key=lambda p: p[1] - p[0])
             deviations = segment_deviations(spikes, longest, self.motion_segments, gamma, norm)
             motion = self.motion_lift(pad_to_multiple(deviations, self.size_multiple))
+        if self.noise_evidence:
+            noise = self.noise_lift(pad_to_multiple(count_noise_level(spikes, longest), self.size_multiple))
+            motion = noise if motion is None else motion + noise
         grid, hidden = [], None
         for i in range(num_windows):
             feat = lifted[:, i] if motion is None else lifted[:, i] + motion
