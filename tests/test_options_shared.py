@@ -275,3 +275,23 @@ def test_despike_streams_need_only_be_as_long_as_despikenet_reads():
         check_options(opt, 'demo.yml')
     opt['network_g'] = {'type': 'GKMNet'}  # no windows: nothing to check
     check_options(opt, 'demo.yml')
+
+
+COMMITTED_STARTS = [path for path in ALL_FILES
+                    if str((_load(path).get('path') or {}).get('pretrain_network_g') or '').startswith(('results/',
+                                                                                                     'despike_basicsr/'))]
+
+
+@pytest.mark.parametrize('path', COMMITTED_STARTS, ids=_rel)
+def test_committed_start_weights_exist_and_load_into_the_files_network(path):
+    """A fresh run of a file that starts from committed weights must load them (shipped weights change networks)."""
+    import torch
+    opt = _load(path)
+    weights = osp.join(REPO_ROOT, opt['path']['pretrain_network_g'])
+    assert osp.isfile(weights), f'{_rel(path)}: pretrain_network_g {weights} is missing'
+    params = torch.load(weights, map_location='cpu', weights_only=True)[opt['path'].get('param_key_g', 'params')]
+    net = build_network(dict(opt['network_g']))
+    result = net.load_state_dict(params, strict=bool(opt['path'].get('strict_load_g', True)))
+    assert not result.unexpected_keys, f'{_rel(path)}: keys the network lacks: {result.unexpected_keys[:3]}'
+    for key in result.missing_keys:  # only zero-initialised new branches may be missing
+        assert key.startswith(('motion_lift.', 'noise_lift.')), f'{_rel(path)}: {key} is not in {weights}'
