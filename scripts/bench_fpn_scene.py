@@ -78,7 +78,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     with open(osp.join(args.out, 'scene_fpn.md'), 'w') as f:
         f.write(table + f"\nCommand: `{info['command'].strip()}`\n")
     with open(osp.join(args.out, 'scene_fpn.json'), 'w') as f:
-        json.dump(dict(info=info, summary=report['summary'], rows=report['rows']), f, indent=1)
+        json.dump(dict(info=info, summary=report['summary'], rows=report['rows'], static=report['static']), f,
+                  indent=1)
     if args.picture:
         import cv2
         lengths = sorted(int(n) for n in args.lengths.split(','))

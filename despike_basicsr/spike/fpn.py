@@ -8,9 +8,13 @@ marked in ``bad`` and get γ = 1: their true response is unknown, so the calibra
 amplifying noise; the network (or an inpainting step) sees them through the ``bad`` map.
 
 Without a flat field, :func:`estimate_fpn_from_scene` estimates γ from ordinary recordings of a moving scene
-(scene-based non-uniformity correction, as infrared imaging does it): each pixel's long-run mean rate, over the local
-median of its neighbours' in the log domain, is its gain (see that function and docs/physics.md).
+(scene-based non-uniformity correction, as infrared imaging does it). Where the scene moves as a whole across the
+sensor (a pan), the motion is registered and every pixel is compared with the other pixels that saw the same scene
+points (:class:`SceneRegistration`, :func:`registration_gain`); otherwise each pixel's long-run mean rate, over the
+local median of its neighbours' in the log domain, is its gain (constant statistics; see that function and
+docs/physics.md).
 """
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -290,7 +294,7 @@ class SceneStatistics:
     """
 
     def __init__(self, shape: Tuple[int, int], total_steps: int, window: int = SCENE_WINDOW,
-                 segments: int = SCENE_SEGMENTS) -> None:
+                 segments: int = SCENE_SEGMENTS, registration: bool = True) -> None:
         if window < 1 or segments < 1 or total_steps < 1:
             raise ValueError(f'SceneStatistics: window, segments and total_steps must be >= 1, got {window}, '
                              f'{segments}, {total_steps}')
@@ -310,6 +314,7 @@ class SceneStatistics:
         self._partial_steps = 0
         bounds = np.round(np.linspace(0, self.total_steps, segments + 1)).astype(np.int64)
         self._bounds = bounds
+        self.registration = SceneRegistration(self.shape, bounds) if registration else None
 
     def add(self, block: np.ndarray, where: str = 'recording') -> None:
         """Accumulate ``block``, (n, H, W) 0/1 spikes of consecutive steps following the previous block."""
@@ -318,6 +323,8 @@ class SceneStatistics:
         if self.steps + n > self.total_steps:
             raise ValueError(f'SceneStatistics: {self.steps + n} steps fed, more than the announced {self.total_steps}')
         self.count += block.sum(axis=0, dtype=np.int64)
+        if self.registration is not None:
+            self.registration.add(block)
         for s in range(len(self.segment_steps)):  # split the block at the segment boundaries
             lo, hi = max(self._bounds[s], self.steps), min(self._bounds[s + 1], self.steps + n)
             if hi > lo:
@@ -349,6 +356,8 @@ class SceneStatistics:
         self._partial[:] = 0
         self._partial_steps = 0
         self.recordings += 1
+        if self.registration is not None:
+            self.registration.end_recording()
 
     def _add_windows(self, counts: np.ndarray) -> None:
         frame_mean = counts.reshape(counts.shape[0], -1).mean(axis=1)
@@ -442,6 +451,20 @@ def shrinkage(log_gain: np.ndarray, standard_error: np.ndarray, good: np.ndarray
     return tau2 / (tau2 + error2 + 1e-12)
 
 
+def robust_shrinkage(log_gain: np.ndarray, standard_error: np.ndarray, good: np.ndarray) -> np.ndarray:
+    """:func:`shrinkage` with a robust spread:  ``s = τ² / (τ² + se²)``,  ``τ² = max((1.4826·MAD)² − median se², 0)``,
+    MAD the median absolute deviation of log ĝ.
+
+    The registration estimate's standard error is heavy-tailed (pixels near the edge of a short path are seen with
+    few others); a handful of such pixels must not drive τ² to 0 and switch the correction off everywhere.
+    """
+    values = log_gain[good]
+    spread = 1.4826 * float(np.median(np.abs(values - np.median(values))))
+    tau2 = max(spread * spread - float(np.median(standard_error[good]**2)), 0.0)
+    error2 = standard_error * standard_error
+    return tau2 / (tau2 + error2 + 1e-12)
+
+
 def shrunk_correction(gain: np.ndarray, ref: float, weight: np.ndarray) -> np.ndarray:
     """γ shrunk towards 1 where the scene did not move:  ``γ = (R_ref / ĝ)^w``  (w = 1: the plain ``R_ref / ĝ``)."""
     return np.exp(weight * np.log(ref / gain))
@@ -482,9 +505,13 @@ def estimate_fpn_from_stats(stats: SceneStatistics,
                             min_moving_fraction: float = SCENE_MIN_MOVING_FRACTION,
                             min_steps: int = SCENE_MIN_STEPS,
                             dead_below: float = 0.5,
-                            hot_above: float = 1.5) -> FPNCalibration:
+                            hot_above: float = 1.5,
+                            registration: bool = True) -> FPNCalibration:
     """γ, confidence and hot/dead pixels from accumulated :class:`SceneStatistics` (see
     :func:`estimate_fpn_from_scene` for the model and its limits).
+
+    The registration-based estimate (:func:`registration_gain`) is used when the statistics hold registered mosaics
+    whose path visited enough positions; otherwise the constant-statistics one (:func:`relative_gain`).
 
     Raises:
         SceneFPNError: Too few steps or windows, no spikes at all, or a non-finite result.
@@ -529,7 +556,24 @@ def estimate_fpn_from_stats(stats: SceneStatistics,
                 min_moving_fraction=min_moving_fraction, texture_correlation=round(correlation, 4),
                 mean_rate=round(float(rate.mean()), 5), bad=int(bad.sum()), saturated=int(saturated.sum()),
                 static=bool(static))
-    if static:
+    registered, registration_info = _registration_estimate(stats, dark) if registration else (None, {})
+    info.update(registration_info)
+    info['estimator'] = 'registration' if registered is not None else 'constant-statistics'
+    if registered is not None:
+        reg_gain, reg_error = registered
+        good = measurable & (reg_gain > 0)
+        bad = bad | (~saturated & (reg_gain <= 0))
+        ref = float(np.median(reg_gain[good]))
+        gain = np.where(reg_gain > 0, reg_gain, gain)
+        weight = robust_shrinkage(np.log(gain / ref), reg_error, good)
+        gamma = np.where(good, shrunk_correction(gain, ref, weight), 1.0)
+        confidence = np.where(good, scene_confidence(weight, reg_error), 0.0)
+        info['static'] = False
+        note = (f'scene-based estimate from {stats.steps} steps ({stats.recordings} recording(s)), registration: '
+                f'{registration_info["registered_fraction"]:.0%} of the frames registered to a global motion over '
+                f'{registration_info["path_positions"]:.0f} sensor positions, median confidence '
+                f'{float(np.median(confidence)):.2f}')
+    elif static:
         gamma = np.ones(stats.shape)
         confidence = np.zeros(stats.shape)
         note = (f'static scene: only {moving_fraction:.0%} of the pixels saw the light change (need '
@@ -552,6 +596,378 @@ def estimate_fpn_from_stats(stats: SceneStatistics,
     return FPNCalibration(response=gain.astype(np.float32), gamma=gamma.astype(np.float32),
                           dark=dark.astype(np.float32), bad=bad, ref=ref, confidence=confidence.astype(np.float32),
                           method='scene', note=note, info=info)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Registration-based estimate: the scene's global motion tells which pixels saw the same scene point
+# ---------------------------------------------------------------------------------------------------------------------
+
+#: Steps per sub-frame registered against the mosaic and added to it.
+REGISTRATION_SUBFRAME = 16
+#: Width (px) of the Gaussian peak of the low-pass weighted phase correlation (suppresses white FPN and counting noise).
+REGISTRATION_SIGMA = 1.5
+#: Lowest normalised phase-correlation peak accepted as a registration (1: identical frames).
+REGISTRATION_MIN_QUALITY = 0.05
+#: Largest distance (px) between a registered shift and the one predicted from the previous velocity.
+REGISTRATION_MAX_SURPRISE = 16.0
+#: Fewest sub-frames a mosaic needs to be used.
+REGISTRATION_MIN_FRAMES = 16
+#: Fewest distinct sensor positions (effective number, 1/Σp²) the pooled path needs for the registration estimate.
+REGISTRATION_MIN_POSITIONS = 16.0
+#: Most mosaics kept at once (a new one starts at each recording, segment, registration failure or canvas edge).
+REGISTRATION_MAX_MOSAICS = 12
+#: Fixed-point iterations of :func:`registration_gain`.
+REGISTRATION_ITERATIONS = 3
+
+
+@functools.lru_cache(maxsize=16)
+def _correlation_weights(h: int, w: int, sigma: float) -> Tuple[np.ndarray, np.ndarray, float]:
+    """Hann taper, the Gaussian frequency weight of :func:`phase_correlation_shift` and its peak for a zero shift."""
+    taper = np.outer(np.hanning(h), np.hanning(w))
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    weight = np.exp(-2.0 * np.pi**2 * sigma**2 * (fy * fy + fx * fx))
+    weight[0, :] = 0.0
+    weight[:, 0] = 0.0
+    full = float(np.fft.irfft2(weight.astype(np.complex128), s=(h, w))[0, 0])
+    return taper, weight, full
+
+
+def phase_correlation_shift(reference: np.ndarray, moving: np.ndarray,
+                            sigma: float = REGISTRATION_SIGMA) -> Tuple[float, float, float]:
+    """Global shift ``d`` with ``moving(x) ≈ reference(x + d)``, by low-pass weighted phase correlation.
+
+    ``Q(ω) = conj(F_ref(ω))·F_mov(ω) / |F_ref·F_mov| · exp(−2π²σ²|ω|²)``,  ``q(x) = IFFT(Q)``,  ``d = −argmax q``
+
+    (ω in cycles per pixel; both frames have their mean removed and a Hann taper). The Gaussian weight makes the peak a
+    Gaussian of width σ, so a three-point log-parabola per axis gives the sub-pixel peak; it also keeps the white FPN
+    and counting noise (flat spectra, same in both frames, so they pull towards d = 0) out of the high frequencies.
+    The lines ω_y = 0 and ω_x = 0 are left out: column and row patterns live there.
+
+    Returns:
+        ``(dy, dx, quality)``; quality is the peak over its value for identical frames (≤ 1).
+    """
+    h, w = reference.shape
+    taper, weight, full = _correlation_weights(h, w, float(sigma))
+    a = np.fft.rfft2((reference - reference.mean()) * taper)
+    b = np.fft.rfft2((moving - moving.mean()) * taper)
+    cross = b * np.conj(a)
+    cross /= np.abs(cross) + 1e-12
+    surface = np.fft.irfft2(cross * weight, s=(h, w))
+    iy, ix = np.unravel_index(int(np.argmax(surface)), surface.shape)
+
+    def refine(m1: float, c: float, p1: float) -> float:
+        if m1 > 0 and c > 0 and p1 > 0:  # log-parabola: exact for a Gaussian peak
+            m1, c, p1 = np.log(m1), np.log(c), np.log(p1)
+        denominator = m1 - 2.0 * c + p1
+        return float(np.clip(0.5 * (m1 - p1) / denominator, -0.5, 0.5)) if denominator < 0 else 0.0
+
+    c = surface[iy, ix]
+    oy = refine(surface[(iy - 1) % h, ix], c, surface[(iy + 1) % h, ix])
+    ox = refine(surface[iy, (ix - 1) % w], c, surface[iy, (ix + 1) % w])
+    py = (iy + oy + h / 2.0) % h - h / 2.0
+    px = (ix + ox + w / 2.0) % w - w / 2.0
+    return -py, -px, float(c / full) if full > 0 else 0.0
+
+
+def registered_shift(reference: np.ndarray, moving: np.ndarray, sigma: float = REGISTRATION_SIGMA,
+                     refinements: int = 2) -> Tuple[float, float, float]:
+    """:func:`phase_correlation_shift` refined on the overlap: ``d = round(d₀) + d₁``, d₁ measured between the parts
+    of the two frames that saw the same scene (``moving[x]`` against ``reference[x + round(d₀)]``).
+
+    The taper is fixed to the frame, so a whole-frame correlation leans towards d = 0 when the shift is large; on the
+    overlap the remaining shift is sub-pixel and the lean vanishes.
+    """
+    h, w = reference.shape
+    dy, dx, quality = phase_correlation_shift(reference, moving, sigma)
+    for _ in range(refinements):
+        iy, ix = int(round(dy)), int(round(dx))
+        if abs(iy) > h // 2 or abs(ix) > w // 2 or (iy == 0 and ix == 0):  # (0, 0): the overlap is the frame
+            break
+        ref = reference[max(iy, 0):h + min(iy, 0), max(ix, 0):w + min(ix, 0)]
+        mov = moving[max(-iy, 0):h + min(-iy, 0), max(-ix, 0):w + min(-ix, 0)]
+        ry, rx, quality = phase_correlation_shift(ref, mov, sigma)
+        dy, dx = iy + ry, ix + rx
+        if abs(ry) < 0.5 and abs(rx) < 0.5:
+            break
+    return dy, dx, quality
+
+
+class _Mosaic:
+    """One motion-compensated mosaic: ``S(u) = Σ_k Σ_x b(u − x − p_k)·c_k(x)`` on a canvas, the position kernel
+    ``P(j) = Σ_k b(j − p_k)``, the coverage ``W = P ∗ 1`` and the per-pixel count ``N(x) = Σ_k c_k(x)``
+    (b: bilinear weights, c_k: sub-frames, p_k: their positions)."""
+
+    def __init__(self, shape: Tuple[int, int], margin: int, segment: int) -> None:
+        self.shape = shape
+        self.margin = margin
+        size = 2 * margin + 2
+        self.canvas = np.zeros((shape[0] + size - 1, shape[1] + size - 1), np.float64)
+        self.cover = np.zeros_like(self.canvas)
+        self.kernel = np.zeros((size, size), np.float64)
+        self.count = np.zeros(shape, np.float64)
+        self.frames = 0
+        self.segment = segment
+
+    def _corner(self, position: np.ndarray) -> Tuple[int, int, float, float]:
+        y, x = self.margin + float(position[0]), self.margin + float(position[1])
+        iy, ix = int(np.floor(y)), int(np.floor(x))
+        return iy, ix, y - iy, x - ix
+
+    def inside(self, position: np.ndarray) -> bool:
+        """Whether a frame at ``position`` fits on the canvas."""
+        iy, ix, _, _ = self._corner(position)
+        return 0 <= iy and 0 <= ix and iy + 1 < self.kernel.shape[0] and ix + 1 < self.kernel.shape[1]
+
+    def splat(self, frame: np.ndarray, position: np.ndarray) -> None:
+        """Add a sub-frame seen at ``position`` (dy, dx), which must be :meth:`inside`."""
+        iy, ix, fy, fx = self._corner(position)
+        h, w = self.shape
+        for dy, dx, b in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
+            if b > 0:
+                self.canvas[iy + dy:iy + dy + h, ix + dx:ix + dx + w] += b * frame
+                self.cover[iy + dy:iy + dy + h, ix + dx:ix + dx + w] += b
+                self.kernel[iy + dy, ix + dx] += b
+        self.count += frame
+        self.frames += 1
+
+    def view(self, position: np.ndarray) -> Tuple[np.ndarray, np.ndarray, float]:
+        """The mean frame the mosaic holds at the integer position nearest ``position``: ``(image, integer position,
+        covered fraction)``; points never seen take the mean of the seen ones."""
+        iy, ix = int(round(self.margin + float(position[0]))), int(round(self.margin + float(position[1])))
+        h, w = self.shape
+        iy = min(max(iy, 0), self.canvas.shape[0] - h)
+        ix = min(max(ix, 0), self.canvas.shape[1] - w)
+        cover = self.cover[iy:iy + h, ix:ix + w]
+        seen = cover > 0.5
+        image = np.where(seen, self.canvas[iy:iy + h, ix:ix + w] / np.maximum(cover, 1e-12), 0.0)
+        if seen.any():
+            image[~seen] = image[seen].mean()
+        return image, np.array([iy - self.margin, ix - self.margin], np.float64), float(seen.mean())
+
+    def compact(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(S, P, N)`` cropped to the positions the path visited."""
+        rows, cols = np.nonzero(self.kernel)
+        r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        h, w = self.shape
+        return self.canvas[r0:r1 + h - 1, c0:c1 + w - 1], self.kernel[r0:r1, c0:c1], self.count
+
+
+def effective_positions(kernel: np.ndarray) -> float:
+    """How many distinct sensor positions a path visited:  ``n_eff = (Σ_j P(j))² / Σ_j P(j)²``."""
+    total = float(kernel.sum())
+    return total * total / max(float((kernel * kernel).sum()), 1e-12)
+
+
+class SceneRegistration:
+    """Registers the scene's global motion and accumulates motion-compensated mosaics, in bounded memory.
+
+    Every ``subframe``-step sub-frame is registered (:func:`registered_shift`) against the mosaic built so far, viewed
+    at the position predicted from the previous two (constant velocity), which gives the sensor's position ``p_k`` in
+    the scene; the sub-frame is then added to the mosaic there, bilinearly (:class:`_Mosaic`). Registering against the
+    mosaic rather than the previous frame keeps the positions from drifting, and the mosaic has the FPN averaged out.
+    A registration that fails (weak peak, a jump off the predicted path, too little of the view seen before), a new
+    recording, a new time segment or the canvas edge start a new mosaic. Memory: at most ``max_mosaics`` canvases of
+    ``(H + 2M + 1) × (W + 2M + 1)``, M = ``margin`` (default max(H, W)).
+    """
+
+    def __init__(self, shape: Tuple[int, int], bounds: np.ndarray, subframe: int = REGISTRATION_SUBFRAME,
+                 margin: Optional[int] = None, sigma: float = REGISTRATION_SIGMA,
+                 min_quality: float = REGISTRATION_MIN_QUALITY, max_surprise: float = REGISTRATION_MAX_SURPRISE,
+                 max_mosaics: int = REGISTRATION_MAX_MOSAICS) -> None:
+        if subframe < 1:
+            raise ValueError(f'SceneRegistration: subframe must be >= 1, got {subframe}')
+        self.shape = tuple(int(v) for v in shape)
+        self.bounds = np.asarray(bounds)
+        self.subframe = int(subframe)
+        self.margin = int(margin if margin is not None else max(self.shape))
+        self.sigma, self.min_quality, self.max_surprise = sigma, min_quality, max_surprise
+        self.max_mosaics = int(max_mosaics)
+        self.mosaics: list = []
+        self.frames = 0
+        self.registered = 0
+        self.failures = 0
+        self.qualities: list = []
+        self._partial = np.zeros(self.shape, np.int64)
+        self._partial_steps = 0
+        self._fed = 0
+        self._sub_start = 0
+        self._mosaic: Optional[_Mosaic] = None
+        self._positions: list = []
+
+    def add(self, block: np.ndarray) -> None:
+        """Feed (n, H, W) 0/1 spikes following the previous block of the same recording."""
+        n, i = block.shape[0], 0
+        while i < n:
+            if self._partial_steps == 0 and n - i >= self.subframe:  # whole sub-frames at once
+                full = (n - i) // self.subframe
+                sums = block[i:i + full * self.subframe].reshape(full, self.subframe, *self.shape).sum(
+                    axis=1, dtype=np.int64)
+                for q, s in enumerate(sums):
+                    self._add_sub(s, self._fed + i + q * self.subframe)
+                i += full * self.subframe
+                continue
+            take = min(n - i, self.subframe - self._partial_steps)
+            if self._partial_steps == 0:
+                self._sub_start = self._fed + i
+            self._partial += block[i:i + take].sum(axis=0, dtype=np.int64)
+            self._partial_steps += take
+            i += take
+            if self._partial_steps == self.subframe:
+                self._add_sub(self._partial.copy(), self._sub_start)
+                self._partial[:] = 0
+                self._partial_steps = 0
+        self._fed += n
+
+    def end_recording(self) -> None:
+        """Close the recording: its mosaic is closed, an unfinished sub-frame dropped."""
+        self._close()
+        self._fed -= self._partial_steps
+        self._fed += self._partial_steps  # (its steps still count for the segment bounds)
+        self._partial[:] = 0
+        self._partial_steps = 0
+
+    def _add_sub(self, sub: np.ndarray, start: int) -> None:
+        frame = sub.astype(np.float64)
+        self.frames += 1
+        segment = int(np.searchsorted(self.bounds, start, side='right') - 1)
+        if frame.mean() <= 0:
+            self._close()
+            return
+        if self._mosaic is not None and self._mosaic.segment != segment:
+            self._close()
+        if self._mosaic is None:
+            self._start(frame, segment)
+            return
+        last = self._positions[-1]
+        predicted = last + ((last - self._positions[-2]) if len(self._positions) > 1 else 0.0)
+        if not self._mosaic.inside(predicted):
+            self._close()
+            self._start(frame, segment)
+            return
+        view, corner, seen = self._mosaic.view(predicted)
+        dy, dx, quality = registered_shift(view, frame, self.sigma)
+        self.qualities.append(quality)
+        position = corner + np.array([dy, dx])
+        if (quality < self.min_quality or seen < 0.5 or np.hypot(*(position - predicted)) > self.max_surprise
+                or not self._mosaic.inside(position)):
+            self.failures += 1
+            self._close()
+            self._start(frame, segment)
+            return
+        self.registered += 1
+        self._mosaic.splat(frame, position)
+        self._positions.append(position)
+
+    def _start(self, frame: np.ndarray, segment: int) -> None:
+        self._mosaic = _Mosaic(self.shape, self.margin, segment)
+        self._mosaic.splat(frame, np.zeros(2))
+        self._positions = [np.zeros(2)]
+
+    def _close(self) -> None:
+        mosaic, self._mosaic, self._positions = self._mosaic, None, []
+        if mosaic is None or mosaic.frames < REGISTRATION_MIN_FRAMES:
+            return
+        self.mosaics.append(mosaic)
+        if len(self.mosaics) > self.max_mosaics:
+            self.mosaics.remove(min(self.mosaics, key=lambda m: m.frames))
+
+    def usable(self) -> list:
+        """The closed mosaics as ``(S, P, N)`` (close the recording first)."""
+        return [m.compact() for m in self.mosaics]
+
+
+def mosaic_spread(gain: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """The summed gain each mosaic point was seen with:  ``G(u) = (g ∗ P)(u) = Σ_j P(j)·g(u − j)``."""
+    from scipy.signal import fftconvolve
+
+    return fftconvolve(gain, kernel, mode='full')
+
+
+def mosaic_scene(canvas: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """The scene on the mosaic, gain removed:  ``L̂(u) = S(u) / G(u)`` (0 where nothing was seen)."""
+    floor = 1e-6 * max(float(spread.max()), 1e-12)
+    return np.where(spread > floor, canvas / np.maximum(spread, floor), 0.0)
+
+
+def mosaic_gather(scene: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """The light each pixel saw along the path:  ``D(x) = Σ_j P(j)·L̂(x + j) = Σ_k L̂(x + p_k)`` (bilinear)."""
+    from scipy.signal import fftconvolve
+
+    return fftconvolve(scene, kernel[::-1, ::-1], mode='valid')
+
+
+def registration_gain(mosaics: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray]],
+                      iterations: int = REGISTRATION_ITERATIONS,
+                      initial: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Registration-based gain: the fixed point of  ``ĝ(x) = Σ_m N_m(x) / Σ_m D_m(x)``  over mosaics m.
+
+    A sub-frame placed at ``p_k`` counts ``c_k(x) = g(x)·L(x + p_k)·t``, so ``N(x) = Σ_k c_k(x) = g(x)·Σ_k L(x + p_k)``
+    and, with ``L̂ = S / (ĝ ∗ P)`` (:func:`mosaic_scene`, :func:`mosaic_spread`) and ``D`` its sum along the path
+    (:func:`mosaic_gather`), ``N / D = g`` at the fixed point: every pixel is compared with the other pixels that saw
+    the same scene points. Gain is fixed up to one constant; the result has median 1. Each iteration starts from the
+    previous ``ĝ`` (``initial``, or 1).
+
+    Args:
+        mosaics: ``(S, P, N)`` per mosaic (canvas sums, position kernel, per-pixel counts; dark removed).
+        iterations: Fixed-point iterations.
+        initial: Starting gain, or ``None`` for 1.
+
+    Returns:
+        ``(ĝ, N)``: the gain (0 where a pixel never fired) and the summed counts behind it.
+    """
+    shape = mosaics[0][2].shape
+    gain = np.ones(shape) if initial is None else np.asarray(initial, np.float64).copy()
+    counts = np.sum([m[2] for m in mosaics], axis=0)
+    for _ in range(max(int(iterations), 1)):
+        seen = np.zeros(shape)
+        for canvas, kernel, _ in mosaics:
+            seen += mosaic_gather(mosaic_scene(canvas, mosaic_spread(gain, kernel)), kernel)
+        gain = np.where(seen > 0, counts / np.maximum(seen, 1e-12), 0.0)
+        positive = gain > 0
+        if not positive.any():
+            break
+        gain = gain / np.median(gain[positive])  # a dead pixel keeps gain 0: it added nothing to S
+    return gain, counts
+
+
+def _dark_free(mosaic: Tuple[np.ndarray, np.ndarray, np.ndarray], dark: np.ndarray,
+               subframe: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A mosaic with the dark counts removed:  ``S − t·(d ∗ P)``,  ``N − t·d·Σ_j P(j)``  (t steps per sub-frame)."""
+    canvas, kernel, count = mosaic
+    if not np.any(dark):
+        return mosaic
+    return (np.maximum(canvas - subframe * mosaic_spread(dark, kernel), 0.0), kernel,
+            np.maximum(count - subframe * dark * float(kernel.sum()), 0.0))
+
+
+def _registration_estimate(stats: SceneStatistics,
+                           dark: np.ndarray) -> Tuple[Optional[Tuple[np.ndarray, np.ndarray]], Dict[str, Any]]:
+    """``((ĝ, se), info)`` of the registration path, or ``(None, info)`` where it cannot be trusted.
+
+    Used only when at least half the frames registered and a mosaic's path visited at least
+    :data:`REGISTRATION_MIN_POSITIONS` positions (:func:`effective_positions`). se is the spread of log ĝ over the
+    time segments' separate estimates over √segments (the constant-statistics one with a single segment).
+    """
+    reg = stats.registration
+    if reg is None:
+        return None, {}
+    kept = [m for m in reg.mosaics if effective_positions(m.kernel) >= REGISTRATION_MIN_POSITIONS]
+    fraction = reg.registered / max(reg.frames, 1)
+    positions = float(sum(effective_positions(m.kernel) for m in kept))
+    info = dict(registered_fraction=round(fraction, 4), mosaics=len(kept), path_positions=round(positions, 1))
+    if not kept or fraction < 0.5:
+        return None, info
+    parts = [_dark_free(m.compact(), dark, reg.subframe) for m in kept]
+    gain, _ = registration_gain(parts)
+    segments = sorted({m.segment for m in kept})
+    if len(segments) >= 2:
+        logs = [np.log(np.maximum(registration_gain([p for p, m in zip(parts, kept) if m.segment == s])[0], 1e-6))
+                for s in segments]
+        error = np.std(np.stack(logs), axis=0, ddof=1) / np.sqrt(len(logs))
+    else:
+        error = _segment_standard_error(stats, dark, SCENE_REFERENCE_SIZE)
+    return (gain, error), info
 
 
 def _scene_sources(recordings, load_kwargs: dict) -> list:
@@ -601,12 +1017,26 @@ def estimate_fpn_from_scene(recordings,
                             min_moving_fraction: float = SCENE_MIN_MOVING_FRACTION,
                             chunk_frames: int = 1024,
                             progress: ProgressArg = None,
+                            registration: bool = True,
                             **load_kwargs) -> FPNCalibration:
     """Estimate the FPN correction γ from ordinary recordings of a moving scene (no flat field).
 
-    Model (scene-based non-uniformity correction, constant statistics): pixel x fires at ``m(x) = g(x)·μ(x) + d(x)``
-    spikes per step on average, with ``μ(x)`` the light it saw averaged over time. When the scene moves across the
-    sensor every pixel sees about the same mixture of the scene, so μ varies only slowly across the sensor and::
+    Registration (used when it holds): the scene's global motion is registered every 16 steps against a mosaic of
+    what was seen so far (:class:`SceneRegistration`); a sub-frame at sensor position ``p_k`` counts
+    ``c_k(x) = g(x)·L(x + p_k)·t``, so the pixels that saw the same scene point L(u) share it and::
+
+        S(u) = Σ_k c_k(u − p_k),   L̂ = S / (ĝ ∗ P),   ĝ(x) = Σ_k c_k(x) / Σ_k L̂(x + p_k)     (iterated, median ĝ = 1)
+
+    with ``P`` the histogram of positions (:func:`registration_gain`). It recovers every spatial frequency of the gain
+    (shading included) and no scene texture leaks in. It needs one global translation: frames that do not register
+    (weak correlation peak, a jump off the path), a path over fewer than :data:`REGISTRATION_MIN_POSITIONS`
+    positions (a still camera) or fewer than half the frames registered fall back to constant statistics below.
+    ``info['estimator']`` says which was used; the standard error is the spread of the 4 time segments' estimates
+    and shrinks γ towards 1 (:func:`robust_shrinkage`, :func:`scene_confidence`).
+
+    Constant statistics (the fall-back): pixel x fires at ``m(x) = g(x)·μ(x) + d(x)`` spikes per step on average,
+    with ``μ(x)`` the light it saw averaged over time. When the scene moves across the sensor every pixel sees about
+    the same mixture of the scene, so μ varies only slowly across the sensor and::
 
         B(x) = median_{k×k} log m,   ĝ(x) = exp(log m(x) − B(x)),   γ(x) = (R_ref / ĝ(x))^w(x),   R_ref = median ĝ
 
@@ -630,6 +1060,8 @@ def estimate_fpn_from_scene(recordings,
         min_moving_fraction: Fraction of moving pixels below which the scene counts as static.
         chunk_frames: Frames read at a time.
         progress: True for a progress bar, or a callable receiving each block's number of steps.
+        registration: Register the scene's global motion and use the registration-based estimate where it holds
+            (False: constant statistics only).
         **load_kwargs: Passed to the readers (height, width, flipud, head, key).
 
     Returns:
@@ -653,7 +1085,7 @@ def estimate_fpn_from_scene(recordings,
         dark, _ = _mean_rate(dark_recordings, load_kwargs, chunk_frames, 'dark')
         if dark.shape != shape:
             raise SceneFPNError(f'dark recordings are {dark.shape}, the scene recordings {shape}')
-    stats = SceneStatistics(shape, total, window=window)
+    stats = SceneStatistics(shape, total, window=window, registration=registration)
     update, bar = _progress_callback(progress, total)
     try:
         for name, frames, _, read in sources:
@@ -667,7 +1099,8 @@ def estimate_fpn_from_scene(recordings,
         if bar is not None:
             bar.close()
     return estimate_fpn_from_stats(stats, dark, reference_size=reference_size, motion_contrast=motion_contrast,
-                                   min_moving_fraction=min_moving_fraction, min_steps=min_steps)
+                                   min_moving_fraction=min_moving_fraction, min_steps=min_steps,
+                                   registration=registration)
 
 
 def estimate_fpn_for_recording(recording, min_steps: int = SCENE_MIN_STEPS, progress: ProgressArg = None,

@@ -4,7 +4,8 @@ A natural photograph (linear light) slides across the sensor along a smooth rand
 sub-pixel positions, one position per block of steps, reflected at the edges of the photograph), seen by a camera with
 a white gain spread plus a column pattern (:func:`~.camera.sample_fpn`). :func:`run_scene_fpn_bench` streams each
 recording into :class:`~.fpn.SceneStatistics` (a 20,000-step recording is kept time-packed, never unpacked whole),
-estimates γ, and scores it against the truth; then a still, in-focus frame of the same sensor is reconstructed with
+estimates γ (registration-based where the pan registers, and constant statistics alone for comparison), and scores
+it against the truth; then a still, in-focus frame of the same sensor is reconstructed with
 the true, the estimated and no γ (TFP-192, and optionally a learned reconstruction passed in as a callable, so this
 module stays numpy-only). ``scripts/bench_fpn_scene.py`` is the command line.
 """
@@ -213,9 +214,11 @@ def run_scene_fpn_bench(scenes: Dict[str, np.ndarray],
     (gain map) serves every recording, as one camera would.
 
     Returns:
-        ``{'rows': [...], 'summary': [...], 'examples': {...}}``: a row per (scene, level, steps) with the relative RMS
-        error of γ (``error``) and of γ = 1 (``error_none``), the moving fraction, median confidence and the still
-        frame's PSNRs; the summary averages per (level, steps); ``examples`` keeps the first scene's γ maps.
+        ``{'rows': [...], 'summary': [...], 'examples': {...}, 'gain': g, 'static': {...}}``: a row per (scene,
+        level, steps) with the relative RMS error of γ (``error``), of the constant-statistics estimate alone
+        (``error_constant``) and of γ = 1 (``error_none``), the estimator used, the registered and moving fractions,
+        median confidence and the still frame's PSNRs; the summary averages per (level, steps); ``examples`` keeps
+        the first scene's γ maps; ``static`` is :func:`static_check` of the first scene.
     """
     lengths = sorted(int(n) for n in lengths)
     gain = bench_sensor(shape, camera['gain_std'], camera['column_std'], seed=seed + 1)
@@ -237,10 +240,14 @@ def run_scene_fpn_bench(scenes: Dict[str, np.ndarray],
                 stats = SceneStatistics(shape, steps)
                 feed(stats, packed, lengths[-1], steps)
                 calib = estimate_fpn_from_stats(stats, **kwargs)
+                constant = estimate_fpn_from_stats(stats, **dict(kwargs, registration=False))
                 scores = still_frame_scores(still, gain, {'estimated': calib.gamma}, rate, camera, rec_seed + 500,
                                             despike=despike, reference_rate=reference_rate)
                 row = dict(scene=name, level=level, mean_rate=rate, steps=steps,
                            error=gamma_relative_error(calib.gamma, gain), error_none=gamma_relative_error(ones, gain),
+                           error_constant=gamma_relative_error(constant.gamma, gain),
+                           estimator=calib.info['estimator'],
+                           registered_fraction=calib.info.get('registered_fraction', 0.0),
                            moving_fraction=calib.info['moving_fraction'],
                            median_confidence=calib.info['median_confidence'],
                            texture_correlation=calib.info['texture_correlation'], static=calib.info['static'])
@@ -252,8 +259,23 @@ def run_scene_fpn_bench(scenes: Dict[str, np.ndarray],
                     examples[(level, steps)] = dict(gamma=calib.gamma, confidence=calib.confidence)
             if progress is not None:
                 progress(f'{name} {level}: {time.time() - start:.1f} s')
-    return {'rows': rows, 'summary': summarise(rows), 'examples': examples,
-            'gain': gain}
+    return {'rows': rows, 'summary': summarise(rows), 'examples': examples, 'gain': gain,
+            'static': static_check(next(iter(scenes.values())), shape, gain, camera, seed, **kwargs)}
+
+
+def static_check(linear: np.ndarray, shape: Tuple[int, int], gain: np.ndarray, camera: Dict[str, float], seed: int,
+                 steps: int = 2000, mean_rate: float = 0.3, **estimate_kwargs) -> Dict[str, Any]:
+    """The estimate from a still recording of ``linear`` (the camera on a tripod): its γ error, confidence and note."""
+    still = fit_source(linear, shape, 0)
+    light = light_for_mean_rate(still, mean_rate, camera['threshold'], camera['eta'])
+    packed = simulate((still * light).astype(np.float32), steps, threshold=camera['threshold'], eta=camera['eta'],
+                      gain=gain, shot_noise=camera['electrons'] or False, seed=seed + 900, packed=True)
+    stats = SceneStatistics(shape, steps)
+    feed(stats, packed, steps, steps)
+    calib = estimate_fpn_from_stats(stats, **estimate_kwargs)
+    return dict(steps=steps, error=gamma_relative_error(calib.gamma, gain),
+                error_none=gamma_relative_error(np.ones(shape), gain), static=calib.info['static'],
+                estimator=calib.info['estimator'], max_confidence=float(calib.confidence.max()), note=calib.note)
 
 
 def summarise(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -282,12 +304,14 @@ def markdown(report: Dict[str, Any], info: Dict[str, Any]) -> str:
         f"{electrons}. Scenes: {', '.join(info['scenes'])}, moving along smooth random "
         f"pans (±{info['margin']} px, {info['speed']} px/step spread, one position per 16 steps). "
         f"{info['seconds']:.0f} s on this machine.", '',
-        '| light | steps | γ error, estimated (mean / worst) | γ error, γ = 1 | moving pixels | median confidence |',
-        '|---|---:|---:|---:|---:|---:|'
+        '| light | steps | γ error, estimated (mean / worst) | γ error, constant statistics only | γ error, γ = 1 | '
+        'frames registered | median confidence |',
+        '|---|---:|---:|---:|---:|---:|---:|'
     ]
     for s in summary:
         lines.append(f"| {s['level']} | {s['steps']} | {s['error']:.2%} / {s['error_max']:.2%} | "
-                     f"{s['error_none']:.2%} | {s['moving_fraction']:.0%} | {s['median_confidence']:.2f} |")
+                     f"{s['error_constant']:.2%} | {s['error_none']:.2%} | {s['registered_fraction']:.0%} | "
+                     f"{s['median_confidence']:.2f} |")
     methods = [m for m in ('tfp', 'despike') if any(f'{m}_true' in s for s in summary)]
     lines += ['', 'PSNR (dB) of a still, in-focus frame of the same sensor (the scene\'s photograph, 192 steps), '
               'reconstructed with the true γ, the γ estimated from that setting\'s moving recording, and none:', '']
@@ -297,13 +321,19 @@ def markdown(report: Dict[str, Any], info: Dict[str, Any]) -> str:
     for s in summary:
         cells = [f"{s[m + '_true']:.2f} / {s[m + '_estimated']:.2f} / {s[m + '_none']:.2f}" for m in methods]
         lines.append(f"| {s['level']} | {s['steps']} | " + ' | '.join(cells) + ' |')
-    lines += ['', 'Per scene:', '', '| scene | light | steps | γ error | γ = 1 | moving | ' +
-              ' | '.join(f'{m} est − true (dB)' for m in methods) + ' |',
-              '|---|---|---:|---:|---:|---:|' + '---:|' * len(methods)]
+    lines += ['', 'Per scene:', '', '| scene | light | steps | estimator | γ error | constant statistics | γ = 1 | '
+              'registered | ' + ' | '.join(f'{m} est − true (dB)' for m in methods) + ' |',
+              '|---|---|---:|---|---:|---:|---:|---:|' + '---:|' * len(methods)]
     for r in report['rows']:
         cells = [f"{r[m + '_estimated'] - r[m + '_true']:+.2f}" for m in methods]
-        lines.append(f"| {r['scene']} | {r['level']} | {r['steps']} | {r['error']:.2%} | {r['error_none']:.2%} | "
-                     f"{r['moving_fraction']:.0%} | " + ' | '.join(cells) + ' |')
+        lines.append(f"| {r['scene']} | {r['level']} | {r['steps']} | {r['estimator']} | {r['error']:.2%} | "
+                     f"{r['error_constant']:.2%} | {r['error_none']:.2%} | {r['registered_fraction']:.0%} | "
+                     + ' | '.join(cells) + ' |')
+    static = report.get('static')
+    if static:
+        lines += ['', f"Still recording ({static['steps']} steps of the first scene, bright, camera on a tripod): "
+                  f"γ error {static['error']:.2%} (γ = 1: {static['error_none']:.2%}), static: {static['static']}, "
+                  f"largest confidence {static['max_confidence']:.2f}; note: \"{static['note']}\""]
     return '\n'.join(lines) + '\n'
 
 
