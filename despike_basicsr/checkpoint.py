@@ -110,8 +110,13 @@ def load_network_weights(path: str,
 
 
 def check_fits(net: torch.nn.Module, state: Dict[str, torch.Tensor], path: str, source: str = '') -> None:
-    """Raise a :class:`CheckpointError` listing the mismatched keys and shapes when ``state`` does not fit ``net``."""
-    mismatch = describe_state_dict_mismatch(net.state_dict(), state)
+    """Raise a :class:`CheckpointError` listing the mismatched keys and shapes when ``state`` does not fit ``net``.
+
+    A network that adapts older weights while loading (``adapt_state_dict``, e.g. a new zero-initialised output
+    channel) is checked against the adapted weights, as ``load_state_dict`` will see them.
+    """
+    adapt = getattr(net, 'adapt_state_dict', None)
+    mismatch = describe_state_dict_mismatch(net.state_dict(), adapt(state) if callable(adapt) else state)
     if mismatch:
         built = f' built from {source}' if source else ''
         raise CheckpointError(f'{path}: checkpoint does not fit {type(net).__name__}{built} (another arch or other '

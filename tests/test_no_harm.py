@@ -8,6 +8,7 @@ import torch
 from pipeline_helpers import write_dpdd_tree
 
 from despike_basicsr.archs.despike_arch import DeSpikeNet, gated_plain_reconstruction, plain_display
+from despike_basicsr.checkpoint import CheckpointError, check_fits
 from despike_basicsr.data.motion import DEFAULT_MOTION, MotionPath, MovingScene, draw_motion, motion_ranges
 from despike_basicsr.data.natural_spike_dataset import NaturalSpikeDataset
 from despike_basicsr.data.preparation import scoring_holdout, smooth_gain_field
@@ -274,6 +275,35 @@ def test_noise_evidence_starts_silent_and_falls_with_the_spike_count():
     counts[:, ::4, 0, 2] = 1  # 8 spikes
     nu = count_noise_level(counts, (0, 32)).flatten().tolist()
     assert nu == pytest.approx([1.0, 33**-0.5, 9**-0.5])
+
+
+def test_delta_gate_loads_ungated_weights_as_they_were_and_can_switch_the_correction_off():
+    torch.manual_seed(1)
+    plain = DeSpikeNet(**TINY, base_windows=[8, 32], noise_evidence=True).eval()
+    with torch.no_grad():  # trained heads: a correction and window weights that are not the prior
+        for param in plain.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    gated = DeSpikeNet(**TINY, base_windows=[8, 32], noise_evidence=True, delta_gate=True).eval()
+    check_fits(gated, plain.state_dict(), 'ungated.pth')  # the project's loaders check the adapted weights
+    with pytest.raises(CheckpointError, match='shape mismatches'):  # a real mismatch is still one
+        check_fits(gated, DeSpikeNet(**TINY, base_windows=[8], noise_evidence=True).state_dict(), 'x.pth')
+    gated.load_state_dict(plain.state_dict(), strict=True)  # the gate rows are appended as zeros
+    spikes = _still_stream(np.linspace(0.1, 0.8, 256).reshape(16, 16), 32)
+    with torch.no_grad():
+        assert torch.allclose(plain(spikes), gated(spikes), atol=1e-6)
+        for level in gated.levels:  # g = 2·σ(−30) ≈ 0: the correction is off, the window mix remains
+            level.head[0].bias[-level.head[1].upscale_factor**2:] = -30.0
+        for level in plain.levels:
+            level.head[0].weight[:level.head[1].upscale_factor**2] = 0.0
+            level.head[0].bias[:level.head[1].upscale_factor**2] = 0.0
+        assert torch.allclose(plain(spikes), gated(spikes), atol=1e-5)
+    head = torch.zeros(1, 4, 2, 2)
+    head[:, 0] = 0.2
+    head[:, 3] = 50.0  # g = 2: the gate can also strengthen a correction
+    out = gated_plain_reconstruction(head, torch.full((1, 2, 2, 2), 0.5), torch.zeros(1, 2, 1, 1), delta_gate=True)
+    assert torch.allclose(out, torch.full((1, 1, 2, 2), 0.9))
+    with pytest.raises(ValueError, match='base_windows'):
+        DeSpikeNet(**TINY, delta_gate=True)
 
 
 def test_decibel_loss_weighs_every_sample_by_its_psnr():

@@ -19,7 +19,7 @@ still, in-focus, well-lit pixel that needs nothing costs nothing.
 ``forward`` returns the final image, and with ``return_intermediates=True`` also ``grid[i][s]`` (temporal scale i,
 spatial scale s, s = 0 the coarsest) for the hierarchical loss. See docs/despike.md for the design choices.
 """
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
@@ -195,23 +195,31 @@ def count_noise_level(spikes: Tensor, bound: Tuple[int, int]) -> Tensor:
     return (1.0 + integrate_windows(spikes, [bound])).rsqrt()
 
 
-def gated_plain_reconstruction(head: Tensor, plains: Tensor, prior: Tensor) -> Tensor:
-    """Rec = Δ + Σ_k softmax_k(z + z₀)·P_k: a correction Δ on a per-pixel mix of plain reconstructions P_k.
+def gated_plain_reconstruction(head: Tensor, plains: Tensor, prior: Tensor, delta_gate: bool = False) -> Tensor:
+    """Rec = g·Δ + Σ_k softmax_k(z + z₀)·P_k: a correction Δ on a per-pixel mix of plain reconstructions P_k.
 
-    ``head`` holds Δ (channel 0) and the logits z over the K windows (channels 1..K); z₀ (``prior``) favours the
-    longest window, so Δ = 0, z = 0 (zero-initialised heads) gives the long-window average almost exactly, and the
-    network only has to learn where to leave it (motion: a shorter window; defocus and noise: Δ).
+    ``head`` holds Δ (channel 0), the logits z over the K windows (channels 1..K) and, with ``delta_gate``, the gate
+    logit z_g (channel K + 1) of g = 2·σ(z_g); without it g = 1. z₀ (``prior``) favours the longest window, so Δ = 0,
+    z = 0 (zero-initialised heads) gives the long-window average almost exactly, and the network only has to learn
+    where to leave it (motion: a shorter window; defocus and noise: Δ). The gate is 1 at z_g = 0 and turns the
+    correction off (g → 0) where the mix is already right: a network can drive a product to zero far more easily
+    than it can make an additive correction exactly zero on fine in-focus texture.
 
     Args:
-        head: ``(B, 1 + K, H, W)`` correction and window logits.
+        head: ``(B, 1 + K (+ 1), H, W)`` correction, window logits (and gate logit).
         plains: ``(B, K, H, W)`` plain reconstructions P_k (:func:`plain_display`) at this resolution.
         prior: ``(1, K, 1, 1)`` logit offsets z₀.
+        delta_gate: ``head`` carries the gate logit as its last channel.
 
     Returns:
         ``(B, 1, H, W)`` image.
     """
-    weights = torch.softmax(head[:, 1:] + prior, dim=1)
-    return head[:, :1] + (weights * plains).sum(1, keepdim=True)
+    num_windows = plains.shape[1]
+    weights = torch.softmax(head[:, 1:1 + num_windows] + prior, dim=1)
+    delta = head[:, :1]
+    if delta_gate:
+        delta = delta * 2.0 * torch.sigmoid(head[:, 1 + num_windows:2 + num_windows])
+    return delta + (weights * plains).sum(1, keepdim=True)
 
 
 class RefinementLevel(nn.Module):
@@ -343,6 +351,9 @@ class DeSpikeNet(nn.Module):
         noise_evidence: True adds :func:`count_noise_level` of the longest window, the noise of the plain
             reconstruction that exposure normalisation hides, to every temporal scale's features (a small
             zero-initialised branch); False (default) none.
+        delta_gate: True adds a per-pixel gain g = 2·σ(z_g) on the correction (:func:`gated_plain_reconstruction`),
+            one more head channel that starts at zero (g = 1); weights saved without it load with that channel
+            zero, so the network starts as the one they came from.
     """
 
     def __init__(self,
@@ -369,7 +380,8 @@ class DeSpikeNet(nn.Module):
                  base_windows: Optional[Sequence[int]] = None,
                  base_prior: float = 6.0,
                  motion_segments: int = 0,
-                 noise_evidence: bool = False) -> None:
+                 noise_evidence: bool = False,
+                 delta_gate: bool = False) -> None:
         super().__init__()
         windows = [int(w) for w in windows]
         if not windows or min(windows) < 1:
@@ -432,8 +444,36 @@ class DeSpikeNet(nn.Module):
             self.bank = LearnedKernelBank(num_feat, num_kernels, kernel_size)
         self.levels = nn.ModuleList([
             RefinementLevel(num_feat, num_kernels, num_blocks, s == 0, transformer_fusion, num_heads, region_size,
-                            unshuffle, fusion_attention, 1 + len(base_windows)) for s in range(self.num_scales)
+                            unshuffle, fusion_attention, 1 + len(base_windows) + int(delta_gate))
+            for s in range(self.num_scales)
         ])
+        if delta_gate and not base_windows:
+            raise ValueError('delta_gate gates the correction of plain reconstructions: it needs base_windows')
+        self.delta_gate = bool(delta_gate)
+        if delta_gate:
+            self._register_load_state_dict_pre_hook(self._add_gate_channel)
+
+    def adapt_state_dict(self, state_dict: Dict[str, Tensor], prefix: str = '') -> Dict[str, Tensor]:
+        """Weights saved without the gate, with its head rows appended as zeros (g = 1: the saved network's function).
+
+        Loaders that check shapes before ``load_state_dict`` (``despike_basicsr.checkpoint.check_fits``) call this
+        first; ``load_state_dict`` applies it itself. Other weights come back unchanged.
+        """
+        adapted = dict(state_dict)
+        if not self.delta_gate:
+            return adapted
+        rows = self.unshuffle**2
+        for s, level in enumerate(self.levels):
+            for name, param in level.head[0].named_parameters():
+                key = f'{prefix}levels.{s}.head.0.{name}'
+                saved = adapted.get(key)
+                if saved is not None and saved.shape[0] == param.shape[0] - rows:
+                    adapted[key] = torch.cat([saved, saved.new_zeros((rows, ) + saved.shape[1:])], dim=0)
+        return adapted
+
+    def _add_gate_channel(self, state_dict: dict, prefix: str, *args) -> None:
+        """``load_state_dict`` pre-hook: :meth:`adapt_state_dict` in place."""
+        state_dict.update(self.adapt_state_dict(state_dict, prefix))
 
     @property
     def frames_needed(self) -> int:
@@ -542,7 +582,8 @@ class DeSpikeNet(nn.Module):
             for s, level_net in enumerate(self.levels):
                 rec, img = level_net(pyramid[s], self.bank, rec, img)
                 factor = 2**(self.num_scales - 1 - s)
-                out = img if plains is None else gated_plain_reconstruction(img, plains[s], self.base_prior)
+                out = img if plains is None else gated_plain_reconstruction(img, plains[s], self.base_prior,
+                                                                              self.delta_gate)
                 out = out[..., :-(-h // factor), :-(-w // factor)]
                 row.append(out if scale is None else out * scale)
             grid.append(row)
