@@ -582,8 +582,8 @@ class DeSpikeNet(nn.Module):
             for s, level_net in enumerate(self.levels):
                 rec, img = level_net(pyramid[s], self.bank, rec, img)
                 factor = 2**(self.num_scales - 1 - s)
-                out = img if plains is None else gated_plain_reconstruction(img, plains[s], self.base_prior,
-                                                                              self.delta_gate)
+                out = img if plains is None else gated_plain_reconstruction(
+                    img, plains[s], self.base_prior, self.delta_gate)
                 out = out[..., :-(-h // factor), :-(-w // factor)]
                 row.append(out if scale is None else out * scale)
             grid.append(row)
