@@ -465,6 +465,37 @@ def robust_shrinkage(log_gain: np.ndarray, standard_error: np.ndarray, good: np.
     return tau2 / (tau2 + error2 + 1e-12)
 
 
+def structured_shrinkage(log_gain: np.ndarray, standard_error: np.ndarray, good: np.ndarray) -> np.ndarray:
+    """Shrunk log gain with column and row patterns kept apart from the white part:
+
+    ``log ĝ = c_j + r_i + e_ij``  (c: column medians, r: row medians of the rest, e: the white residual), then
+    ``ŝ·log ĝ := s_c·c_j + s_r·r_i + s_e·e_ij``, each weight :func:`robust_shrinkage`'s ``τ² / (τ² + se²)`` with the
+    component's own standard error (``se / √n`` for a median over n pixels).
+
+    Column-parallel readout gives column gains; a column's gain is measured by all its pixels together, so it
+    survives the shrinkage that a single noisy pixel needs (short or dim recordings).
+    """
+    masked = np.where(good, log_gain, np.nan)
+    columns_seen = good.any(0)
+    column = np.zeros(log_gain.shape[1])
+    column[columns_seen] = np.nanmedian(masked[:, columns_seen], axis=0)
+    rest = masked - column[None, :]
+    rows_seen = good.any(1)
+    row = np.zeros(log_gain.shape[0])
+    row[rows_seen] = np.nanmedian(rest[rows_seen], axis=1)
+    residual = log_gain - column[None, :] - row[:, None]
+    error = float(np.median(standard_error[good]))
+
+    def component_weight(values: np.ndarray, count: np.ndarray) -> np.ndarray:
+        se = np.sqrt(np.pi / 2) * error / np.sqrt(np.maximum(count, 1))  # a median's error over `count` pixels
+        return robust_shrinkage(values, se, count > 0)
+
+    s_column = component_weight(column, good.sum(0))
+    s_row = component_weight(row, good.sum(1))
+    s_residual = robust_shrinkage(residual, standard_error, good)
+    return s_column[None, :] * column[None, :] + s_row[:, None] * row[:, None] + s_residual * residual
+
+
 def shrunk_correction(gain: np.ndarray, ref: float, weight: np.ndarray) -> np.ndarray:
     """γ shrunk towards 1 where the scene did not move:  ``γ = (R_ref / ĝ)^w``  (w = 1: the plain ``R_ref / ĝ``)."""
     return np.exp(weight * np.log(ref / gain))
@@ -566,7 +597,8 @@ def estimate_fpn_from_stats(stats: SceneStatistics,
         ref = float(np.median(reg_gain[good]))
         gain = np.where(reg_gain > 0, reg_gain, gain)
         weight = robust_shrinkage(np.log(gain / ref), reg_error, good)
-        gamma = np.where(good, shrunk_correction(gain, ref, weight), 1.0)
+        shrunk = structured_shrinkage(np.log(np.where(good, gain, ref) / ref), reg_error, good)
+        gamma = np.where(good, np.exp(-shrunk), 1.0)
         confidence = np.where(good, scene_confidence(weight, reg_error), 0.0)
         info['static'] = False
         note = (f'scene-based estimate from {stats.steps} steps ({stats.recordings} recording(s)), registration: '
