@@ -204,6 +204,25 @@ def test_optimize_parameters_logs_each_term_and_learns(tmp_path):
     assert 'bank.weight' in changed and len(changed) > len(before) // 2
 
 
+def test_trainable_option_freezes_all_but_the_matching_parameters(tmp_path):
+    model = make_model(tmp_path, trainable=[r'levels\.\d+\.head\.'])
+    batch = train_batch()
+    before = copy.deepcopy(model.net_g.state_dict())
+    for step in range(1, 4):
+        model.feed_data(batch)
+        model.optimize_parameters(step)
+    after = model.net_g.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    heads = {k for k in before if '.head.' in k and k.startswith('levels.')}
+    assert changed and changed <= heads  # only heads moved
+    optimised = {id(p) for group in model.optimizer_g.param_groups for p in group['params']}
+    assert optimised == {id(p) for n, p in model.net_g.named_parameters() if '.head.' in n}
+    with pytest.raises(ValueError, match='matches none'):
+        make_model(tmp_path, trainable=['no_such_layer'])
+    with pytest.raises(ValueError, match='list of regular expressions'):
+        make_model(tmp_path, trainable='levels')
+
+
 def test_loss_terms_are_optional_and_weighted(tmp_path):
     model = make_model(tmp_path, fft_opt=None, lpips_opt=None)
     model.feed_data(train_batch())

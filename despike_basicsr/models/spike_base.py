@@ -18,6 +18,7 @@ GPU switches (all off by default), read from the ``train`` section:
 """
 import contextlib
 import math
+import re
 from typing import Any, Callable, ContextManager, Dict, Optional, Sequence, Union
 
 import torch
@@ -166,6 +167,37 @@ class SpikeSRModel(SRModel):
         wrapped.__name__ = method.__name__
         wrapped.__doc__ = method.__doc__
         return wrapped
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Optimiser
+    def setup_optimizers(self) -> None:
+        """SRModel's optimiser over ``net_g``'s parameters, or with ``train.trainable`` (a list of regular
+        expressions, ``re.search`` on the parameter names) over the matching ones only, the others frozen: e.g.
+        ``['levels\\.\\d+\\.head\\.']`` fine-tunes the output heads of a trained network at a higher rate.
+
+        Raises:
+            ValueError: ``train.trainable`` is not a list of strings, or matches no parameter.
+        """
+        train_opt = self.opt['train']
+        patterns = train_opt.get('trainable')
+        named = list(self.net_g.named_parameters())
+        if patterns is not None:
+            if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns) or not patterns:
+                raise ValueError(f'train.trainable must be a non-empty list of regular expressions, got {patterns!r}')
+            compiled = [re.compile(p) for p in patterns]
+            for name, param in named:
+                param.requires_grad_(any(c.search(name) for c in compiled))
+            chosen = [param for _, param in named if param.requires_grad]
+            if not chosen:
+                raise ValueError(f'train.trainable {patterns} matches none of the {len(named)} parameters of '
+                                 f'{type(self.get_bare_model(self.net_g)).__name__} (e.g. {named[0][0]!r})')
+            get_root_logger().info(f'train.trainable: {sum(p.numel() for p in chosen):,} of '
+                                   f'{sum(p.numel() for _, p in named):,} parameters ({len(chosen)} tensors) are '
+                                   'optimised, the rest frozen')
+        optim_opt = dict(train_opt['optim_g'])
+        optim_type = optim_opt.pop('type')
+        self.optimizer_g = self.get_optimizer(optim_type, [p for _, p in named if p.requires_grad], **optim_opt)
+        self.optimizers.append(self.optimizer_g)
 
     # ------------------------------------------------------------------------------------------------------------------
     # EMA
