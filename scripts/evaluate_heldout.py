@@ -38,6 +38,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--no-harm', action='store_true', help='skip the in-focus, moving and recording sets')
     parser.add_argument('--recordings', default='../shared/data/spikezoo_reds_train',
                         help='folder of spike/<key>.dat (250x400) and gt/<key>.png clips (skipped when missing)')
+    parser.add_argument('--correction-strength', type=float, default=1.0,
+                        help='scale of the learned correction (DeSpikeReconstructor), default 1')
     parser.add_argument('--out', default='results/heldout', help='output folder')
     parser.add_argument('--defocus-weights', help='defocus-map weights (default: the shipped defocus_map.pth)')
     parser.add_argument('--no-defocus-map', action='store_true', help='skip the defocus-map section')
@@ -46,7 +48,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.defocus_only:
         return evaluate_defocus_map(args)
     try:
-        reconstructor = DeSpikeReconstructor(args.weights, opt_path=args.opt, device=args.device, tile=args.tile)
+        reconstructor = DeSpikeReconstructor(args.weights, opt_path=args.opt, device=args.device, tile=args.tile,
+                                             correction_strength=args.correction_strength)
     except ReconstructorError as err:
         print(f'evaluate_heldout: error: {err}', file=sys.stderr)
         return 2

@@ -481,3 +481,14 @@ def test_fpn_auto_estimates_gamma_from_the_recording_or_says_why_not(stand_in, t
     line = _run_error(capsys, base + ['--input', str(tmp_path / 'short.dat'), '--out', str(tmp_path / 'out2')])
     assert line == ('despike-infer: error: --fpn auto: recording too short: 300 steps, need 1000 (a scene-based FPN '
                     'estimate needs the scene to move across the sensor meanwhile)')
+
+
+def test_correction_strength_flag_is_checked(stand_in, tmp_path, capsys):
+    opt, weights = stand_in
+    write_npz(tmp_path / 'clip.npz', _stream(32, 40, 24, seed=5))
+    base = ['--weights', weights, '--opt', opt, '--input', str(tmp_path / 'clip.npz'), '--quiet']
+    line = _run_error(capsys, base + ['--correction-strength', '3', '--out', str(tmp_path / 'a')])
+    assert 'correction strength must be in [0, 2], got 3.0' in line
+    line = _run_error(capsys, base + ['--correction-strength', '0.5', '--out', str(tmp_path / 'b')])
+    assert 'no correction to scale' in line  # the stand-in predicts the image directly
+    assert main(base + ['--correction-strength', '1', '--out', str(tmp_path / 'c')]) == 0

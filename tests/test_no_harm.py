@@ -331,3 +331,42 @@ def test_shipped_weights_and_their_test_options_describe_the_same_network():
     net = DeSpikeNet(**{k: v for k, v in options.items() if k != 'type'})
     net.load_state_dict(stored['params'], strict=True)
     assert stored['network_g']['base_windows'] == options['base_windows']
+
+
+def test_correction_strength_scales_the_correction_between_the_window_mix_and_the_trained_output(tmp_path):
+    torch.manual_seed(2)
+    net = DeSpikeNet(**TINY, base_windows=[8, 32], delta_gate=True).eval()
+    with torch.no_grad():
+        for param in net.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    spikes = _still_stream(np.linspace(0.1, 0.8, 256).reshape(16, 16), 32)
+    outputs = {}
+    with torch.no_grad():
+        for strength in (0.0, 0.5, 1.0):
+            net.correction_strength = strength
+            outputs[strength] = net(spikes)
+        net.correction_strength = 0.0
+        rows = net.levels[0].head[1].upscale_factor**2
+        for level in net.levels:  # the mix alone: the correction rows at zero
+            level.head[0].weight[:rows] = 0.0
+            level.head[0].bias[:rows] = 0.0
+        mix = net(spikes)
+    assert not torch.allclose(outputs[0.0], outputs[1.0], atol=1e-4)  # the correction does something
+    assert torch.allclose(outputs[0.0], mix, atol=1e-6)
+    assert torch.allclose(outputs[0.5], 0.5 * (outputs[0.0] + outputs[1.0]), atol=1e-5)
+
+    from despike_basicsr.inference.network import ReconstructorError
+    from despike_basicsr.inference.reconstructor import DeSpikeReconstructor
+    weights = tmp_path / 'gated.pth'
+    torch.save({'params': net.state_dict(),
+                'network_g': dict(type='DeSpikeNet', **TINY, base_windows=[8, 32], delta_gate=True)}, weights)
+    reconstructor = DeSpikeReconstructor(str(weights), device='cpu', correction_strength=0.25)
+    assert reconstructor.net.correction_strength == 0.25
+    for bad in (-0.1, 2.5, float('nan')):
+        with pytest.raises(ReconstructorError, match='correction strength must be in'):
+            DeSpikeReconstructor(str(weights), device='cpu', correction_strength=bad)
+    direct = tmp_path / 'direct.pth'
+    torch.save({'params': DeSpikeNet(**TINY).state_dict(), 'network_g': dict(type='DeSpikeNet', **TINY)}, direct)
+    with pytest.raises(ReconstructorError, match='no correction to scale'):
+        DeSpikeReconstructor(str(direct), device='cpu', correction_strength=0.5)
+    assert DeSpikeReconstructor(str(direct), device='cpu').net.correction_strength == 1.0

@@ -195,8 +195,9 @@ def count_noise_level(spikes: Tensor, bound: Tuple[int, int]) -> Tensor:
     return (1.0 + integrate_windows(spikes, [bound])).rsqrt()
 
 
-def gated_plain_reconstruction(head: Tensor, plains: Tensor, prior: Tensor, delta_gate: bool = False) -> Tensor:
-    """Rec = g·Δ + Σ_k softmax_k(z + z₀)·P_k: a correction Δ on a per-pixel mix of plain reconstructions P_k.
+def gated_plain_reconstruction(head: Tensor, plains: Tensor, prior: Tensor, delta_gate: bool = False,
+                               strength: float = 1.0) -> Tensor:
+    """Rec = α·g·Δ + Σ_k softmax_k(z + z₀)·P_k: a correction Δ on a per-pixel mix of plain reconstructions P_k.
 
     ``head`` holds Δ (channel 0), the logits z over the K windows (channels 1..K) and, with ``delta_gate``, the gate
     logit z_g (channel K + 1) of g = 2·σ(z_g); without it g = 1. z₀ (``prior``) favours the longest window, so Δ = 0,
@@ -210,6 +211,8 @@ def gated_plain_reconstruction(head: Tensor, plains: Tensor, prior: Tensor, delt
         plains: ``(B, K, H, W)`` plain reconstructions P_k (:func:`plain_display`) at this resolution.
         prior: ``(1, K, 1, 1)`` logit offsets z₀.
         delta_gate: ``head`` carries the gate logit as its last channel.
+        strength: α, the user's trust in the correction (1: as trained; 0: the window mix alone, which cannot
+            sharpen defocus but never invents detail).
 
     Returns:
         ``(B, 1, H, W)`` image.
@@ -219,7 +222,7 @@ def gated_plain_reconstruction(head: Tensor, plains: Tensor, prior: Tensor, delt
     delta = head[:, :1]
     if delta_gate:
         delta = delta * 2.0 * torch.sigmoid(head[:, 1 + num_windows:2 + num_windows])
-    return delta + (weights * plains).sum(1, keepdim=True)
+    return strength * delta + (weights * plains).sum(1, keepdim=True)
 
 
 class RefinementLevel(nn.Module):
@@ -450,6 +453,7 @@ class DeSpikeNet(nn.Module):
         if delta_gate and not base_windows:
             raise ValueError('delta_gate gates the correction of plain reconstructions: it needs base_windows')
         self.delta_gate = bool(delta_gate)
+        self.correction_strength = 1.0  # α of gated_plain_reconstruction: an inference setting, not saved
         if delta_gate:
             self._register_load_state_dict_pre_hook(self._add_gate_channel)
 
@@ -583,7 +587,7 @@ class DeSpikeNet(nn.Module):
                 rec, img = level_net(pyramid[s], self.bank, rec, img)
                 factor = 2**(self.num_scales - 1 - s)
                 out = img if plains is None else gated_plain_reconstruction(
-                    img, plains[s], self.base_prior, self.delta_gate)
+                    img, plains[s], self.base_prior, self.delta_gate, self.correction_strength)
                 out = out[..., :-(-h // factor), :-(-w // factor)]
                 row.append(out if scale is None else out * scale)
             grid.append(row)

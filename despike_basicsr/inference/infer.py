@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--tile', type=int, default=256, help='tile size in pixels, 0 = whole frame (default 256)')
     parser.add_argument('--tile-overlap', type=int, default=32, help='overlap of neighbouring tiles (default 32)')
     parser.add_argument('--device', choices=('cpu', 'cuda'), help='default: cuda when available, else cpu')
+    parser.add_argument('--correction-strength', type=float, default=1.0, metavar='ALPHA',
+                        help='scale of the learned correction on the plain reconstructions, 0-2 (default 1; 0 keeps '
+                        'sharp, well-lit scenes exactly as a long-window average shows them but leaves defocus)')
     parser.add_argument(
         '--report',
         action='store_true',
@@ -261,7 +264,8 @@ def load_reconstructor(args: argparse.Namespace) -> DeSpikeReconstructor:
     if args.opt is not None and not osp.isfile(args.opt):
         raise InferError(f'{args.opt}: no such options file (--opt)')
     return DeSpikeReconstructor(args.weights, opt_path=args.opt, param_key=args.param_key, device=args.device,
-                                tile=args.tile, tile_overlap=args.tile_overlap, fallback_opt_path=DEFAULT_OPT)
+                                tile=args.tile, tile_overlap=args.tile_overlap, fallback_opt_path=DEFAULT_OPT,
+                                correction_strength=args.correction_strength)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -50,6 +50,10 @@ class DeSpikeReconstructor:
         tile_overlap: Overlap of neighbouring tiles in pixels.
         fallback_opt_path: Options file for a checkpoint that nothing else names the network of
             (:func:`~.network.resolve_network_options`; ``despike-infer`` passes :data:`~.network.DEFAULT_OPT`).
+        correction_strength: α in [0, 2], how much of the learned correction to apply on top of the mix of plain
+            reconstructions (:func:`~despike_basicsr.archs.despike_arch.gated_plain_reconstruction`): 1 as trained,
+            0 the mix alone (in focus at least as good as TFP-192, but defocus stays). Only for networks with
+            ``base_windows``.
     """
 
     def __init__(self,
@@ -60,7 +64,8 @@ class DeSpikeReconstructor:
                  device: Optional[str] = None,
                  tile: int = 0,
                  tile_overlap: int = 32,
-                 fallback_opt_path: Optional[str] = None) -> None:
+                 fallback_opt_path: Optional[str] = None,
+                 correction_strength: float = 1.0) -> None:
         if tile < 0 or tile_overlap < 0 or (tile and tile_overlap >= tile):
             raise ReconstructorError(f'tile ({tile}) and tile_overlap ({tile_overlap}) must be >= 0, with the '
                                      'overlap smaller than the tile')
@@ -72,6 +77,19 @@ class DeSpikeReconstructor:
         self.net, self.network_opt, self.network_source = load_network(self.weights, network_opt, opt_path, param_key,
                                                                        self.device, fallback_opt_path)
         self.tile, self.tile_overlap = tile, tile_overlap
+        self.set_correction_strength(correction_strength)
+
+    def set_correction_strength(self, strength: float) -> None:
+        """Scale the learned correction by ``strength`` (see the class arguments)."""
+        strength = float(strength)
+        if not 0.0 <= strength <= 2.0:  # also rejects NaN
+            raise ReconstructorError(f'correction strength must be in [0, 2], got {strength}')
+        if not hasattr(self.net, 'correction_strength') or not getattr(self.net, 'base_windows', None):
+            if strength != 1.0:
+                raise ReconstructorError(f'{self.weights}: this network predicts the image directly (no base_windows),'
+                                         ' so it has no correction to scale; leave the correction strength at 1')
+            return
+        self.net.correction_strength = strength
 
     @property
     def min_stream_len(self) -> int:
