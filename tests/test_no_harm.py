@@ -370,3 +370,26 @@ def test_correction_strength_scales_the_correction_between_the_window_mix_and_th
     with pytest.raises(ReconstructorError, match='no correction to scale'):
         DeSpikeReconstructor(str(direct), device='cpu', correction_strength=0.5)
     assert DeSpikeReconstructor(str(direct), device='cpu').net.correction_strength == 1.0
+
+
+def test_correction_strength_sweep_runs_the_network_twice_per_stream_and_scores_every_strength():
+    rng = np.random.default_rng(0)
+    sharp = rng.uniform(0.1, 0.9, (24, 24)).astype(np.float32)
+    blurred = cv2.GaussianBlur(sharp, (0, 0), 1.5)
+    scenes = [heldout.HeldoutScene('toy', 'a', sharp, blurred)] + no_harm.in_focus_scenes(
+        [heldout.HeldoutScene('toy', 'a', sharp, blurred)])
+    calls = []
+
+    noisy = heldout.to_display(sharp) + 0.01 * rng.standard_normal(sharp.shape).astype(np.float32)
+
+    def pair(spikes, gamma):  # α = 0: the blurred image; α = 1: the truth with a little noise (a good correction)
+        calls.append(1)
+        return 0.8 * heldout.to_display(blurred), 0.8 * noisy
+
+    sweep = no_harm.correction_strength_sweep(scenes, pair, [0.0, 0.5, 1.0], reference_rate=0.3, steps=64)
+    assert len(calls) == len(scenes) * len(heldout.LIGHT_LEVELS)  # cached across the three strengths
+    for condition in ('defocused', 'in focus'):
+        diffs = [np.mean([r['diff'] for r in sweep['harm'][a] if r['condition'] == condition]) for a in (0, .5, 1)]
+        assert diffs[0] < diffs[1] < diffs[2]  # the closer to the truth, the better against the same bar
+    table = no_harm.sweep_markdown(sweep)
+    assert table.count('\n') == 2 + 3 and '| 0.5 |' in table

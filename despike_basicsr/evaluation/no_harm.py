@@ -15,15 +15,16 @@ Three conditions beside the defocused scenes of :mod:`.heldout`:
 ``scripts/evaluate_heldout.py`` runs them with the defocused sets; :func:`harm_rows` gives DeSpike's per-image
 difference to each condition's bar.
 """
+import hashlib
 import os
 import os.path as osp
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
 from despike_basicsr.data.motion import MAX_MARGIN, MotionPath, MovingScene, draw_motion, motion_ranges
-from despike_basicsr.evaluation.heldout import DISPLAY_GAMMA, HeldoutScene, photo_linear, scores
+from despike_basicsr.evaluation.heldout import DISPLAY_GAMMA, HeldoutScene, evaluate, photo_linear, scores
 from despike_basicsr.spike.io import read_dat
 from despike_basicsr.spike.reconstruct import tfp
 
@@ -124,6 +125,69 @@ def harm_markdown(harm: Sequence[Dict[str, Any]], metric: str = 'fit PSNR') -> s
         lines.append(f"| {set_name} | {level} | {members[0]['bar']} | {np.mean([m['despike'] for m in members]):.2f} | "
                      f"{np.mean([m['bar_value'] for m in members]):.2f} | {np.mean(diffs):+.2f} | "
                      f"{worst['diff']:+.2f} ({worst['key']}) | {per_image} |")
+    return '\n'.join(lines) + '\n'
+
+
+def correction_strength_sweep(scenes: Sequence[HeldoutScene],
+                              reconstruct_pair: Callable[[np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray]],
+                              strengths: Sequence[float], reference_rate: float = 0.5, steps: int = 192,
+                              seed: int = 0, progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """DeSpike at several correction strengths α on the same streams, against each condition's bar.
+
+    The output is linear in α (``Rec = window mix + α·g·Δ``), so two network runs per stream, the window mix
+    (α = 0) and the trained output (α = 1), give every α: ``Rec(α) = mix + α·(full − mix)``.
+
+    Args:
+        scenes: Held-out scenes (defocused, in focus and moving sets).
+        reconstruct_pair: ``f(spikes, gamma) -> (mix, full)``, unclipped display images at α = 0 and α = 1.
+        strengths: The α to score.
+        reference_rate, steps, seed: As :func:`.heldout.evaluate` (same streams for every α).
+        progress: Called with a line per finished α.
+
+    Returns:
+        ``{'strengths': [...], 'harm': {α: harm_rows fitted PSNR}, 'harm_ssim': {α: harm_rows raw SSIM}}``.
+    """
+    cache: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+
+    def despike_at(alpha: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        def despike(spikes: np.ndarray, gamma: np.ndarray) -> np.ndarray:
+            key = hashlib.sha1(np.ascontiguousarray(spikes).tobytes() + np.asarray(gamma).tobytes()).hexdigest()
+            if key not in cache:
+                cache[key] = reconstruct_pair(spikes, gamma)
+            mix, full = cache[key]
+            return mix + alpha * (full - mix)
+
+        return despike
+
+    harm, harm_ssim = {}, {}
+    for alpha in strengths:
+        report = evaluate(scenes, despike_at(float(alpha)), reference_rate, steps, seed, keep_images=0)
+        harm[float(alpha)] = harm_rows(report['rows'])
+        harm_ssim[float(alpha)] = harm_rows(report['rows'], 'ssim')
+        if progress is not None:
+            progress(f'correction strength {alpha:g} scored')
+    return {'strengths': [float(a) for a in strengths], 'harm': harm, 'harm_ssim': harm_ssim}
+
+
+def sweep_markdown(sweep: Dict[str, Any]) -> str:
+    """One row per α: DeSpike minus the bar per condition and level, fitted PSNR mean (worst image); raw SSIM
+    minus the photograph's on the defocused sets."""
+    def cell(rows: List[Dict[str, Any]], fmt: str = '{:+.2f}') -> str:
+        if not rows:
+            return '–'
+        diffs = [r['diff'] for r in rows]
+        return (fmt + ' (' + fmt + ')').format(float(np.mean(diffs)), float(np.min(diffs)))
+
+    columns = [(c, lv) for c in ('in focus', 'moving', 'defocused') for lv in ('bright', 'dim')]
+    head = ' | '.join(f'{c} {lv}' for c, lv in columns)
+    lines = [f'| α | {head} | defocused raw SSIM − photo, bright | dim |',
+             '| ---: |' + ' ---: |' * (len(columns) + 2)]
+    for alpha in sweep['strengths']:
+        harm, ssim = sweep['harm'][alpha], sweep['harm_ssim'][alpha]
+        cells = [cell([r for r in harm if r['condition'] == c and r['level'] == lv]) for c, lv in columns]
+        cells += [cell([r for r in ssim if r['condition'] == 'defocused' and r['level'] == lv], '{:+.3f}')
+                  for lv in ('bright', 'dim')]
+        lines.append(f'| {alpha:g} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 
 
