@@ -104,6 +104,22 @@ def _registered_types(opt: dict):
         yield f'val.metrics.{name}.type', METRIC_REGISTRY, metric.get('type')
 
 
+GRID_LOSS_FILES = [p for p in ALL_FILES if _load(p).get('model_type') == 'DeSpikeModel'
+                   and ((_load(p).get('train') or {}).get('pixel_opt') or {}).get('type') == 'HierarchicalMSELoss']
+
+
+@pytest.mark.parametrize('path', GRID_LOSS_FILES, ids=_rel)
+def test_grid_loss_weights_fit_the_network_grid(path):
+    import torch
+    from basicsr.losses import build_loss
+    opt = _load(path)
+    net = build_network(dict(opt['network_g'])).eval()
+    with torch.no_grad():
+        _, grid = net(torch.zeros(1, net.frames_needed, 16, 16), return_intermediates=True)
+    loss = build_loss(dict(opt['train']['pixel_opt']))
+    assert tuple(loss.weights_for(len(grid), len(grid[-1])).shape) == (len(grid), len(grid[-1]))
+
+
 @pytest.mark.parametrize('path', ALL_FILES, ids=_rel)
 def test_options_file_parses_and_names_registered_types(path):
     opt = _load(path)
@@ -209,11 +225,16 @@ def test_the_dpdd_protocol_trains_every_method_on_one_budget():
                 twin = _load(path.replace('_fpn.yml', '.yml'))
                 twin['front_end']['fpn'], twin['name'] = True, opt['name']
                 assert opt == twin, _rel(path)
-    # each ablation is train_despike.yml with one network switch changed
+    # each ablation is train_despike.yml with one network switch changed (and, with one temporal or spatial scale
+    # left, the grid loss weighting it as the full loss weights the longest window or the finest scale)
     full = _load(reference)
     for name, switch in ABLATION_SWITCHES.items():
         opt = _load(osp.join(PROTOCOL_DIR, f'train_despike_wo_{name}.yml'))
         assert opt['network_g'] == dict(full['network_g'], **switch), name
+        weights = {'multi_temporal': 'temporal_weights', 'multi_scale': 'scale_weights'}.get(name)
+        if weights is not None:
+            assert opt['train']['pixel_opt'][weights] == full['train']['pixel_opt'][weights][-1:], name
+            opt['train']['pixel_opt'][weights] = full['train']['pixel_opt'][weights]
         assert {k: v for k, v in opt.items() if k not in ('name', 'network_g')} == \
             {k: v for k, v in full.items() if k not in ('name', 'network_g')}
     names = [_load(p)['name'] for p in files]
@@ -277,9 +298,11 @@ def test_despike_streams_need_only_be_as_long_as_despikenet_reads():
     check_options(opt, 'demo.yml')
 
 
-COMMITTED_STARTS = [path for path in ALL_FILES
-                    if str((_load(path).get('path') or {}).get('pretrain_network_g') or '').startswith(('results/',
-                                                                                                     'despike_basicsr/'))]
+def _start_weights(path: str) -> str:
+    return str((_load(path).get('path') or {}).get('pretrain_network_g') or '')
+
+
+COMMITTED_STARTS = [path for path in ALL_FILES if _start_weights(path).startswith(('results/', 'despike_basicsr/'))]
 
 
 @pytest.mark.parametrize('path', COMMITTED_STARTS, ids=_rel)
