@@ -101,6 +101,8 @@ train() {  # row options
   [ "$limit" -gt 0 ] && stop=(timeout --signal INT "$limit")
   measured=$( { TIMEFORMAT='%R %U %S'; time "${stop[@]}" "$py" despike_basicsr/train.py -opt "$options" \
     --auto_resume > "experiments/${level}_$row.log" 2>&1 || echo "rc $?" >&2; } 2>&1 )
+  # BasicSR archives a folder it does not resume from (the marker with it): mark the folder the training wrote
+  [ -d "experiments/$name" ] && touch "experiments/$name/$marker"
   case $measured in *"rc 124"*|*"rc 130"*) status=1 ;;
     *"rc "*) tail -n 30 "experiments/${level}_$row.log" >&2; say "training $row failed (log above)"; exit 1 ;; esac
   read -r wall user sys <<< "$(echo "$measured" | head -n 1)"
