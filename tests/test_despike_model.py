@@ -223,6 +223,36 @@ def test_trainable_option_freezes_all_but_the_matching_parameters(tmp_path):
         make_model(tmp_path, trainable='levels')
 
 
+def test_no_harm_penalty_charges_only_the_error_a_correction_adds():
+    from despike_basicsr.models.despike_model import no_harm_penalty
+    target = torch.zeros(2, 1, 4, 4)
+    plain = torch.full((2, 1, 4, 4), 0.1)
+    assert float(no_harm_penalty(plain, plain, target)) == 0.0
+    assert float(no_harm_penalty(torch.full_like(plain, 0.05), plain, target)) == 0.0  # better everywhere: free
+    worse = plain.clone()
+    worse[0, 0, 0, 0] = 0.3  # one pixel of sample 0 made worse: (0.09 − 0.01) / 16 over 0.01, halved by the batch
+    assert abs(float(no_harm_penalty(worse, plain, target, eps=0.0)) - 0.08 / 16 / 0.01 / 2) < 1e-5
+    clean = torch.full((2, 1, 4, 4), 0.01)  # the same excess on a 10x cleaner sample costs 100x more
+    worse_clean = clean.clone()
+    worse_clean[0, 0, 0, 0] = clean[0, 0, 0, 0] + (0.09 - 0.01)**0.5
+    ratio = float(no_harm_penalty(worse_clean, clean, target, eps=0.0) / no_harm_penalty(worse, plain, target, eps=0.0))
+    assert 90 < ratio < 110
+
+
+def test_harm_loss_trains_a_network_with_a_window_mix_and_needs_one(tmp_path):
+    options = model_options(tmp_path, harm_weight=0.5)
+    options['network_g'].update(base_windows=[8, 24], delta_gate=True)
+    torch.manual_seed(0)
+    model = build_model(options)
+    model.feed_data(train_batch())
+    model.optimize_parameters(1)
+    logged = model.get_current_log()
+    assert 'l_harm' in logged and np.isfinite(logged['l_harm']) and logged['l_harm'] >= 0
+    assert model.get_bare_model(model.net_g).correction_strength == 1.0  # restored after the mix
+    with pytest.raises(ValueError, match='needs base_windows'):
+        make_model(tmp_path, harm_weight=0.5)
+
+
 def test_loss_terms_are_optional_and_weighted(tmp_path):
     model = make_model(tmp_path, fft_opt=None, lpips_opt=None)
     model.feed_data(train_batch())

@@ -1,8 +1,9 @@
 """DeSpikeModel: trains and evaluates DeSpikeNet in BasicSR's loop.
 
 L = λ1 Σ_{i,s} β_{i,s} MSE_{i,s} (``pixel_opt``, logged as ``l_grid``) + λ2 L_FFT (``fft_opt``, ``l_fft``)
-  + λ3 L_LPIPS (``lpips_opt``, ``l_lpips``) + λ4 L_grad (``grad_opt``, ``l_grad``: image-gradient L1); each term is
-  optional and its λ is the ``loss_weight`` of its options.
+  + λ3 L_LPIPS (``lpips_opt``, ``l_lpips``) + λ4 L_grad (``grad_opt``, ``l_grad``: image-gradient L1)
+  + λ5 L_harm (``l_harm``: :func:`no_harm_penalty`, λ5 = ``train.harm_weight``); each term is optional and its λ
+  is the ``loss_weight`` of its options.
 """
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional
@@ -16,6 +17,19 @@ from torch.nn import functional as F
 from despike_basicsr.models.spike_base import SpikeSRModel, crop_center_frames
 
 _AUX_SCALES = ('final', 'all')
+
+
+def no_harm_penalty(output: Tensor, plain: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
+    """L_harm = mean_b [ mean_x max((Rec − GT)² − (P − GT)², 0) / (mean_x (P − GT)² + ε) ]: the squared error the
+    correction adds over the plain reconstruction P (the window mix, α = 0), where it adds any, relative to P's own
+    error per sample, so a 48 dB in-focus crop whose correction costs 1 dB weighs as much as a 25 dB one.
+
+    ``plain`` is a constant (no gradient): the penalty moves the correction, not the mix.
+    """
+    plain = plain.detach()
+    plain_error = (plain - target).pow(2)
+    excess = torch.relu((output - target).pow(2) - plain_error)
+    return (excess.flatten(1).mean(1) / (plain_error.flatten(1).mean(1) + eps)).mean()
 
 
 @MODEL_REGISTRY.register()
@@ -43,6 +57,9 @@ class DeSpikeModel(SpikeSRModel):
         self.lpips_scales = self._check_scales('lpips_scales', train_opt.get('lpips_scales', 'final'))
         self.grad_scales = self._check_scales('grad_scales', train_opt.get('grad_scales', 'final'))
         self.grad_clip_norm = train_opt.get('grad_clip_norm')
+        self.harm_weight = float(train_opt.get('harm_weight', 0.0))
+        if self.harm_weight and not getattr(self.get_bare_model(self.net_g), 'base_windows', None):
+            raise ValueError('train.harm_weight compares the output with the window mix: network_g needs base_windows')
 
         self.setup_optimizers()
         self.setup_schedulers()
@@ -110,7 +127,21 @@ class DeSpikeModel(SpikeSRModel):
                 loss_dict['l_lpips'] = self._aux_loss(self.cri_lpips, self.lpips_scales, grid)
             if self.cri_grad is not None:
                 loss_dict['l_grad'] = self._aux_loss(self.cri_grad, self.grad_scales, grid)
+            if self.harm_weight:
+                loss_dict['l_harm'] = self.harm_weight * no_harm_penalty(self.output, self.window_mix(correction),
+                                                                         self.gt)
         self.apply_losses(loss_dict)
+
+    @torch.no_grad()
+    def window_mix(self, correction: Optional[Tensor]) -> Tensor:
+        """The network's output with the correction off (correction strength 0), at the ground truth's scale."""
+        net = self.get_bare_model(self.net_g)
+        strength, net.correction_strength = net.correction_strength, 0.0
+        try:
+            mix = self.net_g(self.lq, self.gamma)
+        finally:
+            net.correction_strength = strength
+        return mix if correction is None else mix * correction
 
     def test(self) -> None:
         """Reconstruct ``self.lq`` with :meth:`evaluation_network` (restored to its mode after)."""
