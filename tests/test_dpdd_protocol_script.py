@@ -107,6 +107,10 @@ with SpikeLMDBWriter(sys.argv[1]) as w:
   despike_basicsr/train.py)
     name=$("$real" -c "import yaml, sys; print(yaml.safe_load(open(sys.argv[1]))['name'])" "$3")
     echo "train $3" >> calls.log
+    # as BasicSR does: a folder it does not resume from (no training states) is archived, whatever is in it
+    if [ -d "experiments/$name" ] && [ -z "$(ls -A "experiments/$name/training_states" 2>/dev/null)" ]; then
+      mv "experiments/$name" "experiments/${name}_archived_$$"
+    fi
     mkdir -p "experiments/$name/models" && touch "experiments/$name/models/net_g_latest.pth" ;;
   -m) exec "$real" "$@" ;;
   scripts/benchmark.py)
@@ -163,6 +167,14 @@ def test_a_real_run_trains_and_scores_each_row_once_and_never_again(repo_root, t
     times = (tmp_path / 'results' / 'dpdd' / 'training_times.md').read_text().splitlines()
     steps = [line.split(' | ')[1] for line in times if line.startswith('| ') and '---' not in line][1:]
     assert steps.count('train') == 18 and steps.count('evaluate') == 26
+
+    (tmp_path / 'calls.log').unlink()
+    (tmp_path / 'results' / 'dpdd' / 'rows' / 'despike.json').unlink()  # a row trained but not yet scored
+    again = subprocess.run(command, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    calls = (tmp_path / 'calls.log').read_text().splitlines()
+    assert not [c for c in calls if c.startswith('train ')]  # its finished training is kept, not trained again
+    assert [c for c in calls if c.startswith('benchmark ')] and (tmp_path / 'results/dpdd/rows/despike.json').is_file()
 
     (tmp_path / 'calls.log').unlink()
     shutil.rmtree(tmp_path / 'experiments')  # a fresh checkout: the committed row files are enough
