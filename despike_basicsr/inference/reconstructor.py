@@ -84,7 +84,7 @@ class DeSpikeReconstructor:
         strength = float(strength)
         if not 0.0 <= strength <= 2.0:  # also rejects NaN
             raise ReconstructorError(f'correction strength must be in [0, 2], got {strength}')
-        if not hasattr(self.net, 'correction_strength') or not getattr(self.net, 'base_windows', None):
+        if not getattr(self.net, 'base_windows', None):
             if strength != 1.0:
                 raise ReconstructorError(f'{self.weights}: this network predicts the image directly (no base_windows),'
                                          ' so it has no correction to scale; leave the correction strength at 1')

@@ -596,9 +596,9 @@ def estimate_fpn_from_stats(stats: SceneStatistics,
         bad = bad | (~saturated & (reg_gain <= 0))
         ref = float(np.median(reg_gain[good]))
         gain = np.where(reg_gain > 0, reg_gain, gain)
-        weight = robust_shrinkage(np.log(gain / ref), reg_error, good)
-        shrunk = structured_shrinkage(np.log(np.where(good, gain, ref) / ref), reg_error, good)
-        gamma = np.where(good, np.exp(-shrunk), 1.0)
+        log_gain = np.log(np.where(good, gain, ref) / ref)
+        weight = robust_shrinkage(log_gain, reg_error, good)
+        gamma = np.where(good, np.exp(-structured_shrinkage(log_gain, reg_error, good)), 1.0)
         confidence = np.where(good, scene_confidence(weight, reg_error), 0.0)
         info['static'] = False
         note = (f'scene-based estimate from {stats.steps} steps ({stats.recordings} recording(s)), registration: '
