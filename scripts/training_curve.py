@@ -4,59 +4,57 @@
 
     python scripts/training_curve.py                      # options/train_despike_deblur.yml's experiment
     python scripts/training_curve.py --every 1000 --opt options/train_despike_deblur.yml
+    python scripts/training_curve.py --every 1000 --photos --out results/training/no_harm_phases \\
+        --opt options/train_despike_noise_aware.yml --opt options/train_despike_gated.yml \\
+        --opt options/train_despike_harm.yml --opt options/train_despike_harm_strong.yml
 
 Checkpoints already in results/training/curve.json are not scored again; the json, curve.md and curve.png are
 written to --out (default results/training). One thread is enough and leaves the training its core.
 """
 import argparse
-import glob
 import os.path as osp
-import re
 import sys
 from typing import List, Optional
 
 import cv2
-import yaml
 
 from despike_basicsr.evaluation import training_curve as tc
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--opt', default='options/train_despike_deblur.yml', help='the campaign\'s options file')
+    parser.add_argument('--opt', action='append',
+                        help='the campaign\'s options file (default options/train_despike_deblur.yml); repeat it for '
+                        'phases trained one after the other, in order')
     parser.add_argument('--dpdd-root', default='../shared/data/dpdd_gray768', help='DPDD layout with val_c/')
     parser.add_argument('--every', type=int, default=500, help='score checkpoints at multiples of this iteration')
     parser.add_argument('--out', default='results/training', help='folder of curve.json / .md / .png')
     parser.add_argument('--no-harm', action='store_true',
                         help='skip the in-focus and moving columns (DPDD val sharp images, against TFP-192 / TFP-41)')
+    parser.add_argument('--photos', action='store_true',
+                        help='add the scikit-image photographs in focus (evaluate_heldout.py\'s set) to the columns')
     args = parser.parse_args(argv)
-    with open(args.opt, encoding='utf-8') as f:
-        opt = yaml.safe_load(f)
-    name, print_freq = opt['name'], int(opt['logger']['print_freq'])
-    experiment = osp.join('experiments', name)
+    found, seconds, name = tc.phase_checkpoints(args.opt or ['options/train_despike_deblur.yml'], args.every)
     json_path = osp.join(args.out, 'curve.json')
     entries = tc.load_curve(json_path)
     done = {e['iteration'] for e in entries}
-    seconds = tc.iteration_seconds(sorted(glob.glob(osp.join(experiment, 'train_*.log'))), print_freq)
 
     from despike_basicsr.evaluation import heldout, no_harm
     scenes = heldout.dpdd_val_scenes(args.dpdd_root)
     harm_scenes = [] if args.no_harm else no_harm.in_focus_scenes(scenes) + no_harm.moving_scenes(scenes)
-    found = []
-    start = (opt.get('path') or {}).get('pretrain_network_g')
-    if start and osp.isfile(start) and 0 not in done:  # where the campaign started from, as iteration 0
-        found.append((0, start))
-    for path in glob.glob(osp.join(experiment, 'models', 'net_g_*.pth')):
-        match = re.fullmatch(r'net_g_(\d+)\.pth', osp.basename(path))
-        if match and int(match.group(1)) % args.every == 0 and int(match.group(1)) not in done:
-            found.append((int(match.group(1)), path))
-    for iteration, path in sorted(found):
+    if args.photos and not args.no_harm:
+        harm_scenes += no_harm.in_focus_scenes(heldout.synthetic_depth_scenes(heldout.skimage_images(), seed=0))
+    for iteration, path, phase in found:
+        if iteration in done:
+            continue
         hours = 0.0 if iteration == 0 else tc.cpu_hours(iteration, entries, seconds)
         harm: List[dict] = []
         entry = {'iteration': iteration, 'cpu_hours': hours,
                  'images': tc.score_checkpoint(path, scenes, harm_scenes=harm_scenes, harm=harm)}
         if harm:
             entry['harm'] = harm
+        if len(args.opt or []) > 1:
+            entry['phase'] = phase
         entries.append(entry)
         tc.save_curve(json_path, name, entries)
         print(f'[curve] {name} iteration {iteration}: fit PSNR {tc.mean_of(entry, "despike", "psnr_fit"):.2f} dB, '

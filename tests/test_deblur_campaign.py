@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from despike_basicsr.training import campaign, gpu_burst
 from despike_basicsr.evaluation import training_curve as tc
@@ -179,6 +180,45 @@ def test_learning_curve_hours_gains_table_and_plot(tmp_path):
     image = tc.plot('run', entries)
     assert image.shape == (420, 760, 3) and image.min() == 0
     assert json.loads(open(path).read())['name'] == 'run'
+
+
+def test_learning_curve_columns_follow_the_harm_sets():
+    entries = [_entry(0, 0.0, 0.0), _entry(1000, 0.1, 0.5)]
+    entries[1]['harm'] = [dict(set='photos in focus', condition='in focus', diff=-3.0),
+                          dict(set='photos in focus', condition='in focus', diff=1.0),
+                          dict(set='dpdd-val in focus', condition='in focus', diff=2.0),
+                          dict(set='dpdd-val moving', condition='moving', diff=4.0)]
+    assert tc.harm_groups(entries) == ['dpdd-val in focus', 'photos in focus', 'dpdd-val moving']
+    entries[1]['phase'] = 'B'
+    table = tc.markdown('A → B', entries)
+    assert 'photos in focus − TFP-192 (worst)' in table and 'dpdd-val moving − TFP-41 (worst)' in table
+    assert '| +2.00 (+2.00) | -1.00 (-3.00) | +4.00 (+4.00) |' in table
+    assert '| n/a | n/a | n/a |' in table  # iteration 0 has no harm rows
+    assert 'start 0–0; B 1000–1000' in table
+
+
+def test_phase_checkpoints_count_iterations_across_phases(tmp_path):
+    start = tmp_path / 'start.pth'
+    start.write_bytes(b'x')
+    opts = []
+    for name, total in (('A', 300), ('B', 200)):
+        models = tmp_path / 'experiments' / name / 'models'
+        models.mkdir(parents=True)
+        for i in range(100, total + 1, 100):
+            (models / f'net_g_{i}.pth').write_bytes(b'x')
+        (models / 'net_g_latest.pth').write_bytes(b'x')
+        (tmp_path / 'experiments' / name / 'train_x.log').write_text(
+            '\n'.join(f'[x..][epoch:  0, iter:   {i:,}, lr:(1e-4,)] [time (data): 1.000 (0.01)]'
+                      for i in range(50, total + 1, 50)))
+        opt = dict(name=name, logger=dict(print_freq=50), train=dict(total_iter=total),
+                   path=dict(pretrain_network_g=str(start)))
+        opts.append(str(tmp_path / f'{name}.yml'))
+        with open(opts[-1], 'w') as f:
+            yaml.safe_dump(opt, f)
+    found, seconds, name = tc.phase_checkpoints(opts, every=200, experiments=str(tmp_path / 'experiments'))
+    assert [(i, phase) for i, _, phase in found] == [(0, 'start'), (200, 'A'), (500, 'B')]
+    assert found[2][1].endswith('B/models/net_g_200.pth') and name == 'A → B'
+    assert sorted(seconds) == list(range(50, 501, 50)) and seconds[500] == 50.0
 
 
 def test_gpu_burst_starts_from_the_committed_state_and_overrides_the_recipe(tmp_path, monkeypatch):

@@ -10,14 +10,16 @@ CPU hours come from BasicSR's training log (``time (data): t`` averaged over eac
 the campaign runs on one thread, so its wall time is its CPU time. Iterations before the json's last entry keep the
 hours recorded then.
 """
+import glob
 import json
 import os
 import os.path as osp
 import re
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+import yaml
 
 #: Log line of BasicSR's MessageLogger: iteration and the averaged seconds per iteration.
 _LOG_LINE = re.compile(r'iter:\s*([\d,]+),.*?time \(data\): ([\d.]+)')
@@ -43,6 +45,38 @@ def cpu_hours(iteration: int, known: List[Dict[str, Any]], seconds: Dict[int, fl
     if not spent and iteration > base_iter:
         return None
     return base_hours + sum(spent) / 3600.0
+
+
+def phase_checkpoints(opt_paths: Sequence[str], every: int,
+                      experiments: str = 'experiments') -> Tuple[List[Tuple[int, str, str]], Dict[int, float], str]:
+    """Checkpoints of one campaign or of several phases trained one after the other (each from the last).
+
+    Returns ``[(iteration, weights, phase)]`` with iterations counted across the phases (phase k's checkpoint i is
+    the earlier phases' ``total_iter`` plus i; 0 is the first phase's ``pretrain_network_g``), the logged seconds per
+    print interval on the same count, and the curve's name.
+    """
+    found: List[Tuple[int, str, str]] = []
+    seconds: Dict[int, float] = {}
+    names = []
+    offset = 0
+    for index, opt_path in enumerate(opt_paths):
+        with open(opt_path, encoding='utf-8') as f:
+            opt = yaml.safe_load(f)
+        name = opt['name']
+        names.append(name)
+        experiment = osp.join(experiments, name)
+        logged = iteration_seconds(sorted(glob.glob(osp.join(experiment, 'train_*.log'))),
+                                   int(opt['logger']['print_freq']))
+        seconds.update({offset + i: s for i, s in logged.items()})
+        start = (opt.get('path') or {}).get('pretrain_network_g')
+        if index == 0 and start and osp.isfile(start):  # where the campaign started from, as iteration 0
+            found.append((0, start, 'start'))
+        for path in glob.glob(osp.join(experiment, 'models', 'net_g_*.pth')):
+            match = re.fullmatch(r'net_g_(\d+)\.pth', osp.basename(path))
+            if match and int(match.group(1)) % every == 0:
+                found.append((offset + int(match.group(1)), path, name))
+        offset += int(opt['train']['total_iter'])
+    return sorted(found), seconds, ' → '.join(names)
 
 
 #: Per-image figures a curve entry keeps (the region SSIMs since iteration 8,000's sitting).
@@ -117,6 +151,7 @@ def markdown(name: str, entries: List[Dict[str, Any]]) -> str:
         return f'# Learning curve: {name}\n\nNo checkpoint scored yet.\n'
     keys = sorted(entries[0]['images'])
     photo = {k: entries[0]['images'][k]['defocused'] for k in keys}
+    groups = harm_groups(entries)
     lines = [
         f'# Learning curve: {name}', '',
         'DPDD val (4 real lens-defocus pairs), bright level (mean 0.3 spikes per step, θ 2, η 1, 5 % gain spread, '
@@ -131,29 +166,47 @@ def markdown(name: str, entries: List[Dict[str, Any]]) -> str:
         f'{np.mean([photo[k]["psnr"] for k in keys]):.2f} / {np.mean([photo[k]["ssim"] for k in keys]):.3f} raw; '
         f'SSIM by region {region_cell(entries[-1], "defocused")}.', '',
         '| iteration | CPU hours | PSNR / SSIM | fit PSNR / SSIM | ' + ' | '.join(f'Δ {k}' for k in keys) +
-        ' | SSIM by region | ' + ' | '.join(HARM_COLUMNS) + ' |',
-        '| ---: | ---: | ---: | ---: |' + ' ---: |' * len(keys) + ' ---: |' + ' ---: |' * len(HARM_COLUMNS)]
+        ' | SSIM by region | ' + ' | '.join(f'{g} − {BAR_NAMES[condition_of(g)]} (worst)' for g in groups) + ' |',
+        '| ---: | ---: | ---: | ---: |' + ' ---: |' * len(keys) + ' ---: |' + ' ---: |' * len(groups)]
     for e in entries:
         hours = 'n/a' if e.get('cpu_hours') is None else f'{e["cpu_hours"]:.2f}'
         delta = ' | '.join(f'{gains(e)[k]:+.2f}' for k in keys)
         lines.append(f'| {e["iteration"]} | {hours} | {mean_of(e, "despike", "psnr"):.2f} / '
                      f'{mean_of(e, "despike", "ssim"):.3f} | {mean_of(e, "despike", "psnr_fit"):.2f} / '
                      f'{mean_of(e, "despike", "ssim_fit"):.3f} | {delta} | {region_cell(e, "despike")} | '
-                     + ' | '.join(harm_cell(e, condition) for condition in HARM_COLUMNS.values()) + ' |')
+                     + ' | '.join(harm_cell(e, group) for group in groups) + ' |')
     if any(e.get('harm') for e in entries):
-        lines += ['', 'Do no harm: DeSpike\'s fitted PSNR minus TFP-192 on the same 4 images in focus, and minus '
-                  'TFP-41 on them moving across the sensor (`despike_basicsr/evaluation/no_harm.py`); mean, then the '
-                  'worst image.']
+        lines += ['', 'Do no harm: DeSpike\'s fitted PSNR minus TFP-192 on sharp images seen in focus, and minus '
+                  'TFP-41 on them moving across the sensor (`despike_basicsr/evaluation/no_harm.py`), per set; mean, '
+                  'then the worst image.']
+    if any('phase' in e for e in entries):
+        phases: Dict[str, List[int]] = {}
+        for e in entries:
+            phases.setdefault(e.get('phase', 'start'), []).append(e['iteration'])
+        lines += ['', 'Phases, in order (iterations counted across them; 0 is the first phase\'s starting weights): ' +
+                  '; '.join(f'{name} {min(its)}–{max(its)}' for name, its in phases.items()) + '.']
     return '\n'.join(lines) + '\n'
 
 
-#: The do-no-harm columns of the curve: header -> condition (:func:`.no_harm.condition_of`).
-HARM_COLUMNS = {'in focus − TFP-192 (worst)': 'in focus', 'moving − TFP-41 (worst)': 'moving'}
+#: How the tables name each condition's bar (:data:`.no_harm.BARS`).
+BAR_NAMES = {'in focus': 'TFP-192', 'moving': 'TFP-41', 'defocused': 'photograph'}
 
 
-def harm_cell(entry: Dict[str, Any], condition: str) -> str:
-    """``mean (worst)`` of DeSpike's differences to the bar of ``condition``, ``n/a`` when the entry has none."""
-    diffs = [h['diff'] for h in entry.get('harm', []) if h['condition'] == condition]
+def condition_of(group: str) -> str:
+    """``'in focus'`` or ``'moving'`` from a harm group (a set name such as ``'photos in focus'``, or the condition)."""
+    return 'moving' if group.endswith('moving') else 'in focus'
+
+
+def harm_groups(entries: List[Dict[str, Any]]) -> List[str]:
+    """The do-no-harm columns: one per scene set in the entries' harm rows (rows scored before sets were recorded
+    group by condition), in focus before moving; the two conditions when no entry has harm rows yet."""
+    groups = {h.get('set', h['condition']) for e in entries for h in e.get('harm', [])}
+    return sorted(groups, key=lambda g: (condition_of(g) == 'moving', g)) or ['in focus', 'moving']
+
+
+def harm_cell(entry: Dict[str, Any], group: str) -> str:
+    """``mean (worst)`` of DeSpike's differences to the bar over the harm rows of ``group``, ``n/a`` when none."""
+    diffs = [h['diff'] for h in entry.get('harm', []) if h.get('set', h['condition']) == group]
     return f'{np.mean(diffs):+.2f} ({min(diffs):+.2f})' if diffs else 'n/a'
 
 
