@@ -51,7 +51,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 LOW_ETA=0.18
-marker=trained_without_scoring_holdout  # in experiments/<name>/: trained on the protocol's train LMDB (issue 29)
+# Trained on the protocol's train LMDB (issue 29): experiments/<name>/<marker>, and experiments/.<marker>/<name>
+# written before the training starts (BasicSR archives a folder it starts afresh, the marker inside with it, and a run
+# killed before the end cannot mark the new folder: the record outside keeps that training from being set aside).
+marker=trained_without_scoring_holdout
 
 say() { echo "[dpdd] $*"; }
 run() {  # run (or, with --dry-run, print) a command
@@ -79,7 +82,8 @@ sys.exit(0 if r.has_blurred() and (sys.argv[3] != 'exclude' or len(r) == n) else
 
 cpu_seconds() { awk -v u="$1" -v s="$2" 'BEGIN { printf "%.1f", u + s }'; }
 weights_of() { echo "experiments/$(option_name "$1")/models/net_g_latest.pth"; }
-marked() { [ -f "experiments/$(option_name "$1")/$marker" ]; }  # trained without the scoring holdout
+marked_name() { [ -f "experiments/$1/$marker" ] || [ -f "experiments/.$marker/$1" ]; }
+marked() { marked_name "$(option_name "$1")"; }  # trained without the scoring holdout
 
 # Train one row unless its weights exist (or a committed row file says it is done); every run's wall and CPU seconds
 # (children included) go to the times table. Returns 1 when --train-limit stopped it (its state is saved).
@@ -87,15 +91,15 @@ train() {  # row options
   local row=$1 options=$2 name weights status=0
   name=$(option_name "$options")
   weights=experiments/$name/models/net_g_latest.pth
-  if { [ -f "$weights" ] && [ -f "experiments/$name/$marker" ]; } || [ $skip_train = 1 ]; then return 0; fi
+  if { [ -f "$weights" ] && marked_name "$name"; } || [ $skip_train = 1 ]; then return 0; fi
   say "training $row ($options), log experiments/${level}_$row.log"
   if [ $dry = 1 ]; then echo "  $py despike_basicsr/train.py -opt $options --auto_resume"; return 0; fi
   # An experiment folder without the marker was trained before the scoring holdout was left out: set it aside.
-  if [ -d "experiments/$name" ] && [ ! -f "experiments/$name/$marker" ]; then
+  if [ -d "experiments/$name" ] && ! marked_name "$name"; then
     say "experiments/$name predates the scoring holdout: moved to experiments/${name}_before_holdout, training again"
     rm -rf "experiments/${name}_before_holdout"; mv "experiments/$name" "experiments/${name}_before_holdout"
   fi
-  mkdir -p "experiments/$name" && touch "experiments/$name/$marker"
+  mkdir -p "experiments/$name" "experiments/.$marker" && touch "experiments/$name/$marker" "experiments/.$marker/$name"
   "$py" -m despike_basicsr.evaluation.protocol restore --results "$results" --name "$name"
   local measured stop=()
   [ "$limit" -gt 0 ] && stop=(timeout --signal INT "$limit")

@@ -170,10 +170,13 @@ def test_a_real_run_trains_and_scores_each_row_once_and_never_again(repo_root, t
 
     (tmp_path / 'calls.log').unlink()
     (tmp_path / 'results' / 'dpdd' / 'rows' / 'despike.json').unlink()  # a row trained but not yet scored
+    # ... by a run killed after BasicSR archived the folder it started afresh (the marker inside went with it)
+    (tmp_path / 'experiments' / 'DPDDcpu_DeSpike' / 'trained_without_scoring_holdout').unlink()
     again = subprocess.run(command, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
     calls = (tmp_path / 'calls.log').read_text().splitlines()
     assert not [c for c in calls if c.startswith('train ')]  # its finished training is kept, not trained again
+    assert (tmp_path / 'experiments' / 'DPDDcpu_DeSpike' / 'models' / 'net_g_latest.pth').is_file()
     assert [c for c in calls if c.startswith('benchmark ')] and (tmp_path / 'results/dpdd/rows/despike.json').is_file()
 
     (tmp_path / 'calls.log').unlink()
