@@ -1,6 +1,7 @@
 """DeSpikeReconstructor (the Python API), checkpoints that carry their network options, the shipped weights, and the
 held-out evaluation core, on small data the tests make."""
 import os.path as osp
+import warnings
 
 import numpy as np
 import pytest
@@ -186,6 +187,16 @@ def test_evaluate_scores_every_method_at_every_level():
     assert '### toy (2 scenes)' in table and 'TFP-192' in table and 'defocused region / elsewhere' in table
     picture = evaluation.picture(report['_images'], crop=32)
     assert picture.ndim == 2 and picture.shape[1] > 6 * 32
+
+
+def test_summary_keeps_nan_and_inf_apart_without_warning():
+    rows = [dict(set='s in focus', level='bright', method=m, psnr=p, ssim_defocus=float('nan'))
+            for m, p in (('defocused', float('inf')), ('defocused', float('inf')), ('tfp192', 30.0))]
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # no "Mean of empty slice" for a set without defocused regions
+        summary = {s['method']: s for s in evaluation.summarise(rows)}
+    assert summary['defocused']['psnr'] == float('inf') and summary['tfp192']['psnr'] == 30.0
+    assert np.isnan(summary['tfp192']['ssim_defocus'])
 
 
 def test_skimage_scenes_are_shipped_photographs():

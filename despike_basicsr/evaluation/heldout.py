@@ -246,7 +246,8 @@ def summarise(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         entry = dict(set=set_name, level=level, method=method, count=len(members))
         for metric in ('psnr', 'ssim', 'psnr_fit', 'ssim_fit', 'ssim_defocus', 'ssim_rest'):
             if all(metric in m for m in members):
-                entry[metric] = float(np.nanmean([m[metric] for m in members]))
+                values = np.array([m[metric] for m in members], dtype=float)  # NaN: no defocused region (in focus)
+                entry[metric] = float(np.nanmean(values)) if not np.isnan(values).all() else float('nan')
         summary.append(entry)
     return summary
 
