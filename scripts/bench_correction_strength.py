@@ -1,12 +1,15 @@
 #!/usr/bin/env python
-"""DeSpike's correction strength α (``despike-infer --correction-strength``) against the do-no-harm bars.
+"""DeSpike's correction strength α and dead zone τ (``despike-infer --correction-strength/--correction-threshold``)
+against the do-no-harm bars.
 
-``Rec = window mix + α·g·Δ``: α = 0 is the per-pixel mix of plain reconstructions (in focus at least TFP-192 by
-construction, defocus left as it is), α = 1 the network as trained. On the held-out sets of
-``scripts/evaluate_heldout.py`` (DPDD val and the scikit-image photographs: defocused, in focus, moving; bright and
-dim) every α is scored from two network runs per stream (despike_basicsr/evaluation/no_harm.py).
+``Rec = window mix + S_τ(α·g·Δ)``: α = 0 is the per-pixel mix of plain reconstructions (in focus at least TFP-192 by
+construction, defocus left as it is), α = 1, τ = 0 the network as trained; τ drops corrections under τ grey levels.
+On the held-out sets of ``scripts/evaluate_heldout.py`` (DPDD val and the scikit-image photographs: defocused, in
+focus, moving; bright and dim) every (α, τ) is scored from two network runs per stream
+(despike_basicsr/evaluation/no_harm.py).
 
     python scripts/bench_correction_strength.py                  # -> results/heldout/correction_strength.{md,json}
+    python scripts/bench_correction_strength.py --strengths 1 --thresholds 0,2,4,6
 """
 import argparse
 import json
@@ -25,15 +28,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--dpdd-root', default='../shared/data/dpdd_gray768', help='DPDD layout with a val_c split')
     parser.add_argument('--weights', help='DeSpike checkpoint (default: the shipped pretrained weights)')
     parser.add_argument('--strengths', default='0,0.25,0.5,0.75,1', help='comma-separated α in [0, 2]')
+    parser.add_argument('--thresholds', default='0', help='comma-separated dead zones τ (grey levels), with every α')
     parser.add_argument('--device', help='cpu, cuda (default: CUDA when available)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--out', default='results/heldout', help='output folder')
     args = parser.parse_args(argv)
     try:
         strengths = [float(a) for a in args.strengths.split(',') if a.strip()]
+        thresholds = [float(t) for t in args.thresholds.split(',') if t.strip()]
         reconstructor = DeSpikeReconstructor(args.weights, device=args.device)
         for alpha in strengths + [0.0]:
-            reconstructor.set_correction_strength(alpha)  # checks every α before the long run
+            reconstructor.set_correction_strength(alpha)  # checks every α and τ before the long run
+        for tau in thresholds + [0.0]:
+            reconstructor.set_correction_threshold(tau)  # the pair below is without dead zone
     except (ValueError, ReconstructorError) as err:
         print(f'bench_correction_strength: error: {err}', file=sys.stderr)
         return 2
@@ -51,20 +58,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     scenes += no_harm.moving_scenes(val + photos, 192, args.seed)
     start = time.time()
     sweep = no_harm.correction_strength_sweep(scenes, reconstruct_pair, strengths, reconstructor.net.reference_rate,
-                                              seed=args.seed, progress=lambda line: print(line, flush=True))
+                                              seed=args.seed, progress=lambda line: print(line, flush=True),
+                                              thresholds=thresholds)
     table = no_harm.sweep_markdown(sweep)
     command = 'python scripts/bench_correction_strength.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
     os.makedirs(args.out, exist_ok=True)
     with open(osp.join(args.out, 'correction_strength.md'), 'w') as f:
-        f.write('# DeSpike correction strength α against the do-no-harm bars\n\n'
+        f.write('# DeSpike correction strength α and dead zone τ against the do-no-harm bars\n\n'
                 f'Weights: `{osp.relpath(reconstructor.weights)}`. Fitted PSNR of DeSpike minus its bar (in focus: '
                 'TFP-192; moving: TFP-41; defocused: the photograph), mean (worst image), dB; the last two columns '
                 f'raw SSIM minus the photograph\'s. {len(scenes)} scenes, {time.time() - start:.0f} s.\n\n'
                 f'{table}\nCommand: `{command.strip()}`\n')
     with open(osp.join(args.out, 'correction_strength.json'), 'w') as f:
         json.dump(dict(weights=osp.relpath(reconstructor.weights), command=command.strip(),
-                       strengths=sweep['strengths'], harm={str(a): r for a, r in sweep['harm'].items()},
-                       harm_ssim={str(a): r for a, r in sweep['harm_ssim'].items()}), f, indent=1)
+                       settings=sweep['settings'], harm=sweep['harm'], harm_ssim=sweep['harm_ssim']), f, indent=1)
     print(table)
     return 0
 

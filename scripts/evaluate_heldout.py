@@ -40,6 +40,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='folder of spike/<key>.dat (250x400) and gt/<key>.png clips (skipped when missing)')
     parser.add_argument('--correction-strength', type=float, default=1.0,
                         help='scale of the learned correction (DeSpikeReconstructor), default 1')
+    parser.add_argument('--correction-threshold', type=float,
+                        help='dead zone of the correction in grey levels (default: the weights\' own)')
     parser.add_argument('--out', default='results/heldout', help='output folder')
     parser.add_argument('--defocus-weights', help='defocus-map weights (default: the shipped defocus_map.pth)')
     parser.add_argument('--no-defocus-map', action='store_true', help='skip the defocus-map section')
@@ -49,7 +51,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return evaluate_defocus_map(args)
     try:
         reconstructor = DeSpikeReconstructor(args.weights, opt_path=args.opt, device=args.device, tile=args.tile,
-                                             correction_strength=args.correction_strength)
+                                             correction_strength=args.correction_strength,
+                                             correction_threshold=args.correction_threshold)
     except ReconstructorError as err:
         print(f'evaluate_heldout: error: {err}', file=sys.stderr)
         return 2

@@ -492,3 +492,8 @@ def test_correction_strength_flag_is_checked(stand_in, tmp_path, capsys):
     line = _run_error(capsys, base + ['--correction-strength', '0.5', '--out', str(tmp_path / 'b')])
     assert 'no correction to scale' in line  # the stand-in predicts the image directly
     assert main(base + ['--correction-strength', '1', '--out', str(tmp_path / 'c')]) == 0
+    line = _run_error(capsys, base + ['--correction-threshold', '-1', '--out', str(tmp_path / 'd')])
+    assert 'correction threshold must be in [0, 255] grey levels, got -1.0' in line
+    line = _run_error(capsys, base + ['--correction-threshold', '4', '--out', str(tmp_path / 'e')])
+    assert 'no correction to threshold' in line
+    assert main(base + ['--correction-threshold', '0', '--out', str(tmp_path / 'f')]) == 0

@@ -372,6 +372,55 @@ def test_correction_strength_scales_the_correction_between_the_window_mix_and_th
     assert DeSpikeReconstructor(str(direct), device='cpu').net.correction_strength == 1.0
 
 
+def test_dead_zone_drops_small_corrections_and_shortens_large_ones():
+    from despike_basicsr.archs.despike_arch import correction_dead_zone
+    c = torch.tensor([-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0]).reshape(1, 1, 1, 7)
+    assert correction_dead_zone(c, 1.0).flatten().tolist() == [-2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0]
+    assert correction_dead_zone(c, 0.0) is c
+    per_sample = correction_dead_zone(torch.cat([c, c]), torch.tensor([0.0, 2.0]).reshape(2, 1, 1, 1))
+    assert torch.equal(per_sample[0], c[0]) and per_sample[1].flatten().tolist() == [-1.0] + [0.0] * 5 + [1.0]
+
+
+def test_network_dead_zone_is_in_output_grey_levels_and_matches_the_sweeps_formula(tmp_path):
+    """The network's τ (before its display scale) equals the sweep's S_τ on the outputs, at any light level."""
+    torch.manual_seed(3)
+    net = DeSpikeNet(**TINY, base_windows=[8, 32], delta_gate=True).eval()
+    with torch.no_grad():
+        for param in net.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    rate = np.linspace(0.1, 0.8, 256).reshape(16, 16)
+    for light in (1.0, 0.3):  # two exposure levels: two display scales
+        spikes = _still_stream(light * rate, 32)
+        with torch.no_grad():
+            net.correction_strength, net.correction_threshold = 0.0, 0.0
+            mix = net(spikes).numpy()
+            net.correction_strength = 0.7
+            full = net(spikes).numpy()
+            tau = float(np.percentile(np.abs(full - mix), 60) * 255)  # drops most corrections, not all
+            net.correction_threshold = tau
+            dead = net(spikes).numpy()
+        expected = no_harm.corrected(mix, mix + (full - mix) / 0.7, 0.7, tau)
+        assert np.abs(dead - expected).max() < 1e-5
+        assert 0 < np.mean(dead == mix) < 1  # some pixels keep the mix exactly, others are corrected
+    with pytest.raises(ValueError, match='correction_threshold'):
+        DeSpikeNet(**TINY, correction_threshold=2.0)  # no base windows: nothing to threshold
+
+    from despike_basicsr.inference.network import ReconstructorError
+    from despike_basicsr.inference.reconstructor import DeSpikeReconstructor
+    weights = tmp_path / 'gated.pth'
+    stored = dict(type='DeSpikeNet', **TINY, base_windows=[8, 32], delta_gate=True, correction_threshold=3.0)
+    torch.save({'params': net.state_dict(), 'network_g': stored}, weights)
+    assert DeSpikeReconstructor(str(weights), device='cpu').net.correction_threshold == 3.0  # the weights' own
+    assert DeSpikeReconstructor(str(weights), device='cpu', correction_threshold=0).net.correction_threshold == 0.0
+    for bad in (-1.0, 300.0, float('nan')):
+        with pytest.raises(ReconstructorError, match='correction threshold must be in'):
+            DeSpikeReconstructor(str(weights), device='cpu', correction_threshold=bad)
+    direct = tmp_path / 'direct.pth'
+    torch.save({'params': DeSpikeNet(**TINY).state_dict(), 'network_g': dict(type='DeSpikeNet', **TINY)}, direct)
+    with pytest.raises(ReconstructorError, match='no correction to threshold'):
+        DeSpikeReconstructor(str(direct), device='cpu', correction_threshold=1.0)
+
+
 def test_correction_strength_sweep_runs_the_network_twice_per_stream_and_scores_every_strength():
     rng = np.random.default_rng(0)
     sharp = rng.uniform(0.1, 0.9, (24, 24)).astype(np.float32)
@@ -386,10 +435,15 @@ def test_correction_strength_sweep_runs_the_network_twice_per_stream_and_scores_
         calls.append(1)
         return 0.8 * heldout.to_display(blurred), 0.8 * noisy
 
-    sweep = no_harm.correction_strength_sweep(scenes, pair, [0.0, 0.5, 1.0], reference_rate=0.3, steps=64)
-    assert len(calls) == len(scenes) * len(heldout.LIGHT_LEVELS)  # cached across the three strengths
+    sweep = no_harm.correction_strength_sweep(scenes, pair, [0.0, 0.5, 1.0], reference_rate=0.3, steps=64,
+                                              thresholds=[0.0, 300.0])
+    assert len(calls) == len(scenes) * len(heldout.LIGHT_LEVELS)  # cached across the six settings
+    assert sweep['settings'][:3] == [[0.0, 0.0], [0.5, 0.0], [1.0, 0.0]] and len(sweep['settings']) == 6
     for condition in ('defocused', 'in focus'):
-        diffs = [np.mean([r['diff'] for r in sweep['harm'][a] if r['condition'] == condition]) for a in (0, .5, 1)]
+        diffs = [np.mean([r['diff'] for r in sweep['harm'][f'{a:g}/0'] if r['condition'] == condition])
+                 for a in (0, .5, 1)]
         assert diffs[0] < diffs[1] < diffs[2]  # the closer to the truth, the better against the same bar
+        # a dead zone wider than any correction leaves the mix (α = 0) whatever α is
+        assert [r['diff'] for r in sweep['harm']['1/300']] == [r['diff'] for r in sweep['harm']['0/0']]
     table = no_harm.sweep_markdown(sweep)
-    assert table.count('\n') == 2 + 3 and '| 0.5 |' in table
+    assert table.count('\n') == 2 + 6 and '| 0.5 | 0 |' in table and '| 1 | 300 |' in table

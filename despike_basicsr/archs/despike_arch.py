@@ -195,9 +195,29 @@ def count_noise_level(spikes: Tensor, bound: Tuple[int, int]) -> Tensor:
     return (1.0 + integrate_windows(spikes, [bound])).rsqrt()
 
 
+def correction_dead_zone(correction: Tensor, threshold: Union[float, Tensor]) -> Tensor:
+    """S_τ(c) = sign(c)·max(|c| − τ, 0): a correction smaller than τ is dropped, a larger one shortened by τ.
+
+    Where a scene is already sharp the correction can only add error; on a bright in-focus photograph the trained one
+    is a few grey levels of invented texture (soft fur "sharpened" as if defocused), while deblurring an edge or
+    following motion takes tens of grey levels. The dead zone keeps the second and drops the first; its gradient is
+    that of the identity outside it, so a network trained through it learns to exceed τ where it is sure.
+
+    Args:
+        correction: ``(B, 1, H, W)`` α·g·Δ.
+        threshold: τ in the correction's units, a float or ``(B, 1, 1, 1)`` per sample (0: the identity).
+
+    Returns:
+        ``(B, 1, H, W)`` S_τ(c).
+    """
+    if not torch.is_tensor(threshold) and threshold == 0:
+        return correction
+    return torch.sign(correction) * torch.relu(correction.abs() - threshold)
+
+
 def gated_plain_reconstruction(head: Tensor, plains: Tensor, prior: Tensor, delta_gate: bool = False,
-                               strength: float = 1.0) -> Tensor:
-    """Rec = α·g·Δ + Σ_k softmax_k(z + z₀)·P_k: a correction Δ on a per-pixel mix of plain reconstructions P_k.
+                               strength: float = 1.0, threshold: Union[float, Tensor] = 0.0) -> Tensor:
+    """Rec = S_τ(α·g·Δ) + Σ_k softmax_k(z + z₀)·P_k: a correction Δ on a per-pixel mix of plain reconstructions P_k.
 
     ``head`` holds Δ (channel 0), the logits z over the K windows (channels 1..K) and, with ``delta_gate``, the gate
     logit z_g (channel K + 1) of g = 2·σ(z_g); without it g = 1. z₀ (``prior``) favours the longest window, so Δ = 0,
@@ -213,6 +233,7 @@ def gated_plain_reconstruction(head: Tensor, plains: Tensor, prior: Tensor, delt
         delta_gate: ``head`` carries the gate logit as its last channel.
         strength: α, the user's trust in the correction (1: as trained; 0: the window mix alone, which cannot
             sharpen defocus but never invents detail).
+        threshold: τ of the dead zone :func:`correction_dead_zone` (0: none).
 
     Returns:
         ``(B, 1, H, W)`` image.
@@ -222,7 +243,7 @@ def gated_plain_reconstruction(head: Tensor, plains: Tensor, prior: Tensor, delt
     delta = head[:, :1]
     if delta_gate:
         delta = delta * 2.0 * torch.sigmoid(head[:, 1 + num_windows:2 + num_windows])
-    return strength * delta + (weights * plains).sum(1, keepdim=True)
+    return correction_dead_zone(strength * delta, threshold) + (weights * plains).sum(1, keepdim=True)
 
 
 class RefinementLevel(nn.Module):
@@ -357,6 +378,9 @@ class DeSpikeNet(nn.Module):
         delta_gate: True adds a per-pixel gain g = 2·σ(z_g) on the correction (:func:`gated_plain_reconstruction`),
             one more head channel that starts at zero (g = 1); weights saved without it load with that channel
             zero, so the network starts as the one they came from.
+        correction_threshold: τ of the correction's dead zone (:func:`correction_dead_zone`) in grey levels of an
+            8-bit display of the output (0, default: none); needs ``base_windows``. Holds no weights: weights load
+            with any τ, and inference may change it (``DeSpikeReconstructor(correction_threshold=)``).
     """
 
     def __init__(self,
@@ -384,7 +408,8 @@ class DeSpikeNet(nn.Module):
                  base_prior: float = 6.0,
                  motion_segments: int = 0,
                  noise_evidence: bool = False,
-                 delta_gate: bool = False) -> None:
+                 delta_gate: bool = False,
+                 correction_threshold: float = 0.0) -> None:
         super().__init__()
         windows = [int(w) for w in windows]
         if not windows or min(windows) < 1:
@@ -454,6 +479,9 @@ class DeSpikeNet(nn.Module):
             raise ValueError('delta_gate gates the correction of plain reconstructions: it needs base_windows')
         self.delta_gate = bool(delta_gate)
         self.correction_strength = 1.0  # α of gated_plain_reconstruction: an inference setting, not saved
+        if correction_threshold < 0 or (correction_threshold and not base_windows):
+            raise ValueError(f'correction_threshold must be >= 0 and needs base_windows, got {correction_threshold}')
+        self.correction_threshold = float(correction_threshold)
         if delta_gate:
             self._register_load_state_dict_pre_hook(self._add_gate_channel)
 
@@ -574,6 +602,9 @@ class DeSpikeNet(nn.Module):
         if self.noise_evidence:
             noise = self.noise_lift(pad_to_multiple(count_noise_level(spikes, longest), self.size_multiple))
             motion = noise if motion is None else motion + noise
+        threshold = self.correction_threshold / 255.0  # grey levels of the output: before its display scale
+        if threshold and scale is not None:
+            threshold = threshold / scale
         grid, hidden = [], None
         for i in range(num_windows):
             feat = lifted[:, i] if motion is None else lifted[:, i] + motion
@@ -587,7 +618,7 @@ class DeSpikeNet(nn.Module):
                 rec, img = level_net(pyramid[s], self.bank, rec, img)
                 factor = 2**(self.num_scales - 1 - s)
                 out = img if plains is None else gated_plain_reconstruction(
-                    img, plains[s], self.base_prior, self.delta_gate, self.correction_strength)
+                    img, plains[s], self.base_prior, self.delta_gate, self.correction_strength, threshold)
                 out = out[..., :-(-h // factor), :-(-w // factor)]
                 row.append(out if scale is None else out * scale)
             grid.append(row)

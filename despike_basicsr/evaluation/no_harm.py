@@ -128,49 +128,69 @@ def harm_markdown(harm: Sequence[Dict[str, Any]], metric: str = 'fit PSNR') -> s
     return '\n'.join(lines) + '\n'
 
 
+def corrected(mix: np.ndarray, full: np.ndarray, strength: float = 1.0, threshold: float = 0.0) -> np.ndarray:
+    """DeSpike's output at correction strength α and dead zone τ from the outputs at (α, τ) = (0, 0) and (1, 0).
+
+    ``Rec = mix + S_τ(α·(full − mix))`` with :func:`~despike_basicsr.archs.despike_arch.correction_dead_zone` and τ
+    in 8-bit grey levels: exactly what the network gives at (α, τ), since the dead zone is positively homogeneous and
+    so commutes with the display scale.
+    """
+    correction = strength * (full - mix)
+    if threshold:
+        correction = np.sign(correction) * np.maximum(np.abs(correction) - threshold / 255.0, 0.0)
+    return mix + correction
+
+
 def correction_strength_sweep(scenes: Sequence[HeldoutScene],
                               reconstruct_pair: Callable[[np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray]],
                               strengths: Sequence[float], reference_rate: float = 0.5, steps: int = 192,
-                              seed: int = 0, progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
-    """DeSpike at several correction strengths α on the same streams, against each condition's bar.
+                              seed: int = 0, progress: Optional[Callable[[str], None]] = None,
+                              thresholds: Sequence[float] = (0.0, )) -> Dict[str, Any]:
+    """DeSpike at several correction strengths α and dead zones τ on the same streams, against each condition's bar.
 
-    The output is linear in α (``Rec = window mix + α·g·Δ``), so two network runs per stream, the window mix
-    (α = 0) and the trained output (α = 1), give every α: ``Rec(α) = mix + α·(full − mix)``.
+    Two network runs per stream, the window mix (α = 0) and the trained output without dead zone (α = 1, τ = 0),
+    give every (α, τ) (:func:`corrected`).
 
     Args:
         scenes: Held-out scenes (defocused, in focus and moving sets).
-        reconstruct_pair: ``f(spikes, gamma) -> (mix, full)``, unclipped display images at α = 0 and α = 1.
+        reconstruct_pair: ``f(spikes, gamma) -> (mix, full)``, unclipped display images at α = 0 and at α = 1, τ = 0.
         strengths: The α to score.
-        reference_rate, steps, seed: As :func:`.heldout.evaluate` (same streams for every α).
-        progress: Called with a line per finished α.
+        reference_rate, steps, seed: As :func:`.heldout.evaluate` (same streams for every setting).
+        progress: Called with a line per finished setting.
+        thresholds: The τ (8-bit grey levels) to score with every α.
 
     Returns:
-        ``{'strengths': [...], 'harm': {α: harm_rows fitted PSNR}, 'harm_ssim': {α: harm_rows raw SSIM}}``.
+        ``{'settings': [[α, τ], ...], 'harm': {'α/τ': harm_rows fitted PSNR}, 'harm_ssim': {'α/τ': raw SSIM}}``.
     """
     cache: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
 
-    def despike_at(alpha: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    def despike_at(alpha: float, tau: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         def despike(spikes: np.ndarray, gamma: np.ndarray) -> np.ndarray:
             key = hashlib.sha1(np.ascontiguousarray(spikes).tobytes() + np.asarray(gamma).tobytes()).hexdigest()
             if key not in cache:
                 cache[key] = reconstruct_pair(spikes, gamma)
-            mix, full = cache[key]
-            return mix + alpha * (full - mix)
+            return corrected(*cache[key], alpha, tau)
 
         return despike
 
+    settings = [[float(a), float(t)] for t in thresholds for a in strengths]
     harm, harm_ssim = {}, {}
-    for alpha in strengths:
-        report = evaluate(scenes, despike_at(float(alpha)), reference_rate, steps, seed, keep_images=0)
-        harm[float(alpha)] = harm_rows(report['rows'])
-        harm_ssim[float(alpha)] = harm_rows(report['rows'], 'ssim')
+    for alpha, tau in settings:
+        report = evaluate(scenes, despike_at(alpha, tau), reference_rate, steps, seed, keep_images=0)
+        harm[setting_key(alpha, tau)] = harm_rows(report['rows'])
+        harm_ssim[setting_key(alpha, tau)] = harm_rows(report['rows'], 'ssim')
         if progress is not None:
-            progress(f'correction strength {alpha:g} scored')
-    return {'strengths': [float(a) for a in strengths], 'harm': harm, 'harm_ssim': harm_ssim}
+            progress(f'correction strength {alpha:g}, dead zone {tau:g} scored')
+    return {'settings': settings, 'harm': harm, 'harm_ssim': harm_ssim}
+
+
+def setting_key(strength: float, threshold: float) -> str:
+    """``'α/τ'``, the key of one setting in a sweep's results."""
+    return f'{strength:g}/{threshold:g}'
 
 
 def sweep_markdown(sweep: Dict[str, Any]) -> str:
-    """One row per α: DeSpike minus the bar per condition and level, fitted PSNR mean (worst image); raw SSIM
+    """One row per (α, τ): DeSpike minus the bar per condition and level, fitted PSNR mean (worst image); raw SSIM
     minus the photograph's on the defocused sets."""
     def cell(rows: List[Dict[str, Any]], fmt: str = '{:+.2f}') -> str:
         if not rows:
@@ -180,14 +200,14 @@ def sweep_markdown(sweep: Dict[str, Any]) -> str:
 
     columns = [(c, lv) for c in ('in focus', 'moving', 'defocused') for lv in ('bright', 'dim')]
     head = ' | '.join(f'{c} {lv}' for c, lv in columns)
-    lines = [f'| α | {head} | defocused raw SSIM − photo, bright | dim |',
-             '| ---: |' + ' ---: |' * (len(columns) + 2)]
-    for alpha in sweep['strengths']:
-        harm, ssim = sweep['harm'][alpha], sweep['harm_ssim'][alpha]
+    lines = [f'| α | τ | {head} | defocused raw SSIM − photo, bright | dim |',
+             '| ---: | ---: |' + ' ---: |' * (len(columns) + 2)]
+    for alpha, tau in sweep['settings']:
+        harm, ssim = sweep['harm'][setting_key(alpha, tau)], sweep['harm_ssim'][setting_key(alpha, tau)]
         cells = [cell([r for r in harm if r['condition'] == c and r['level'] == lv]) for c, lv in columns]
         cells += [cell([r for r in ssim if r['condition'] == 'defocused' and r['level'] == lv], '{:+.3f}')
                   for lv in ('bright', 'dim')]
-        lines.append(f'| {alpha:g} | ' + ' | '.join(cells) + ' |')
+        lines.append(f'| {alpha:g} | {tau:g} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 
 

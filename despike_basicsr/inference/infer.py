@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--correction-strength', type=float, default=1.0, metavar='ALPHA',
                         help='scale of the learned correction on the plain reconstructions, 0-2 (default 1; 0 keeps '
                         'sharp, well-lit scenes exactly as a long-window average shows them but leaves defocus)')
+    parser.add_argument('--correction-threshold', type=float, default=None, metavar='GREY',
+                        help='drop corrections smaller than this many 8-bit grey levels (default: the weights\' own, '
+                        '4 for the shipped ones; 0 applies every correction)')
     parser.add_argument(
         '--report',
         action='store_true',
@@ -265,7 +268,8 @@ def load_reconstructor(args: argparse.Namespace) -> DeSpikeReconstructor:
         raise InferError(f'{args.opt}: no such options file (--opt)')
     return DeSpikeReconstructor(args.weights, opt_path=args.opt, param_key=args.param_key, device=args.device,
                                 tile=args.tile, tile_overlap=args.tile_overlap, fallback_opt_path=DEFAULT_OPT,
-                                correction_strength=args.correction_strength)
+                                correction_strength=args.correction_strength,
+                                correction_threshold=args.correction_threshold)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -54,6 +54,9 @@ class DeSpikeReconstructor:
             reconstructions (:func:`~despike_basicsr.archs.despike_arch.gated_plain_reconstruction`): 1 as trained,
             0 the mix alone (in focus at least as good as TFP-192, but defocus stays). Only for networks with
             ``base_windows``.
+        correction_threshold: τ ≥ 0, the dead zone of the correction in 8-bit grey levels
+            (:func:`~despike_basicsr.archs.despike_arch.correction_dead_zone`: smaller corrections are dropped);
+            ``None`` (default) keeps the network's own (``network_g``'s ``correction_threshold``, 0 when absent).
     """
 
     def __init__(self,
@@ -65,7 +68,8 @@ class DeSpikeReconstructor:
                  tile: int = 0,
                  tile_overlap: int = 32,
                  fallback_opt_path: Optional[str] = None,
-                 correction_strength: float = 1.0) -> None:
+                 correction_strength: float = 1.0,
+                 correction_threshold: Optional[float] = None) -> None:
         if tile < 0 or tile_overlap < 0 or (tile and tile_overlap >= tile):
             raise ReconstructorError(f'tile ({tile}) and tile_overlap ({tile_overlap}) must be >= 0, with the '
                                      'overlap smaller than the tile')
@@ -78,6 +82,8 @@ class DeSpikeReconstructor:
                                                                        self.device, fallback_opt_path)
         self.tile, self.tile_overlap = tile, tile_overlap
         self.set_correction_strength(correction_strength)
+        if correction_threshold is not None:
+            self.set_correction_threshold(correction_threshold)
 
     def set_correction_strength(self, strength: float) -> None:
         """Scale the learned correction by ``strength`` (see the class arguments)."""
@@ -90,6 +96,18 @@ class DeSpikeReconstructor:
                                          ' so it has no correction to scale; leave the correction strength at 1')
             return
         self.net.correction_strength = strength
+
+    def set_correction_threshold(self, threshold: float) -> None:
+        """Drop corrections smaller than ``threshold`` grey levels (see the class arguments)."""
+        threshold = float(threshold)
+        if not 0.0 <= threshold <= 255.0:  # also rejects NaN
+            raise ReconstructorError(f'correction threshold must be in [0, 255] grey levels, got {threshold}')
+        if not getattr(self.net, 'base_windows', None):
+            if threshold != 0.0:
+                raise ReconstructorError(f'{self.weights}: this network predicts the image directly (no base_windows),'
+                                         ' so it has no correction to threshold; leave the correction threshold at 0')
+            return
+        self.net.correction_threshold = threshold
 
     @property
     def min_stream_len(self) -> int:
