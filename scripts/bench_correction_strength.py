@@ -10,6 +10,7 @@ focus, moving; bright and dim) every (α, τ) is scored from two network runs pe
 
     python scripts/bench_correction_strength.py                  # -> results/heldout/correction_strength.{md,json}
     python scripts/bench_correction_strength.py --strengths 1 --thresholds 0,2,4,6
+    python scripts/bench_correction_strength.py --selection 6 --strengths 1 --thresholds 0,1,2,3,4,6  # choose on
 """
 import argparse
 import json
@@ -31,6 +32,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--thresholds', default='0', help='comma-separated dead zones τ (grey levels), with every α')
     parser.add_argument('--device', help='cpu, cuda (default: CUDA when available)')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--selection', type=int, default=0, metavar='N',
+                        help='score N DPDD train pairs of the scoring holdout (defocused, in focus, moving) instead of '
+                        'the held-out sets, to choose a setting on; writes correction_selection.{md,json}')
     parser.add_argument('--out', default='results/heldout', help='output folder')
     args = parser.parse_args(argv)
     try:
@@ -52,10 +56,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             pair.append(reconstructor.reconstruct(spikes, gamma, clip=False, exposure='fixed'))
         return tuple(pair)
 
-    val = heldout.dpdd_val_scenes(args.dpdd_root) if osp.isdir(args.dpdd_root) else []
-    photos = heldout.synthetic_depth_scenes(heldout.skimage_images(), seed=args.seed)
-    scenes = val + photos + no_harm.in_focus_scenes(val) + no_harm.in_focus_scenes(photos)
-    scenes += no_harm.moving_scenes(val + photos, 192, args.seed)
+    if args.selection:
+        scenes = no_harm.selection_scenes(args.dpdd_root, args.selection, args.seed)
+    else:
+        val = heldout.dpdd_val_scenes(args.dpdd_root) if osp.isdir(args.dpdd_root) else []
+        photos = heldout.synthetic_depth_scenes(heldout.skimage_images(), seed=args.seed)
+        scenes = val + photos + no_harm.in_focus_scenes(val) + no_harm.in_focus_scenes(photos)
+        scenes += no_harm.moving_scenes(val + photos, 192, args.seed)
+    stem = 'correction_selection' if args.selection else 'correction_strength'
     start = time.time()
     sweep = no_harm.correction_strength_sweep(scenes, reconstruct_pair, strengths, reconstructor.net.reference_rate,
                                               seed=args.seed, progress=lambda line: print(line, flush=True),
@@ -63,13 +71,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     table = no_harm.sweep_markdown(sweep)
     command = 'python scripts/bench_correction_strength.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
     os.makedirs(args.out, exist_ok=True)
-    with open(osp.join(args.out, 'correction_strength.md'), 'w') as f:
+    with open(osp.join(args.out, stem + '.md'), 'w') as f:
         f.write('# DeSpike correction strength α and dead zone τ against the do-no-harm bars\n\n'
                 f'Weights: `{osp.relpath(reconstructor.weights)}`. Fitted PSNR of DeSpike minus its bar (in focus: '
                 'TFP-192; moving: TFP-41; defocused: the photograph), mean (worst image), dB; the last two columns '
-                f'raw SSIM minus the photograph\'s. {len(scenes)} scenes, {time.time() - start:.0f} s.\n\n'
+                f'raw SSIM minus the photograph\'s. {len(scenes)} scenes ('
+                + (f'selection set: {args.selection} DPDD train pairs of the scoring holdout, not the reported '
+                   'held-out sets' if args.selection else 'the held-out sets of scripts/evaluate_heldout.py')
+                + f'), {time.time() - start:.0f} s.\n\n'
                 f'{table}\nCommand: `{command.strip()}`\n')
-    with open(osp.join(args.out, 'correction_strength.json'), 'w') as f:
+    with open(osp.join(args.out, stem + '.json'), 'w') as f:
         json.dump(dict(weights=osp.relpath(reconstructor.weights), command=command.strip(),
                        settings=sweep['settings'], harm=sweep['harm'], harm_ssim=sweep['harm_ssim']), f, indent=1)
     print(table)

@@ -1,6 +1,8 @@
 """Do no harm (issue 28): DeSpikeNet as a correction of plain reconstructions, training data that cannot teach a
 photometric change (in-focus draws, the smooth gain field of real pairs), moving scenes, and the do-no-harm evaluation,
 on small data the tests make."""
+import os.path as osp
+
 import cv2
 import numpy as np
 import pytest
@@ -147,6 +149,15 @@ def dpdd_root(tmp_path_factory):
     root = tmp_path_factory.mktemp('noharm')
     write_dpdd_tree(root, SIZE + 100, SIZE + 110, count=5, seed=40)
     return root
+
+
+def test_selection_scenes_are_the_scoring_holdout_in_three_conditions(dpdd_root):
+    from despike_basicsr.data.preparation import dpdd_pairs
+    held = scoring_holdout(dpdd_pairs(str(dpdd_root), 'train'))
+    scenes = no_harm.selection_scenes(str(dpdd_root), count=6)
+    assert {s.key for s in scenes} == {osp.splitext(osp.basename(t))[0] for _, t in held} and len(held) == 1
+    assert [s.set_name for s in scenes][:2] == ['dpdd-selection', 'dpdd-selection in focus']
+    assert no_harm.condition_of(scenes[0].set_name) == 'defocused' and scenes[1].blurred is scenes[1].sharp
 
 
 def _opt(root, **extra):

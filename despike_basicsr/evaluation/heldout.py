@@ -61,12 +61,14 @@ class HeldoutScene:
     motion: Optional[MovingScene] = None
 
 
-def dpdd_val_scenes(dpdd_root: str, split: str = 'val') -> List[HeldoutScene]:
-    """The DPDD pairs of ``split``: real lens defocus (``source``) and the all-in-focus ``target``."""
+def dpdd_val_scenes(dpdd_root: str, split: str = 'val', set_name: Optional[str] = None,
+                    pairs: Optional[Sequence[Tuple[str, str]]] = None) -> List[HeldoutScene]:
+    """The DPDD pairs of ``split`` (or the given ``(blurred, sharp)`` ``pairs``): real lens defocus (``source``) and
+    the all-in-focus ``target``, as set ``set_name`` (default ``'dpdd-<split>'``)."""
     scenes = []
-    for blurred_path, sharp_path in dpdd_pairs(dpdd_root, split):
+    for blurred_path, sharp_path in (dpdd_pairs(dpdd_root, split) if pairs is None else pairs):
         key = osp.splitext(osp.basename(sharp_path))[0]
-        scenes.append(HeldoutScene('dpdd-' + split, key, read_linear_intensity(sharp_path),
+        scenes.append(HeldoutScene(set_name or 'dpdd-' + split, key, read_linear_intensity(sharp_path),
                                    read_linear_intensity(blurred_path)))
     return scenes
 

@@ -24,7 +24,9 @@ import cv2
 import numpy as np
 
 from despike_basicsr.data.motion import MAX_MARGIN, MotionPath, MovingScene, draw_motion, motion_ranges
-from despike_basicsr.evaluation.heldout import DISPLAY_GAMMA, HeldoutScene, evaluate, photo_linear, scores
+from despike_basicsr.data.preparation import dpdd_pairs, scoring_holdout
+from despike_basicsr.evaluation.heldout import (DISPLAY_GAMMA, HeldoutScene, dpdd_val_scenes, evaluate, photo_linear,
+                                                scores)
 from despike_basicsr.spike.io import read_dat
 from despike_basicsr.spike.reconstruct import tfp
 
@@ -126,6 +128,18 @@ def harm_markdown(harm: Sequence[Dict[str, Any]], metric: str = 'fit PSNR') -> s
                      f"{np.mean([m['bar_value'] for m in members]):.2f} | {np.mean(diffs):+.2f} | "
                      f"{worst['diff']:+.2f} ({worst['key']}) | {per_image} |")
     return '\n'.join(lines) + '\n'
+
+
+def selection_scenes(dpdd_root: str, count: int = 6, seed: int = 0) -> List[HeldoutScene]:
+    """Scenes to choose an inference setting on without touching the reported held-out sets.
+
+    The first ``count`` DPDD train pairs of the scoring holdout (:func:`~despike_basicsr.data.preparation.
+    scoring_holdout`; no campaign trains on them, ``exclude_scoring_holdout``), defocused (set ``'dpdd-selection'``),
+    in focus and moving, the same three conditions the held-out evaluation reports.
+    """
+    pairs = scoring_holdout(dpdd_pairs(dpdd_root, 'train'))[:count]
+    defocused = dpdd_val_scenes(dpdd_root, 'train', 'dpdd-selection', pairs)
+    return defocused + in_focus_scenes(defocused) + moving_scenes(defocused, seed=seed)
 
 
 def corrected(mix: np.ndarray, full: np.ndarray, strength: float = 1.0, threshold: float = 0.0) -> np.ndarray:
