@@ -201,15 +201,15 @@ def test_phase_checkpoints_count_iterations_across_phases(tmp_path):
     start = tmp_path / 'start.pth'
     start.write_bytes(b'x')
     opts = []
-    for name, total in (('A', 300), ('B', 200)):
+    for name, total in (('A', 600), ('B', 200)):  # A was stopped at 300 and B trained from its 300
         models = tmp_path / 'experiments' / name / 'models'
         models.mkdir(parents=True)
-        for i in range(100, total + 1, 100):
+        for i in range(100, min(total, 300) + 1, 100):
             (models / f'net_g_{i}.pth').write_bytes(b'x')
         (models / 'net_g_latest.pth').write_bytes(b'x')
         (tmp_path / 'experiments' / name / 'train_x.log').write_text(
             '\n'.join(f'[x..][epoch:  0, iter:   {i:,}, lr:(1e-4,)] [time (data): 1.000 (0.01)]'
-                      for i in range(50, total + 1, 50)))
+                      for i in range(50, min(total, 300) + 1, 50)))
         opt = dict(name=name, logger=dict(print_freq=50), train=dict(total_iter=total),
                    path=dict(pretrain_network_g=str(start)))
         opts.append(str(tmp_path / f'{name}.yml'))

@@ -52,8 +52,9 @@ def phase_checkpoints(opt_paths: Sequence[str], every: int,
     """Checkpoints of one campaign or of several phases trained one after the other (each from the last).
 
     Returns ``[(iteration, weights, phase)]`` with iterations counted across the phases (phase k's checkpoint i is
-    the earlier phases' ``total_iter`` plus i; 0 is the first phase's ``pretrain_network_g``), the logged seconds per
-    print interval on the same count, and the curve's name.
+    i plus the iterations of the earlier phases, each ending at its last saved checkpoint, or at ``total_iter`` when
+    none is saved; 0 is the first phase's ``pretrain_network_g``), the logged seconds per print interval on the same
+    count, and the curve's name.
     """
     found: List[Tuple[int, str, str]] = []
     seconds: Dict[int, float] = {}
@@ -71,11 +72,13 @@ def phase_checkpoints(opt_paths: Sequence[str], every: int,
         start = (opt.get('path') or {}).get('pretrain_network_g')
         if index == 0 and start and osp.isfile(start):  # where the campaign started from, as iteration 0
             found.append((0, start, 'start'))
+        saved = {}
         for path in glob.glob(osp.join(experiment, 'models', 'net_g_*.pth')):
             match = re.fullmatch(r'net_g_(\d+)\.pth', osp.basename(path))
-            if match and int(match.group(1)) % every == 0:
-                found.append((offset + int(match.group(1)), path, name))
-        offset += int(opt['train']['total_iter'])
+            if match:
+                saved[int(match.group(1))] = path
+        found += [(offset + i, path, name) for i, path in saved.items() if i % every == 0]
+        offset += max(saved, default=int(opt['train']['total_iter']))  # a phase stopped early ends at its last save
     return sorted(found), seconds, ' → '.join(names)
 
 
