@@ -223,3 +223,35 @@ def test_lpips_metric_on_uint8_images():
     assert calculate_lpips(gray, framed, crop_border=4, pretrained=False) == pytest.approx(0.0, abs=1e-7)
     with pytest.raises(ValueError, match='image shapes differ'):
         calculate_lpips(gray, gray[:-1], 0, pretrained=False)
+
+
+# ---------------------------------------------------------------- SSIM
+
+
+def test_ssim_loss_matches_basicsr_ssim_and_prices_noise_in_flat_regions():
+    from basicsr.metrics import calculate_ssim
+
+    from despike_basicsr.losses.ssim_loss import SSIMLoss
+    assert 'SSIMLoss' in LOSS_REGISTRY
+    rng = np.random.default_rng(0)
+    target = np.clip(rng.uniform(0.2, 0.8, (48, 48)) + np.linspace(0, 0.2, 48)[None], 0, 1)
+    noisy = np.clip(target + 0.05 * rng.standard_normal(target.shape), 0, 1)
+    loss = SSIMLoss()
+    as_tensor = lambda a: torch.from_numpy(a).float()[None, None]  # noqa: E731
+    value = loss(as_tensor(noisy), as_tensor(target)).item()
+    reference = calculate_ssim(noisy[..., None] * 255, target[..., None] * 255, crop_border=0)
+    assert value == pytest.approx(1 - reference, abs=2e-3)  # the same window and constants as BasicSR's metric
+    assert loss(as_tensor(target), as_tensor(target)).item() == pytest.approx(0.0, abs=1e-6)
+    flat = constant(0.5, 32)
+    speckled = flat + 0.02 * torch.randn(flat.shape, generator=torch.Generator().manual_seed(0))
+    mse_equal_shift = flat + 0.02  # the same MSE as the speckle, but no structure lost
+    assert loss(speckled, flat) > 10 * loss(mse_equal_shift, flat)
+    pred = as_tensor(noisy).requires_grad_()
+    loss(pred, as_tensor(target)).backward()
+    assert torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match='same shape'):
+        loss(constant(0.5, 32), constant(0.5, 16))
+    with pytest.raises(ValueError, match='smaller than the 11-pixel window'):
+        loss(constant(0.5, 8), constant(0.5, 8))
+    with pytest.raises(ValueError, match='window_size must be odd'):
+        SSIMLoss(window_size=4)

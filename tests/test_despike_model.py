@@ -258,6 +258,12 @@ def test_loss_terms_are_optional_and_weighted(tmp_path):
     model.feed_data(train_batch())
     model.optimize_parameters(1)
     assert set(model.get_current_log()) == {'l_grid'}
+    model = make_model(tmp_path, pixel_opt=None, fft_opt=None, lpips_opt=None,
+                       ssim_opt={'type': 'SSIMLoss', 'loss_weight': 0.5})  # the SSIM term alone trains too
+    model.feed_data(train_batch())
+    model.optimize_parameters(1)
+    logged = model.get_current_log()
+    assert set(logged) == {'l_ssim'} and 0 < logged['l_ssim'] <= 0.5 * 2
     with pytest.raises(ValueError, match='needs at least one loss'):
         make_model(tmp_path, pixel_opt=None, fft_opt=None, lpips_opt=None)
     with pytest.raises(ValueError, match=r"train.fft_scales must be one of \('final', 'all'\), got 'coarse'"):

@@ -2,8 +2,8 @@
 
 L = λ1 Σ_{i,s} β_{i,s} MSE_{i,s} (``pixel_opt``, logged as ``l_grid``) + λ2 L_FFT (``fft_opt``, ``l_fft``)
   + λ3 L_LPIPS (``lpips_opt``, ``l_lpips``) + λ4 L_grad (``grad_opt``, ``l_grad``: image-gradient L1)
-  + λ5 L_harm (``l_harm``: :func:`no_harm_penalty`, λ5 = ``train.harm_weight``); each term is optional and its λ
-  is the ``loss_weight`` of its options.
+  + λ5 L_harm (``l_harm``: :func:`no_harm_penalty`, λ5 = ``train.harm_weight``) + λ6 L_SSIM (``ssim_opt``,
+  ``l_ssim``: 1 − SSIM); each term is optional and its λ is the ``loss_weight`` of its options.
 """
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional
@@ -37,8 +37,9 @@ class DeSpikeModel(SpikeSRModel):
     """BasicSR model for DeSpikeNet (single-channel output, variable-length spike streams, optional FPN γ).
 
     Options read beyond SRModel's: ``train.pixel_opt`` (HierarchicalMSELoss), ``train.fft_opt``, ``train.lpips_opt``,
-    ``train.fft_scales`` / ``train.lpips_scales`` (``'final'``: the final image only, default; ``'all'``: every
-    spatial scale of the last temporal scale against the downsampled ground truth) and ``train.grad_clip_norm``.
+    ``train.grad_opt``, ``train.ssim_opt``, their ``train.<name>_scales`` (``'final'``: the final image only,
+    default; ``'all'``: every spatial scale of the last temporal scale against the downsampled ground truth) and
+    ``train.grad_clip_norm``.
     """
 
     def init_training_settings(self) -> None:
@@ -50,12 +51,14 @@ class DeSpikeModel(SpikeSRModel):
         self.cri_fft = self._build_optional_loss(train_opt.get('fft_opt'))
         self.cri_lpips = self._build_optional_loss(train_opt.get('lpips_opt'))
         self.cri_grad = self._build_optional_loss(train_opt.get('grad_opt'))
-        if self.cri_grid is None and self.cri_fft is None and self.cri_lpips is None and self.cri_grad is None:
-            raise ValueError('DeSpikeModel needs at least one loss: train.pixel_opt, train.fft_opt, train.lpips_opt '
-                             'or train.grad_opt')
+        self.cri_ssim = self._build_optional_loss(train_opt.get('ssim_opt'))
+        if all(c is None for c in (self.cri_grid, self.cri_fft, self.cri_lpips, self.cri_grad, self.cri_ssim)):
+            raise ValueError('DeSpikeModel needs at least one loss: train.pixel_opt, train.fft_opt, train.lpips_opt, '
+                             'train.grad_opt or train.ssim_opt')
         self.fft_scales = self._check_scales('fft_scales', train_opt.get('fft_scales', 'final'))
         self.lpips_scales = self._check_scales('lpips_scales', train_opt.get('lpips_scales', 'final'))
         self.grad_scales = self._check_scales('grad_scales', train_opt.get('grad_scales', 'final'))
+        self.ssim_scales = self._check_scales('ssim_scales', train_opt.get('ssim_scales', 'final'))
         self.grad_clip_norm = train_opt.get('grad_clip_norm')
         self.harm_weight = float(train_opt.get('harm_weight', 0.0))
         if self.harm_weight and not getattr(self.get_bare_model(self.net_g), 'base_windows', None):
@@ -127,6 +130,8 @@ class DeSpikeModel(SpikeSRModel):
                 loss_dict['l_lpips'] = self._aux_loss(self.cri_lpips, self.lpips_scales, grid)
             if self.cri_grad is not None:
                 loss_dict['l_grad'] = self._aux_loss(self.cri_grad, self.grad_scales, grid)
+            if self.cri_ssim is not None:
+                loss_dict['l_ssim'] = self._aux_loss(self.cri_ssim, self.ssim_scales, grid)
             if self.harm_weight:
                 loss_dict['l_harm'] = self.harm_weight * no_harm_penalty(self.output, self.window_mix(correction),
                                                                          self.gt)
