@@ -178,7 +178,9 @@ def test_learning_curve_hours_gains_table_and_plot(tmp_path):
     table = tc.markdown('run', entries)
     assert '| 0.700 / 0.800 | +0.25 (-0.25) | +1.50 (+1.50) |' in table and 'Do no harm' in table
     image = tc.plot('run', entries)
-    assert image.shape == (420, 760, 3) and image.min() == 0
+    assert image.shape == (840, 760, 3) and image.min() == 0  # a second panel for the do-no-harm rows
+    assert tc.plot('run', entries[:1]).shape == (420, 760, 3)
+    assert tc.ascii_name('A → B') == 'A > B'
     assert json.loads(open(path).read())['name'] == 'run'
 
 

@@ -214,16 +214,38 @@ def harm_cell(entry: Dict[str, Any], group: str) -> str:
 
 
 def plot(name: str, entries: List[Dict[str, Any]], size=(760, 420)) -> np.ndarray:
-    """A line plot (OpenCV, no plotting library): per-image fitted-PSNR gain over the photograph and their mean."""
+    """A line plot (OpenCV, no plotting library): per-image fitted-PSNR gain over the photograph and their mean; with
+    do-no-harm rows, a second panel below with each set's worst image against its bar."""
+    gain_series: Dict[str, List[Tuple[int, float]]] = {}
+    for e in entries:
+        for key, value in gains(e).items():
+            gain_series.setdefault(key, []).append((e['iteration'], value))
+        gain_series.setdefault('mean', []).append((e['iteration'], float(np.mean(list(gains(e).values())))))
+    title = ascii_name(name)
+    panels = [(f'{title}: DPDD val fitted-PSNR gain over the photograph (dB)', gain_series, 'mean')]
+    harm_series: Dict[str, List[Tuple[int, float]]] = {}
+    for e in entries:
+        for group in harm_groups(entries):
+            diffs = [h['diff'] for h in e.get('harm', []) if h.get('set', h['condition']) == group]
+            if diffs:
+                harm_series.setdefault(group, []).append((e['iteration'], min(diffs)))
+    if harm_series:
+        panels.append(('worst image minus its bar (in focus: TFP-192, moving: TFP-41), dB', harm_series, None))
+    width, height = size
+    return np.concatenate([_panel(t, series, bold, x_max=max([e['iteration'] for e in entries] + [1]),
+                                  size=(width, height)) for t, series, bold in panels], axis=0)
+
+
+def ascii_name(name: str) -> str:
+    """``name`` as OpenCV's fonts can draw it (arrows between phases become ``>``)."""
+    return name.replace(' → ', ' > ').encode('ascii', 'replace').decode()
+
+
+def _panel(title: str, series: Dict[str, List[Tuple[int, float]]], bold: Optional[str], x_max: int,
+           size=(760, 420)) -> np.ndarray:
     width, height = size
     img = np.full((height, width, 3), 255, np.uint8)
     left, right, top, bottom = 60, 170, 30, 40
-    x_max = max([e['iteration'] for e in entries] + [1])
-    series = {}
-    for e in entries:
-        for key, value in gains(e).items():
-            series.setdefault(key, []).append((e['iteration'], value))
-        series.setdefault('mean', []).append((e['iteration'], float(np.mean(list(gains(e).values())))))
     values = [v for points in series.values() for _, v in points] + [0.0]
     y_lo, y_hi = min(values) - 0.1, max(values) + 0.1
 
@@ -239,15 +261,14 @@ def plot(name: str, entries: List[Dict[str, Any]], size=(760, 420)) -> np.ndarra
         x = frac * x_max
         cv2.putText(img, f'{int(x)}', (to_px(x, y_lo)[0] - 15, height - bottom + 15), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
                     (0, 0, 0), 1)
-    cv2.putText(img, f'{name}: DPDD val fitted-PSNR gain over the photograph (dB) vs iteration', (left, 20),
-                cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+    cv2.putText(img, title, (10, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1)
     colours = [(200, 80, 0), (0, 140, 0), (0, 0, 200), (160, 0, 160), (0, 160, 200)]
-    for i, (key, points) in enumerate(sorted(series.items(), key=lambda kv: kv[0] == 'mean')):
-        colour, thick = ((0, 0, 0), 2) if key == 'mean' else (colours[i % len(colours)], 1)
+    for i, (key, points) in enumerate(sorted(series.items(), key=lambda kv: kv[0] == bold)):
+        colour, thick = ((0, 0, 0), 2) if key == bold else (colours[i % len(colours)], 1)
         pts = [to_px(x, y) for x, y in points]
         for a, b in zip(pts, pts[1:]):
             cv2.line(img, a, b, colour, thick, cv2.LINE_AA)
         for p in pts:
             cv2.circle(img, p, 2, colour, -1)
-        cv2.putText(img, key, (width - right + 10, top + 18 * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1)
+        cv2.putText(img, key[:22], (width - right + 6, top + 18 * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1)
     return img
