@@ -448,8 +448,8 @@ def test_correction_strength_sweep_runs_the_network_twice_per_stream_and_scores_
 
     sweep = no_harm.correction_strength_sweep(scenes, pair, [0.0, 0.5, 1.0], reference_rate=0.3, steps=64,
                                               thresholds=[0.0, 300.0])
-    assert len(calls) == len(scenes) * len(heldout.LIGHT_LEVELS)  # cached across the six settings
-    assert sweep['settings'][:3] == [[0.0, 0.0], [0.5, 0.0], [1.0, 0.0]] and len(sweep['settings']) == 6
+    assert len(calls) == len(scenes) * len(heldout.LIGHT_LEVELS)  # cached across the five settings
+    assert sweep['settings'] == [[0.0, 0.0], [0.5, 0.0], [1.0, 0.0], [0.5, 300.0], [1.0, 300.0]]  # α = 0 once
     for condition in ('defocused', 'in focus'):
         diffs = [np.mean([r['diff'] for r in sweep['harm'][f'{a:g}/0'] if r['condition'] == condition])
                  for a in (0, .5, 1)]
@@ -457,4 +457,4 @@ def test_correction_strength_sweep_runs_the_network_twice_per_stream_and_scores_
         # a dead zone wider than any correction leaves the mix (α = 0) whatever α is
         assert [r['diff'] for r in sweep['harm']['1/300']] == [r['diff'] for r in sweep['harm']['0/0']]
     table = no_harm.sweep_markdown(sweep)
-    assert table.count('\n') == 2 + 6 and '| 0.5 | 0 |' in table and '| 1 | 300 |' in table
+    assert table.count('\n') == 2 + 5 and '| 0.5 | 0 |' in table and '| 1 | 300 |' in table

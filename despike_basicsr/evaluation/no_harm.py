@@ -187,7 +187,8 @@ def correction_strength_sweep(scenes: Sequence[HeldoutScene],
 
         return despike
 
-    settings = [[float(a), float(t)] for t in thresholds for a in strengths]
+    # α = 0 has no correction for a dead zone to act on: it is scored once, with the first τ
+    settings = [[float(a), float(t)] for i, t in enumerate(thresholds) for a in strengths if a or not i]
     harm, harm_ssim = {}, {}
     for alpha, tau in settings:
         report = evaluate(scenes, despike_at(alpha, tau), reference_rate, steps, seed, keep_images=0)
