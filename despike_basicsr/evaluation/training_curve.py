@@ -21,6 +21,8 @@ import cv2
 import numpy as np
 import yaml
 
+from despike_basicsr.evaluation.no_harm import condition_of  # a harm group is a set name or a condition
+
 #: Log line of BasicSR's MessageLogger: iteration and the averaged seconds per iteration.
 _LOG_LINE = re.compile(r'iter:\s*([\d,]+),.*?time \(data\): ([\d.]+)')
 
@@ -193,11 +195,6 @@ def markdown(name: str, entries: List[Dict[str, Any]]) -> str:
 
 #: How the tables name each condition's bar (:data:`.no_harm.BARS`).
 BAR_NAMES = {'in focus': 'TFP-192', 'moving': 'TFP-41', 'defocused': 'photograph'}
-
-
-def condition_of(group: str) -> str:
-    """``'in focus'`` or ``'moving'`` from a harm group (a set name such as ``'photos in focus'``, or the condition)."""
-    return 'moving' if group.endswith('moving') else 'in focus'
 
 
 def harm_groups(entries: List[Dict[str, Any]]) -> List[str]:
