@@ -27,7 +27,8 @@
 #   DPDD_ROOT     default ../shared/data/dpdd_gray768 ({train,val}_c/{source,target})
 #   --skip-train  score what is trained, train nothing (rows without weights stay "still training" / "not started")
 #   --train-limit stop a training after SECONDS, save its state to results/<level>/state/ (commit it), assemble the
-#                 table and stop: the next sitting resumes it
+#                 table and stop: the next sitting resumes it (a state over 30 MB is kept in half precision without
+#                 Adam's moments, a cascade's front end with it; it resumes with a warm-up: evaluation/protocol.py)
 #   --dry-run     print what would run (data, trainings in order, benchmark commands) and run nothing
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -100,7 +101,7 @@ train() {  # row options
     rm -rf "experiments/${name}_before_holdout"; mv "experiments/$name" "experiments/${name}_before_holdout"
   fi
   mkdir -p "experiments/$name" "experiments/.$marker" && touch "experiments/$name/$marker" "experiments/.$marker/$name"
-  "$py" -m despike_basicsr.evaluation.protocol restore --results "$results" --name "$name"
+  "$py" -m despike_basicsr.evaluation.protocol restore --results "$results" --name "$name" --options "$options"
   local measured stop=()
   [ "$limit" -gt 0 ] && stop=(timeout --signal INT "$limit")
   measured=$( { TIMEFORMAT='%R %U %S'; time "${stop[@]}" "$py" despike_basicsr/train.py -opt "$options" \
@@ -112,7 +113,7 @@ train() {  # row options
   read -r wall user sys <<< "$(echo "$measured" | head -n 1)"
   echo "| $row | train | $options | $wall | $(cpu_seconds "$user" "$sys") | ${OMP_NUM_THREADS:-all} |" >> "$times"
   if [ $status = 1 ]; then
-    "$py" -m despike_basicsr.evaluation.protocol snapshot --results "$results" --name "$name"
+    "$py" -m despike_basicsr.evaluation.protocol snapshot --results "$results" --name "$name" --options "$options"
     say "$row stopped after $limit s (--train-limit): commit $results/state/$name, the next run resumes it"
   fi
   return $status

@@ -1,7 +1,9 @@
 """Learned spike front ends in cascades (issue 22): the LMDB's defocused image, the front-end stage
 (SpikeFrontEndModel, trained on it), CascadeModel with a frozen RSIR / Spk2ImgNet front end, and the whole chain
 through train.py (train, save, resume) and scripts/benchmark.py on a tiny LMDB written here."""
+import copy
 import json
+import shutil
 import subprocess
 from os import path as osp
 
@@ -231,13 +233,32 @@ def test_stage_then_cascade_train_save_resume_and_benchmark(lmdbs, tmp_path, sub
     _run([python_exe, train_py, '-opt', str(tmp_path / 'cascade.yml')], subprocess_env, tmp_path)
     models = tmp_path / 'experiments' / 'cascade_rsir_gkmnet' / 'models'
     assert (models / 'net_g_2.pth').is_file()
-    # resume: two more iterations from the saved state
+    trained = torch.load(models / 'net_g_2.pth', weights_only=True)['params']
+    # the DPDD protocol's compact state (over its size limit: half-precision weights, no Adam moments, the front end
+    # kept), then a fresh clone: no experiments folder, no stage weights; restored, resumed for two more iterations
+    from despike_basicsr.evaluation import protocol
+    full_mb = sum(p.stat().st_size for p in (tmp_path / 'experiments' / 'cascade_rsir_gkmnet').rglob('2.state')) / 2**20
+    iteration, message = protocol.snapshot_state('results', 'cascade_rsir_gkmnet', root=str(tmp_path),
+                                                 limit_mb=full_mb, options='cascade.yml')
+    assert iteration == 2 and 'compact' in message and 'front end kept' in message, message
+    stage_original = torch.load(stage_weights, weights_only=True)['params_ema']
+    shutil.rmtree(tmp_path / 'experiments' / 'cascade_rsir_gkmnet')
+    stage_weights.rename(tmp_path / 'stage_aside.pth')
+    assert protocol.restore_state('results', 'cascade_rsir_gkmnet', root=str(tmp_path), options='cascade.yml') == 2
+    restored_stage = torch.load(stage_weights, weights_only=True)['params']
+    assert all(torch.allclose(restored_stage[k], v, rtol=1e-3, atol=1e-4) for k, v in stage_original.items())
+    restored = torch.load(models / 'net_g_2.pth', weights_only=True)['params']
+    assert all(restored[k].dtype == v.dtype and torch.allclose(restored[k], v, rtol=1e-3, atol=1e-4)
+               for k, v in trained.items())
     cascade['train']['total_iter'] = 4
     (tmp_path / 'cascade.yml').write_text(yaml.safe_dump(cascade, sort_keys=False))
     _run([python_exe, train_py, '-opt', str(tmp_path / 'cascade.yml'), '--auto_resume'], subprocess_env, tmp_path)
     assert (models / 'net_g_4.pth').is_file()
     log = sorted((tmp_path / 'experiments' / 'cascade_rsir_gkmnet').glob('train_*.log'))[-1].read_text()
     assert 'Resuming training from epoch' in log and 'iter:       3' in log.replace(',', '')
+    assert 'without optimiser moments' in log and 'ramps up over iterations 3-' in log
+    restarts = protocol.restarts_of(str(models / 'net_g_latest.pth'))
+    assert [r['iteration'] for r in restarts] == [2] and restarts[0]['warmup_iter'] == protocol.RESTART_WARMUP_ITER
 
     bench = osp.join(repo_root, 'scripts', 'benchmark.py')
     for frames in (64, 32):
@@ -250,3 +271,37 @@ def test_stage_then_cascade_train_save_resume_and_benchmark(lmdbs, tmp_path, sub
         assert report['val_len'] == frames
         assert [m['name'] for m in report['methods']] == ['tfp', 'rsir', 'rsir_gkmnet']
         assert all(np.isfinite(m['psnr']) and len(m['per_sample']) == 3 for m in report['methods'])
+
+
+def test_a_restart_without_optimiser_moments_warms_the_learning_rate_up(lmdbs, tmp_path):
+    """A compact state (evaluation.protocol: Adam's moments dropped) resumes into a fresh Adam whose rate ramps up
+    linearly over ``restart.warmup_iter`` iterations from the scheduled one (MultiStepLR: chained, so the scaling must
+    not leak into the schedule), and a state saved during the warm-up holds the scheduled rate."""
+    opt = _train_options('warm', 'CascadeModel', TINY_GKMNET, lmdbs['new'], front_end={'type': 'tfp', 'window': 8})
+    opt['train']['pixel_opt'] = {'type': 'MultiScaleMSELoss', 'loss_weight': 1.0}
+    opt['train']['scheduler'] = {'type': 'MultiStepLR', 'milestones': [12], 'gamma': 0.5}
+    opt['path'].update({'training_states': str(tmp_path / 'states'), 'models': str(tmp_path / 'models')})
+    (tmp_path / 'states').mkdir()
+    plain, restarted = _model(copy.deepcopy(opt)), _model(copy.deepcopy(opt))  # BasicSR pops from the options
+    for it in range(1, 11):
+        plain.update_learning_rate(it)
+        restarted.update_learning_rate(it)
+    state = {'epoch': 0, 'iter': 10, 'schedulers': [s.state_dict() for s in restarted.schedulers],
+             'optimizers': [{'state': {}, 'param_groups': o.state_dict()['param_groups']}
+                            for o in restarted.optimizers],
+             'restart': {'optimizer': True, 'warmup_iter': 4}}
+    restarted.resume_training(state)
+    assert restarted.restart_warmup == (10, 4)
+    for it in range(11, 17):
+        plain.update_learning_rate(it)
+        restarted.update_learning_rate(it)
+        scheduled = plain.get_current_learning_rate()[0]
+        factor = (it - 10) / 4 if it < 14 else 1.0
+        assert restarted.get_current_learning_rate()[0] == pytest.approx(scheduled * factor), it
+        if it == 12:  # during the warm-up: the file holds the schedule's rate, the model keeps the scaled one
+            restarted.save_training_state(0, it)
+            saved = torch.load(tmp_path / 'states' / '12.state', weights_only=False)
+            assert saved['optimizers'][0]['param_groups'][0]['lr'] == pytest.approx(scheduled)
+            assert 'restart' not in saved
+    assert plain.get_current_learning_rate()[0] == pytest.approx(5e-4)  # the milestone at 12 applied once
+    assert restarted.get_current_learning_rate()[0] == pytest.approx(5e-4)

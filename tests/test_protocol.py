@@ -58,8 +58,8 @@ def test_rows_accumulate_into_a_table_with_status_differences_and_readings(tmp_p
     # a partial training (committed state at iteration 400) and one not started
     state = tmp_path / 'results' / 'dpdd' / 'state' / 'Partial'
     state.mkdir(parents=True)
-    (state / '400.state').write_bytes(b's')
-    (state / 'net_g_400.pth').write_bytes(b'w')
+    torch.save({'iter': 400}, state / '400.state')
+    torch.save({'params': {}}, state / 'net_g_400.pth')
     # weights of an earlier protocol (no marker): they count for nothing
     (tmp_path / 'experiments' / 'Old' / 'models').mkdir(parents=True)
     (tmp_path / 'experiments' / 'Old' / 'models' / 'net_g_latest.pth').write_bytes(b'w')
@@ -107,7 +107,8 @@ def test_state_snapshot_and_restore_and_size_limit(tmp_path):
     iteration, message = protocol.snapshot_state('results/dpdd', 'Run', root=str(tmp_path))
     saved = tmp_path / 'results' / 'dpdd' / 'state' / 'Run'
     assert iteration == 400 and sorted(os.listdir(saved)) == ['400.state', 'net_g_400.pth'] and 'saved' in message
-    assert protocol.snapshot_state('results/dpdd', 'Run', root=str(tmp_path), limit_mb=1e-6)[0] is None
+    with pytest.raises(ValueError, match='200.state|400.state: not a BasicSR training state'):
+        protocol.snapshot_state('results/dpdd', 'Run', root=str(tmp_path), limit_mb=1e-6)  # cannot be made compact
     # a fresh checkout: the committed state goes back where --auto_resume finds it, not over a newer one
     import shutil
     shutil.rmtree(tmp_path / 'experiments')
@@ -115,3 +116,100 @@ def test_state_snapshot_and_restore_and_size_limit(tmp_path):
     assert (exp / 'training_states' / '400.state').is_file() and (exp / 'models' / 'net_g_400.pth').is_file()
     assert protocol.restore_state('results/dpdd', 'Run', root=str(tmp_path)) is None
     assert protocol.snapshot_state('results/dpdd', 'None', root=str(tmp_path))[0] is None
+
+
+def _experiment(root, name, iteration, width=4096):
+    """A BasicSR-like experiment: a linear layer trained one Adam step (moments in the state), params and EMA."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(width, 8)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 10)
+    net(torch.ones(1, width)).sum().backward()
+    optimizer.step()
+    exp = root / 'experiments' / name
+    (exp / 'training_states').mkdir(parents=True)
+    (exp / 'models').mkdir()
+    torch.save({'epoch': 0, 'iter': iteration, 'optimizers': [optimizer.state_dict()],
+                'schedulers': [scheduler.state_dict()], 'rng': {'numpy': np.random.get_state()}},
+               exp / 'training_states' / f'{iteration}.state')
+    params = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    torch.save({'params': params, 'params_ema': params}, exp / 'models' / f'net_g_{iteration}.pth')
+    return params
+
+
+def test_a_state_over_the_limit_is_kept_compact_and_restored_on_a_fresh_clone(tmp_path):
+    """Over the size limit: half-precision params, no Adam moments, a restart record, the cascade's front end kept;
+    a fresh clone gets all of it back (front end included, never over a file that is there), the table says so."""
+    params = _experiment(tmp_path, 'Big', 600)
+    front = tmp_path / 'experiments' / 'Stage' / 'models' / 'net_g_latest.pth'
+    front.parent.mkdir(parents=True)
+    front_params = {'conv.weight': torch.randn(4, 4)}
+    torch.save({'params_ema': front_params, 'params': {'conv.weight': torch.zeros(4, 4)}}, front)
+    options = tmp_path / 'options' / 'big.yml'
+    options.parent.mkdir()
+    options.write_text(yaml.safe_dump({'name': 'Big', 'train': {'total_iter': 1200}, 'front_end': {
+        'type': 'learned', 'network': {'type': 'RSIR'}, 'weights': 'experiments/Stage/models/net_g_latest.pth'}}))
+    full = sum(f.stat().st_size for f in (tmp_path / 'experiments' / 'Big').rglob('*')) / 2**20
+    limit = full * 0.6
+    iteration, message = protocol.snapshot_state('results/dpdd', 'Big', root=str(tmp_path), limit_mb=limit,
+                                                 options='options/big.yml')
+    saved = tmp_path / 'results' / 'dpdd' / 'state' / 'Big'
+    assert iteration == 600 and 'compact' in message and 'front end kept' in message
+    assert sorted(os.listdir(saved)) == ['600.state', 'front_end.pth', 'net_g_600.pth']
+    assert sum(f.stat().st_size for f in saved.iterdir()) / 2**20 < limit
+    state = torch.load(saved / '600.state', weights_only=False)
+    assert state['optimizers'][0]['state'] == {} and state['optimizers'][0]['param_groups'][0]['lr'] == 1e-3
+    assert state['restart'] == {'optimizer': True, 'ema': True, 'warmup_iter': protocol.RESTART_WARMUP_ITER,
+                                'precision': 'float16'}
+    assert state['iter'] == 600 and 'rng' in state and 'schedulers' in state
+    net = torch.load(saved / 'net_g_600.pth', weights_only=True)
+    assert set(net) == {'params'} and net['params']['weight'].dtype == torch.float16
+    assert torch.load(saved / 'front_end.pth', weights_only=True)['params']['conv.weight'].dtype == torch.float16
+    report = protocol.assemble('results/dpdd', [('big', 'options/big.yml')], root=str(tmp_path))
+    assert report['rows'][0]['compact_state'] is True
+    assert 'still training (600 / 1200 iterations; committed in half precision)' in protocol.markdown(report)
+
+    # a fresh clone: the compact state comes back in single precision, the front end where the options want it
+    import shutil
+    shutil.rmtree(tmp_path / 'experiments')
+    assert protocol.restore_state('results/dpdd', 'Big', root=str(tmp_path), options='options/big.yml') == 600
+    exp = tmp_path / 'experiments' / 'Big'
+    restored = torch.load(exp / 'models' / 'net_g_600.pth', weights_only=True)['params']
+    assert restored['weight'].dtype == torch.float32
+    assert torch.allclose(restored['weight'], params['weight'], rtol=1e-3, atol=1e-6)
+    assert not torch.equal(restored['weight'], params['weight'])  # it went through half precision
+    assert torch.load(exp / 'training_states' / '600.state', weights_only=False)['restart']['optimizer'] is True
+    assert torch.allclose(torch.load(front, weights_only=True)['params']['conv.weight'], front_params['conv.weight'],
+                          rtol=1e-3, atol=1e-3)
+    assert [r['iteration'] for r in protocol.restarts_of(str(exp / 'models' / 'net_g_latest.pth'))] == [600]
+    # an existing front end is never replaced
+    torch.save({'params': {'conv.weight': torch.ones(4, 4)}}, front)
+    shutil.rmtree(exp)
+    protocol.restore_state('results/dpdd', 'Big', root=str(tmp_path), options='options/big.yml')
+    assert torch.equal(torch.load(front, weights_only=True)['params']['conv.weight'], torch.ones(4, 4))
+
+    # the finished row says how it was trained
+    report_path = _report(tmp_path / 'a' / 'benchmark.json', 'big', 0.0)
+    protocol.write_row('results/dpdd_rows', 'despike', _report(tmp_path / 'r' / 'benchmark.json', 'despike', 0.0))
+    protocol.write_row('results/dpdd_rows', 'big', report_path, weights=str(exp / 'models' / 'net_g_latest.pth'))
+    table = protocol.markdown(protocol.assemble('results/dpdd_rows', [('despike', None), ('big', None)]))
+    assert 'Trained resumed from a half-precision state at iteration 600 (Adam and EMA restarted, 100' in table
+
+
+def test_compact_snapshot_needs_the_front_end_and_a_damaged_state_is_named(tmp_path):
+    _experiment(tmp_path, 'Big', 200)
+    options = tmp_path / 'big.yml'
+    options.write_text(yaml.safe_dump({'name': 'Big', 'front_end': {'type': 'learned', 'weights': 'missing.pth'}}))
+    with pytest.raises(FileNotFoundError, match='front end missing.pth named by big.yml is missing'):
+        protocol.snapshot_state('results', 'Big', root=str(tmp_path), limit_mb=0.01, options='big.yml')
+    assert not (tmp_path / 'results' / 'state' / 'Big' / '200.state').exists()
+    iteration, message = protocol.snapshot_state('results', 'Big', root=str(tmp_path), limit_mb=1e-6)
+    assert iteration is None and 'compact, over 0 MB: not committed' in message
+    assert not (tmp_path / 'results' / 'state' / 'Big' / '200.state').exists()
+    state = tmp_path / 'results' / 'state' / 'Damaged'
+    state.mkdir(parents=True)
+    (state / '400.state').write_bytes(b'not a state')
+    (tmp_path / 'options').mkdir()
+    (tmp_path / 'options' / 'd.yml').write_text(yaml.safe_dump({'name': 'Damaged', 'train': {'total_iter': 9}}))
+    with pytest.raises(ValueError, match='400.state is not a readable training state'):
+        protocol.assemble('results', [('d', 'options/d.yml')], root=str(tmp_path))

@@ -7,17 +7,24 @@ per-tile scores, its weights' size and the wall and CPU seconds of its training 
 ``<results>/benchmark.{json,md}`` is assembled from those files: rows without one are "still training" (with the
 newest iteration in ``experiments/<name>/training_states/`` or in the committed state against ``total_iter``) or "not
 started". A training that cannot finish in one sitting leaves its small state (weights, optimizer, iteration: the
-``training.campaign`` pair) in ``<results>/state/<name>/``, which the next sitting restores.
+``training.campaign`` pair) in ``<results>/state/<name>/``, which the next sitting restores. Where that pair is over
+``STATE_LIMIT_MB`` (NRKNet's 6 M parameters: 92 MB with Adam's moments and the EMA) the state is kept compact
+(:func:`compact_state`): ``net_g``'s parameters in half precision, the iteration, scheduler and random states, the
+optimiser's settings without its moments, and a learned front end's frozen weights in half precision, so that a fresh
+clone can resume it. The resumed run restarts Adam and the EMA, with a ``RESTART_WARMUP_ITER`` linear warm-up
+(``SpikeSRModel.resume_training``); ``experiments/<name>/restarts.json`` records it and the row's table entry says so.
 
     python -m despike_basicsr.evaluation.protocol write-row --results results/dpdd --row despike \\
         --benchmark results/dpdd/rows/.work/despike/benchmark.json --weights experiments/X/models/net_g_latest.pth
     python -m despike_basicsr.evaluation.protocol assemble --results results/dpdd --rows despike=options/... tfp
+    python -m despike_basicsr.evaluation.protocol snapshot --results results/dpdd --name X --options options/...yml
 """
 import argparse
 import glob
 import json
 import os
 import os.path as osp
+import shutil
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -27,8 +34,17 @@ from despike_basicsr.training import campaign
 #: scoring holdout; weights in a folder without it were trained before (on all 60 pairs) and count for nothing here.
 MARKER = 'trained_without_scoring_holdout'
 
-#: A committed training state above this size is not kept (the weights + optimizer of the largest networks).
+#: A committed training state above this size is kept compact (half-precision weights, no optimiser moments).
 STATE_LIMIT_MB = 30.0
+
+#: Iterations of linear learning-rate warm-up after resuming from a compact state (Adam restarts without moments).
+RESTART_WARMUP_ITER = 100
+
+#: Where ``restore`` records the compact restarts of a training: ``experiments/<name>/restarts.json``.
+RESTARTS_FILE = 'restarts.json'
+
+#: The frozen front end of a cascade, beside a compact state.
+FRONT_END_FILE = 'front_end.pth'
 
 #: The earlier 4-image protocol's method names (results/dpdd/val4/benchmark.json) under this protocol's row names.
 LEGACY_NAMES = {
@@ -96,6 +112,7 @@ def write_row(results: str, row: str, benchmark_json: str, method: Optional[str]
         'tiles_per_side': entry.get('tiles_per_side', report.get('tiles_per_side')),
         'weights_bytes': osp.getsize(weights) if weights and osp.isfile(weights) else None,
         'training': training_seconds(times_md or osp.join(results, 'training_times.md'), row),
+        'restarts': restarts_of(weights),
     })
     os.makedirs(rows_dir(results), exist_ok=True)
     path = osp.join(rows_dir(results), f'{row}.json')
@@ -106,14 +123,63 @@ def write_row(results: str, row: str, benchmark_json: str, method: Optional[str]
     return path
 
 
-def snapshot_state(results: str, name: str, root: str = '.',
-                   limit_mb: float = STATE_LIMIT_MB) -> Tuple[Optional[int], str]:
-    """Copy the newest state and weights of ``experiments/<name>`` to ``<results>/state/<name>`` (to commit).
+def _half(params: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v.half() if v.is_floating_point() else v for k, v in params.items()}
+
+
+def _float(params: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v.float() if v.is_floating_point() else v for k, v in params.items()}
+
+
+def _front_end_weights(options: Optional[str], root: str) -> Optional[str]:
+    """The ``front_end.weights`` path of a cascade's options (relative to ``root``), or None."""
+    if not options:
+        return None
+    import yaml
+
+    with open(osp.join(root, options)) as handle:
+        front_end = (yaml.safe_load(handle) or {}).get('front_end') or {}
+    return front_end.get('weights') if front_end.get('type') == 'learned' else None
+
+
+def compact_state(state: Dict[str, Any], net: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The compact form of a BasicSR training state and its ``net_g_<iter>.pth``.
 
     Returns:
-        ``(iteration or None, message)``; a pair above ``limit_mb`` is not kept (the message says so: the training
-        then resumes only where its experiments/ folder is).
+        ``(state, net)``: the state with every optimiser's moments dropped (its settings and parameter groups kept, so
+        BasicSR's ``resume_training`` loads it into a fresh Adam) and ``restart: {optimizer, ema, warmup_iter,
+        precision}``; the network's ``params`` (not the EMA, which restarts from them) in half precision.
     """
+    if not isinstance(state, dict) or 'optimizers' not in state or 'iter' not in state:
+        raise ValueError(f'not a BasicSR training state (no optimizers / iter): keys {sorted(state)[:8]}')
+    small = {k: v for k, v in state.items() if k != 'optimizers'}
+    small['optimizers'] = [{'state': {}, 'param_groups': o['param_groups']} for o in state['optimizers']]
+    small['restart'] = {'optimizer': True, 'ema': True, 'warmup_iter': RESTART_WARMUP_ITER, 'precision': 'float16'}
+    return small, {'params': _half(net['params'] if 'params' in net else net)}
+
+
+def _save(obj: Any, path: str) -> None:
+    import torch
+
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    tmp = osp.join(osp.dirname(path), f'.{osp.basename(path)}.tmp')
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def snapshot_state(results: str, name: str, root: str = '.', limit_mb: float = STATE_LIMIT_MB,
+                   options: Optional[str] = None) -> Tuple[Optional[int], str]:
+    """Copy the newest state and weights of ``experiments/<name>`` to ``<results>/state/<name>`` (to commit).
+
+    The pair is copied as it is when it fits ``limit_mb``, else in the compact form (:func:`compact_state`), with the
+    frozen front end of a cascade whose ``options`` name one (``front_end.pth``, half precision).
+
+    Returns:
+        ``(iteration or None, message)``; a state over ``limit_mb`` even when compact is not kept (the message says
+        so: the training then resumes only where its experiments/ folder is).
+    """
+    import torch
+
     states = osp.join(root, 'experiments', name, 'training_states')
     newest = campaign.newest_state(states)
     if newest is None:
@@ -121,30 +187,107 @@ def snapshot_state(results: str, name: str, root: str = '.',
     iteration, state_path = newest
     net_path = osp.join(root, 'experiments', name, 'models', f'net_g_{iteration}.pth')
     size_mb = (osp.getsize(state_path) + osp.getsize(net_path)) / 2**20
-    if size_mb > limit_mb:
-        return None, (f'{name}: iteration {iteration} state is {size_mb:.0f} MB, over {limit_mb:.0f} MB: not '
-                      'committed (it resumes only from experiments/)')
     target = osp.join(root, state_dir(results, name))
-    campaign._copy_pair(iteration, state_path, net_path, target, target)
+    keep = (f'{iteration}.state', f'net_g_{iteration}.pth')
+    if size_mb <= limit_mb:
+        campaign._copy_pair(iteration, state_path, net_path, target, target)
+        how = f'{size_mb:.1f} MB'
+    else:
+        try:
+            small_state, small_net = compact_state(torch.load(state_path, map_location='cpu', weights_only=False),
+                                                   torch.load(net_path, map_location='cpu', weights_only=True))
+        except ValueError as err:
+            raise ValueError(f'{state_path}: {err}') from err
+        front = _front_end_weights(options, root)
+        if front is not None and not osp.isfile(osp.join(root, front)):
+            raise FileNotFoundError(f'{name}: the front end {front} named by {options} is missing: cannot keep the '
+                                    'state a fresh clone needs')
+        staging = osp.join(target, '.compact')
+        shutil.rmtree(staging, ignore_errors=True)
+        _save(small_state, osp.join(staging, keep[0]))
+        _save(small_net, osp.join(staging, keep[1]))
+        if front is not None:
+            loaded = torch.load(osp.join(root, front), map_location='cpu', weights_only=True)
+            key = next((k for k in ('params_ema', 'params') if k in loaded), None)
+            _save({'params': _half(loaded[key] if key else loaded), 'source': front},
+                  osp.join(staging, FRONT_END_FILE))
+            keep = keep + (FRONT_END_FILE,)
+        small_mb = sum(osp.getsize(osp.join(staging, f)) for f in keep) / 2**20
+        if small_mb > limit_mb:
+            shutil.rmtree(staging)
+            return None, (f'{name}: iteration {iteration} state is {size_mb:.0f} MB, {small_mb:.0f} MB compact, over '
+                          f'{limit_mb:.0f} MB: not committed (it resumes only from experiments/)')
+        for f in keep:
+            os.replace(osp.join(staging, f), osp.join(target, f))
+        shutil.rmtree(staging)
+        how = (f'compact: {small_mb:.1f} MB of {size_mb:.0f} MB; half-precision weights, optimiser moments dropped'
+               + (', front end kept' if front else ''))
     for old in glob.glob(osp.join(target, '*')):
-        if osp.basename(old) not in (f'{iteration}.state', f'net_g_{iteration}.pth'):
+        if osp.basename(old) not in keep:
             os.remove(old)
-    return iteration, f'{name}: iteration {iteration} saved to {target} ({size_mb:.1f} MB)'
+    return iteration, f'{name}: iteration {iteration} saved to {target} ({how})'
 
 
-def restore_state(results: str, name: str, root: str = '.') -> Optional[int]:
-    """Put ``<results>/state/<name>`` where ``--auto_resume`` finds it unless experiments/ has a state as new."""
+def restore_state(results: str, name: str, root: str = '.', options: Optional[str] = None) -> Optional[int]:
+    """Put ``<results>/state/<name>`` where ``--auto_resume`` finds it unless experiments/ has a state as new.
+
+    A compact state is written back in single precision; its restart is appended to
+    ``experiments/<name>/restarts.json``, and its front end goes to the ``front_end.weights`` path of ``options``
+    where nothing is there yet (an existing file is never replaced).
+    """
+    import torch
+
     committed = campaign.newest_state(osp.join(root, state_dir(results, name)))
     if committed is None:
         return None
     iteration, state_path = committed
     states = osp.join(root, 'experiments', name, 'training_states')
+    models = osp.join(root, 'experiments', name, 'models')
     existing = campaign.newest_state(states)
     if existing is not None and existing[0] >= iteration:
         return None
     net_path = osp.join(osp.dirname(state_path), f'net_g_{iteration}.pth')
-    campaign._copy_pair(iteration, state_path, net_path, states, osp.join(root, 'experiments', name, 'models'))
+    state = torch.load(state_path, map_location='cpu', weights_only=False)
+    restart = state.get('restart')
+    if not restart:
+        campaign._copy_pair(iteration, state_path, net_path, states, models)
+        return iteration
+    front_src = osp.join(osp.dirname(state_path), FRONT_END_FILE)
+    front = _front_end_weights(options, root)
+    if front is not None and not osp.isfile(osp.join(root, front)):
+        if not osp.isfile(front_src):
+            raise FileNotFoundError(f'{name}: the front end {front} is missing and {front_src} does not hold it')
+        _save({'params': _float(torch.load(front_src, map_location='cpu', weights_only=True)['params'])},
+              osp.join(root, front))
+    net = torch.load(net_path, map_location='cpu', weights_only=True)
+    _save({'params': _float(net['params'])}, osp.join(models, f'net_g_{iteration}.pth'))
+    _save(state, osp.join(states, f'{iteration}.state'))
+    log = osp.join(root, 'experiments', name, RESTARTS_FILE)
+    done = json.load(open(log)) if osp.isfile(log) else []
+    done.append({'iteration': iteration, **restart})
+    with open(log, 'w') as handle:
+        json.dump(done, handle, indent=1)
     return iteration
+
+
+def restarts_of(weights: Optional[str]) -> List[Dict[str, Any]]:
+    """The compact restarts recorded beside ``experiments/<name>/models/<weights>`` (empty when none)."""
+    if not weights:
+        return []
+    path = osp.join(osp.dirname(osp.dirname(weights)), RESTARTS_FILE)
+    if not osp.isfile(path):
+        return []
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def restart_note(restarts: Sequence[Dict[str, Any]]) -> str:
+    """``resumed in half precision at iteration 600 (Adam and EMA restarted, 100-iteration warm-up)``, or ''."""
+    if not restarts:
+        return ''
+    at = ', '.join(str(r['iteration']) for r in restarts)
+    return (f'resumed from a half-precision state at iteration {at} (Adam and EMA restarted, '
+            f'{restarts[-1].get("warmup_iter")}-iteration warm-up)')
 
 
 def _options(path: str) -> Tuple[str, Optional[int]]:
@@ -172,8 +315,22 @@ def row_status(results: str, row: str, options: Optional[str], root: str = '.') 
         found.append(campaign.newest_state(osp.join(root, 'experiments', name, 'training_states')))
     iterations = [f[0] for f in found if f is not None]
     if iterations:
-        return {'status': 'still training', 'experiment': name, 'iteration': max(iterations), 'total_iter': total}
+        compact = found[0] is not None and _is_compact(found[0][1])  # the committed state
+        return {'status': 'still training', 'experiment': name, 'iteration': max(iterations), 'total_iter': total,
+                'compact_state': compact}
     return {'status': 'not started', 'experiment': name, 'total_iter': total}
+
+
+def _is_compact(state_path: str) -> bool:
+    """Whether a committed training state is the compact form (it carries ``restart``)."""
+    import torch
+
+    try:
+        state = torch.load(state_path, map_location='cpu', weights_only=False)
+    except Exception as err:  # torch raises several types for a damaged file
+        raise ValueError(f'{state_path} is not a readable training state ({type(err).__name__}: {err}); restore '
+                         'it from git or delete the folder to train that row again') from err
+    return isinstance(state, dict) and bool(state.get('restart'))
 
 
 def reading(row: str, stats: Dict[str, Any], reference: str) -> str:
@@ -223,7 +380,7 @@ def assemble(results: str, rows: Sequence[Tuple[str, Optional[str]]], reference:
         record = status.get('record')
         if record:
             entry.update({k: record.get(k) for k in ('psnr', 'psnr_fit', 'ssim', 'lpips', 'params', 'weights_bytes',
-                                                     'training', 'num_samples', 'latency_ms_per_frame')})
+                                                     'training', 'num_samples', 'latency_ms_per_frame', 'restarts')})
             entry['per_image'] = {k: v['psnr'] for k, v in record['per_sample'].items()}
             if ref is not None and row != reference:
                 keys = list(ref['per_sample'])
@@ -264,7 +421,8 @@ def markdown(report: Dict[str, Any]) -> str:
     for e in report['rows']:
         status = e['status']
         if status == 'still training':
-            status = f'still training ({e["iteration"]} / {e.get("total_iter") or "?"} iterations)'
+            compact = '; committed in half precision' if e.get('compact_state') else ''
+            status = f'still training ({e["iteration"]} / {e.get("total_iter") or "?"} iterations{compact})'
         elif status == 'scored':
             status = f'scored ({e.get("num_samples")} images)'
         training = e.get('training') or {}
@@ -279,7 +437,8 @@ def markdown(report: Dict[str, Any]) -> str:
         lines.append(f'| {e["row"]} | {status} | {_fmt(e.get("psnr"))} | {_fmt(e.get("ssim"), 3)} | '
                      f'{_fmt(lpips, 3)} | {_fmt(e.get("psnr_fit"))} | {e.get("params") if "params" in e else "–"} | '
                      f'{size} | {cost} | {delta} | {earlier} |')
-    readings = [e['reading'] for e in report['rows'] if e.get('reading')]
+    readings = [e['reading'] + (f' Trained {restart_note(e["restarts"])}.' if e.get('restarts') else '')
+                for e in report['rows'] if e.get('reading')]
     if readings:
         lines += ['', '## Readings', ''] + [f'- {r}' for r in readings]
     return '\n'.join(lines) + '\n'
@@ -320,6 +479,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         state = sub.add_parser(action, help=f'{action} the small state of an unfinished training')
         state.add_argument('--results', required=True)
         state.add_argument('--name', required=True, help="the experiment name (the options file's `name`)")
+        state.add_argument('--options', default=None, help="the training's options (a cascade's front end is kept)")
     args = parser.parse_args(argv)
     if args.action == 'write-row':
         print(f'[protocol] wrote {write_row(args.results, args.row, args.benchmark, args.method, args.weights)}')
@@ -327,9 +487,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report = assemble(args.results, _row_pairs(args.rows), args.reference, args.legacy)
         print('[protocol] wrote ' + ', '.join(write_table(report, args.results, args.name)))
     elif args.action == 'snapshot':
-        print(f'[protocol] {snapshot_state(args.results, args.name)[1]}')
+        print(f'[protocol] {snapshot_state(args.results, args.name, options=args.options)[1]}')
     else:
-        iteration = restore_state(args.results, args.name)
+        iteration = restore_state(args.results, args.name, options=args.options)
         print(f'[protocol] {args.name}: ' + (f'restored iteration {iteration}' if iteration else 'nothing restored'))
     return 0
 

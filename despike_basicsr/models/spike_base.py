@@ -15,11 +15,15 @@ GPU switches (all off by default), read from the ``train`` section:
   a warning names the iteration); that many in a row stop training with :class:`NonFiniteTrainingError`, before
   anything is saved from that state. An fp16 overflow that the ``GradScaler`` resolves by lowering its scale is not
   counted (while the scale is still >= 1).
+
+A resume state that says ``restart: {optimizer: true, warmup_iter: N}`` (the half-precision state the DPDD protocol
+commits for networks too large to keep whole, ``evaluation.protocol``) carries no optimiser moments: the learning rate
+then ramps up linearly over the N iterations after the resumed one (:meth:`SpikeSRModel.resume_training`).
 """
 import contextlib
 import math
 import re
-from typing import Any, Callable, ContextManager, Dict, Optional, Sequence, Union
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from basicsr.archs import build_network
@@ -139,6 +143,8 @@ class SpikeSRModel(SRModel):
 
     def __init__(self, opt: Dict[str, Any]) -> None:
         self.current_iter: Optional[int] = None
+        self.restart_warmup: Optional[Tuple[int, int]] = None  # (resumed iteration, warm-up length)
+        self._scheduled_lrs: Optional[List[List[float]]] = None  # the schedule's rates while the warm-up scales them
         self.nonfinite_streak = 0
         self._autocast_entered = False
         self._read_acceleration_options(opt)
@@ -265,10 +271,50 @@ class SpikeSRModel(SRModel):
         self._autocast_entered = True
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
+    def resume_training(self, resume_state: Dict[str, Any]) -> None:
+        """BasicSR's resume; a state with ``restart.optimizer`` (no optimiser moments: Adam starts afresh) also sets
+        the linear warm-up of ``restart.warmup_iter`` iterations after ``resume_state['iter']``."""
+        super().resume_training(resume_state)
+        restart = resume_state.get('restart') or {}
+        length = int(restart.get('warmup_iter', 0) or 0)
+        if restart.get('optimizer') and length > 0:
+            self.restart_warmup = (int(resume_state['iter']), length)
+            get_root_logger().info(f'Resumed from a state without optimiser moments (restart: {restart}): the '
+                                   f'learning rate ramps up over iterations {resume_state["iter"] + 1}-'
+                                   f'{resume_state["iter"] + length}')
+
+    def _restore_scheduled_lrs(self) -> None:
+        """Undo the warm-up's scaling (chained schedulers such as MultiStepRestartLR read the current rate)."""
+        if self._scheduled_lrs is not None:
+            self._set_lr(self._scheduled_lrs)
+            self._scheduled_lrs = None
+
     def update_learning_rate(self, current_iter: int, warmup_iter: int = -1) -> None:
-        """BasicSR calls this first in every iteration; the iteration is kept for the non-finite-step messages."""
+        """BasicSR calls this first in every iteration; the iteration is kept for the non-finite-step messages.
+
+        After a restart without optimiser moments the scheduled rate is scaled by ``(iter - resumed) / warmup``.
+        """
         self.current_iter = current_iter
+        self._restore_scheduled_lrs()
         super().update_learning_rate(current_iter, warmup_iter)
+        if self.restart_warmup is not None:
+            start, length = self.restart_warmup
+            if start < current_iter < start + length:
+                self._scheduled_lrs = [[group['lr'] for group in opt.param_groups] for opt in self.optimizers]
+                factor = (current_iter - start) / length
+                self._set_lr([[lr * factor for lr in lrs] for lrs in self._scheduled_lrs])
+
+    def save_training_state(self, epoch: int, current_iter: int) -> None:
+        """BasicSR's save (compat: atomic, with RNG states) with the scheduled, not the warm-up-scaled, rates."""
+        scaled = None
+        if self._scheduled_lrs is not None:
+            scaled = [[group['lr'] for group in opt.param_groups] for opt in self.optimizers]
+            self._set_lr(self._scheduled_lrs)
+        try:
+            super().save_training_state(epoch, current_iter)
+        finally:
+            if scaled is not None:
+                self._set_lr(scaled)
 
     # ------------------------------------------------------------------------------------------------------------------
     # The optimiser step
