@@ -143,6 +143,16 @@ score() {  # row method-spec [weights]
     --benchmark "$work/benchmark.json" ${weights:+--weights "$weights"}
 }
 
+# The front-end stages that cascades load: kept in half precision in $results/front_ends/ (commit it) once trained, so
+# that a fresh clone can train or resume their cascades (protocol restore puts them back).
+keep_stage() {  # row options
+  case $1 in rsir|spk2imgnet) ;; *) return 0 ;; esac
+  local weights; weights=$(weights_of "$2")
+  if [ $dry = 1 ]; then echo "  $py -m despike_basicsr.evaluation.protocol keep-front-end --weights $weights"; return 0; fi
+  [ -f "$weights" ] && marked "$2" || return 0
+  "$py" -m despike_basicsr.evaluation.protocol keep-front-end --results "$results" --weights "$weights"
+}
+
 assemble() {  # name rows...
   local name=$1; shift
   local legacy=()
@@ -191,10 +201,11 @@ for level in "${levels[@]}"; do
   stopped=0
   for entry in "${ordered[@]}"; do
     row=${entry%%=*}; options=$opts/${entry#*=}.yml
-    [ -f "$results/rows/$row.json" ] && continue
+    [ -f "$results/rows/$row.json" ] && { keep_stage "$row" "$options"; continue; }
     train "$row" "$options" || { stopped=1; break; }
     marked "$options" || [ $dry = 1 ] || continue
     score "$row" "$row:$options:$(weights_of "$options")" "$(weights_of "$options")"
+    keep_stage "$row" "$options"
   done
 
   # The tables, from the committed row files: what is scored, still training, not started.

@@ -13,6 +13,7 @@ import sys
 from os import path as osp
 
 import pytest
+import torch
 
 CASCADES = [f'{front}_{back}' for front in ('tfp', 'tfi', 'rsir', 'spk2imgnet') for back in ('gkmnet', 'nrknet')]
 ABLATIONS = [f'despike_wo_{part}' for part in ('multi_temporal', 'multi_scale', 'fpn', 'fusion', 'physical_kernels')]
@@ -111,7 +112,9 @@ with SpikeLMDBWriter(sys.argv[1]) as w:
     if [ -d "experiments/$name" ] && [ -z "$(ls -A "experiments/$name/training_states" 2>/dev/null)" ]; then
       mv "experiments/$name" "experiments/${name}_archived_$$"
     fi
-    mkdir -p "experiments/$name/models" && touch "experiments/$name/models/net_g_latest.pth" ;;
+    mkdir -p "experiments/$name/models"
+    exec "$real" -c "import sys, torch; torch.save({'params_ema': {'w': torch.full((2,), 0.1)}}, sys.argv[1])" \
+      "experiments/$name/models/net_g_latest.pth" ;;
   -m) exec "$real" "$@" ;;
   scripts/benchmark.py)
     echo "benchmark $*" >> calls.log
@@ -159,7 +162,7 @@ def test_a_real_run_trains_and_scores_each_row_once_and_never_again(repo_root, t
     rows = sorted(p.name for p in (tmp_path / 'results' / 'dpdd' / 'rows').glob('*.json'))
     assert len(rows) == 24 and 'despike.json' in rows and 'spk2imgnet_nrknet.json' in rows
     record = json.loads((tmp_path / 'results' / 'dpdd' / 'rows' / 'tfp_nrknet.json').read_text())
-    assert record['training']['wall_s'] >= 0 and record['weights_bytes'] == 0 and len(record['per_sample']) == 16
+    assert record['training']['wall_s'] >= 0 and record['weights_bytes'] > 0 and len(record['per_sample']) == 16
     table = json.loads((tmp_path / 'results' / 'dpdd' / 'benchmark.json').read_text())
     assert all(e['status'] == 'scored' for e in table['rows'])
     assert all(e['difference']['verdict'] == 'within noise' for e in table['rows'] if e['row'] != 'despike')
@@ -179,9 +182,25 @@ def test_a_real_run_trains_and_scores_each_row_once_and_never_again(repo_root, t
     assert (tmp_path / 'experiments' / 'DPDDcpu_DeSpike' / 'models' / 'net_g_latest.pth').is_file()
     assert [c for c in calls if c.startswith('benchmark ')] and (tmp_path / 'results/dpdd/rows/despike.json').is_file()
 
+    # the two front-end stages are kept (half precision) for the cascades of a fresh clone
+    kept = tmp_path / 'results' / 'dpdd' / 'front_ends'
+    assert sorted(p.name for p in kept.iterdir()) == ['DPDDcpu_RSIR.pth', 'DPDDcpu_Spk2ImgNet.pth']
+    assert torch.load(kept / 'DPDDcpu_RSIR.pth', weights_only=True)['params']['w'].dtype == torch.float16
+
     (tmp_path / 'calls.log').unlink()
     shutil.rmtree(tmp_path / 'experiments')  # a fresh checkout: the committed row files are enough
     second = subprocess.run(command, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-2000:]
     calls = (tmp_path / 'calls.log').read_text().splitlines() if (tmp_path / 'calls.log').exists() else []
     assert not [c for c in calls if not c.startswith('prepare ')]  # nothing trained or scored again
+
+    # a fresh checkout where a cascade is not finished: its front end comes back from front_ends/, then it trains
+    (tmp_path / 'results' / 'dpdd' / 'rows' / 'rsir_nrknet.json').unlink()
+    shutil.rmtree(tmp_path / 'experiments')
+    third = subprocess.run(command, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=900)
+    assert third.returncode == 0, third.stderr[-2000:]
+    calls = (tmp_path / 'calls.log').read_text().splitlines()
+    assert [c.split()[1] for c in calls if c.startswith('train ')] == ['options/dpdd_cpu/train_rsir_nrknet.yml']
+    front = torch.load(tmp_path / 'experiments' / 'DPDDcpu_RSIR' / 'models' / 'net_g_latest.pth', weights_only=True)
+    assert front['params']['w'].dtype == torch.float32 and torch.allclose(front['params']['w'], torch.tensor(0.1),
+                                                                          atol=1e-3)

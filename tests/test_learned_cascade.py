@@ -240,7 +240,7 @@ def test_stage_then_cascade_train_save_resume_and_benchmark(lmdbs, tmp_path, sub
     full_mb = sum(p.stat().st_size for p in (tmp_path / 'experiments' / 'cascade_rsir_gkmnet').rglob('2.state')) / 2**20
     iteration, message = protocol.snapshot_state('results', 'cascade_rsir_gkmnet', root=str(tmp_path),
                                                  limit_mb=full_mb, options='cascade.yml')
-    assert iteration == 2 and 'compact' in message and 'front end kept' in message, message
+    assert iteration == 2 and 'compact' in message and 'results/front_ends/stage_rsir.pth' in message, message
     stage_original = torch.load(stage_weights, weights_only=True)['params_ema']
     shutil.rmtree(tmp_path / 'experiments' / 'cascade_rsir_gkmnet')
     stage_weights.rename(tmp_path / 'stage_aside.pth')

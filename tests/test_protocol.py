@@ -138,7 +138,8 @@ def _experiment(root, name, iteration, width=4096):
 
 
 def test_a_state_over_the_limit_is_kept_compact_and_restored_on_a_fresh_clone(tmp_path):
-    """Over the size limit: half-precision params, no Adam moments, a restart record, the cascade's front end kept;
+    """Over the size limit: half-precision params, no Adam moments, a restart record, the cascade's front end kept (in
+    front_ends/);
     a fresh clone gets all of it back (front end included, never over a file that is there), the table says so."""
     params = _experiment(tmp_path, 'Big', 600)
     front = tmp_path / 'experiments' / 'Stage' / 'models' / 'net_g_latest.pth'
@@ -154,8 +155,8 @@ def test_a_state_over_the_limit_is_kept_compact_and_restored_on_a_fresh_clone(tm
     iteration, message = protocol.snapshot_state('results/dpdd', 'Big', root=str(tmp_path), limit_mb=limit,
                                                  options='options/big.yml')
     saved = tmp_path / 'results' / 'dpdd' / 'state' / 'Big'
-    assert iteration == 600 and 'compact' in message and 'front end kept' in message
-    assert sorted(os.listdir(saved)) == ['600.state', 'front_end.pth', 'net_g_600.pth']
+    assert iteration == 600 and 'compact' in message and 'front end in results/dpdd/front_ends/Stage.pth' in message
+    assert sorted(os.listdir(saved)) == ['600.state', 'net_g_600.pth']
     assert sum(f.stat().st_size for f in saved.iterdir()) / 2**20 < limit
     state = torch.load(saved / '600.state', weights_only=False)
     assert state['optimizers'][0]['state'] == {} and state['optimizers'][0]['param_groups'][0]['lr'] == 1e-3
@@ -164,7 +165,8 @@ def test_a_state_over_the_limit_is_kept_compact_and_restored_on_a_fresh_clone(tm
     assert state['iter'] == 600 and 'rng' in state and 'schedulers' in state
     net = torch.load(saved / 'net_g_600.pth', weights_only=True)
     assert set(net) == {'params'} and net['params']['weight'].dtype == torch.float16
-    assert torch.load(saved / 'front_end.pth', weights_only=True)['params']['conv.weight'].dtype == torch.float16
+    kept = tmp_path / 'results' / 'dpdd' / 'front_ends' / 'Stage.pth'
+    assert torch.load(kept, weights_only=True)['params']['conv.weight'].dtype == torch.float16
     report = protocol.assemble('results/dpdd', [('big', 'options/big.yml')], root=str(tmp_path))
     assert report['rows'][0]['compact_state'] is True
     assert 'still training (600 / 1200 iterations; committed in half precision)' in protocol.markdown(report)
@@ -200,8 +202,10 @@ def test_compact_snapshot_needs_the_front_end_and_a_damaged_state_is_named(tmp_p
     _experiment(tmp_path, 'Big', 200)
     options = tmp_path / 'big.yml'
     options.write_text(yaml.safe_dump({'name': 'Big', 'front_end': {'type': 'learned', 'weights': 'missing.pth'}}))
-    with pytest.raises(FileNotFoundError, match='front end missing.pth named by big.yml is missing'):
+    with pytest.raises(FileNotFoundError, match='front end missing.pth is missing: train its stage first'):
         protocol.snapshot_state('results', 'Big', root=str(tmp_path), limit_mb=0.01, options='big.yml')
+    with pytest.raises(FileNotFoundError, match='named by big.yml is missing and .*front_ends/missing.pth does not'):
+        protocol.restore_state('results', 'Big', root=str(tmp_path), options='big.yml')
     assert not (tmp_path / 'results' / 'state' / 'Big' / '200.state').exists()
     iteration, message = protocol.snapshot_state('results', 'Big', root=str(tmp_path), limit_mb=1e-6)
     assert iteration is None and 'compact, over 0 MB: not committed' in message

@@ -10,14 +10,17 @@ started". A training that cannot finish in one sitting leaves its small state (w
 ``training.campaign`` pair) in ``<results>/state/<name>/``, which the next sitting restores. Where that pair is over
 ``STATE_LIMIT_MB`` (NRKNet's 6 M parameters: 92 MB with Adam's moments and the EMA) the state is kept compact
 (:func:`compact_state`): ``net_g``'s parameters in half precision, the iteration, scheduler and random states, the
-optimiser's settings without its moments, and a learned front end's frozen weights in half precision, so that a fresh
-clone can resume it. The resumed run restarts Adam and the EMA, with a ``RESTART_WARMUP_ITER`` linear warm-up
+optimiser's settings without its moments. The trained front-end stages (RSIR, Spk2ImgNet) are kept in half precision
+in ``<results>/front_ends/`` once scored (:func:`keep_front_end`), and put back where a cascade's options look for them
+when they are missing (:func:`restore_state`), so that a fresh clone can start or resume every cascade. A run resumed
+from a compact state restarts Adam and the EMA, with a ``RESTART_WARMUP_ITER`` linear warm-up
 (``SpikeSRModel.resume_training``); ``experiments/<name>/restarts.json`` records it and the row's table entry says so.
 
     python -m despike_basicsr.evaluation.protocol write-row --results results/dpdd --row despike \\
         --benchmark results/dpdd/rows/.work/despike/benchmark.json --weights experiments/X/models/net_g_latest.pth
     python -m despike_basicsr.evaluation.protocol assemble --results results/dpdd --rows despike=options/... tfp
     python -m despike_basicsr.evaluation.protocol snapshot --results results/dpdd --name X --options options/...yml
+    python -m despike_basicsr.evaluation.protocol keep-front-end --results results/dpdd --weights experiments/...pth
 """
 import argparse
 import glob
@@ -43,8 +46,8 @@ RESTART_WARMUP_ITER = 100
 #: Where ``restore`` records the compact restarts of a training: ``experiments/<name>/restarts.json``.
 RESTARTS_FILE = 'restarts.json'
 
-#: The frozen front end of a cascade, beside a compact state.
-FRONT_END_FILE = 'front_end.pth'
+#: Where a level keeps the trained front-end stages its cascades load (half precision): ``<results>/front_ends/``.
+FRONT_ENDS_DIR = 'front_ends'
 
 #: The earlier 4-image protocol's method names (results/dpdd/val4/benchmark.json) under this protocol's row names.
 LEGACY_NAMES = {
@@ -167,12 +170,65 @@ def _save(obj: Any, path: str) -> None:
     os.replace(tmp, path)
 
 
+def front_end_copy(results: str, weights: str) -> str:
+    """``<results>/front_ends/<experiment>.pth`` for a front end's ``experiments/<experiment>/models/*.pth`` (any
+    other path: its file name)."""
+    parts = osp.normpath(weights).split(os.sep)
+    stem = parts[-3] if len(parts) >= 3 and parts[-2] == 'models' else osp.splitext(parts[-1])[0]
+    return osp.join(results, FRONT_ENDS_DIR, f'{stem}.pth')
+
+
+def keep_front_end(results: str, weights: str, root: str = '.') -> Tuple[str, bool]:
+    """Keep a trained front end (``params_ema``, else ``params``) in half precision in ``<results>/front_ends/``.
+
+    Returns:
+        ``(path, written)``: an existing copy is never replaced (``written`` False).
+
+    Raises:
+        FileNotFoundError: ``weights`` does not exist.
+    """
+    import torch
+
+    target = osp.join(root, front_end_copy(results, weights))
+    if osp.isfile(target):
+        return target, False
+    source = osp.join(root, weights)
+    if not osp.isfile(source):
+        raise FileNotFoundError(f'the front end {weights} is missing: train its stage first')
+    loaded = torch.load(source, map_location='cpu', weights_only=True)
+    key = next((k for k in ('params_ema', 'params') if k in loaded), None)
+    _save({'params': _half(loaded[key] if key else loaded), 'source': weights}, target)
+    return target, True
+
+
+def restore_front_end(results: str, options: Optional[str], root: str = '.') -> Optional[str]:
+    """Put the kept front end back where ``options`` (a cascade's) look for it, in single precision, if missing.
+
+    Returns:
+        The path written, or None (no learned front end, or its weights are there: never replaced).
+
+    Raises:
+        FileNotFoundError: Neither the weights nor a kept copy exist.
+    """
+    import torch
+
+    front = _front_end_weights(options, root)
+    if front is None or osp.isfile(osp.join(root, front)):
+        return None
+    kept = osp.join(root, front_end_copy(results, front))
+    if not osp.isfile(kept):
+        raise FileNotFoundError(f'the front end {front} named by {options} is missing and {kept} does not hold it: '
+                                'train its stage first')
+    _save({'params': _float(torch.load(kept, map_location='cpu', weights_only=True)['params'])}, osp.join(root, front))
+    return front
+
+
 def snapshot_state(results: str, name: str, root: str = '.', limit_mb: float = STATE_LIMIT_MB,
                    options: Optional[str] = None) -> Tuple[Optional[int], str]:
     """Copy the newest state and weights of ``experiments/<name>`` to ``<results>/state/<name>`` (to commit).
 
-    The pair is copied as it is when it fits ``limit_mb``, else in the compact form (:func:`compact_state`), with the
-    frozen front end of a cascade whose ``options`` name one (``front_end.pth``, half precision).
+    The pair is copied as it is when it fits ``limit_mb``, else in the compact form (:func:`compact_state`); the
+    frozen front end of a cascade whose ``options`` name one is kept too (:func:`keep_front_end`).
 
     Returns:
         ``(iteration or None, message)``; a state over ``limit_mb`` even when compact is not kept (the message says
@@ -199,19 +255,12 @@ def snapshot_state(results: str, name: str, root: str = '.', limit_mb: float = S
         except ValueError as err:
             raise ValueError(f'{state_path}: {err}') from err
         front = _front_end_weights(options, root)
-        if front is not None and not osp.isfile(osp.join(root, front)):
-            raise FileNotFoundError(f'{name}: the front end {front} named by {options} is missing: cannot keep the '
-                                    'state a fresh clone needs')
+        if front is not None:
+            keep_front_end(results, front, root)
         staging = osp.join(target, '.compact')
         shutil.rmtree(staging, ignore_errors=True)
         _save(small_state, osp.join(staging, keep[0]))
         _save(small_net, osp.join(staging, keep[1]))
-        if front is not None:
-            loaded = torch.load(osp.join(root, front), map_location='cpu', weights_only=True)
-            key = next((k for k in ('params_ema', 'params') if k in loaded), None)
-            _save({'params': _half(loaded[key] if key else loaded), 'source': front},
-                  osp.join(staging, FRONT_END_FILE))
-            keep = keep + (FRONT_END_FILE,)
         small_mb = sum(osp.getsize(osp.join(staging, f)) for f in keep) / 2**20
         if small_mb > limit_mb:
             shutil.rmtree(staging)
@@ -221,7 +270,7 @@ def snapshot_state(results: str, name: str, root: str = '.', limit_mb: float = S
             os.replace(osp.join(staging, f), osp.join(target, f))
         shutil.rmtree(staging)
         how = (f'compact: {small_mb:.1f} MB of {size_mb:.0f} MB; half-precision weights, optimiser moments dropped'
-               + (', front end kept' if front else ''))
+               + (f'; front end in {front_end_copy(results, front)}' if front else ''))
     for old in glob.glob(osp.join(target, '*')):
         if osp.basename(old) not in keep:
             os.remove(old)
@@ -232,11 +281,11 @@ def restore_state(results: str, name: str, root: str = '.', options: Optional[st
     """Put ``<results>/state/<name>`` where ``--auto_resume`` finds it unless experiments/ has a state as new.
 
     A compact state is written back in single precision; its restart is appended to
-    ``experiments/<name>/restarts.json``, and its front end goes to the ``front_end.weights`` path of ``options``
-    where nothing is there yet (an existing file is never replaced).
+    ``experiments/<name>/restarts.json``. First, a cascade's missing front end is put back (:func:`restore_front_end`).
     """
     import torch
 
+    restore_front_end(results, options, root)
     committed = campaign.newest_state(osp.join(root, state_dir(results, name)))
     if committed is None:
         return None
@@ -252,13 +301,6 @@ def restore_state(results: str, name: str, root: str = '.', options: Optional[st
     if not restart:
         campaign._copy_pair(iteration, state_path, net_path, states, models)
         return iteration
-    front_src = osp.join(osp.dirname(state_path), FRONT_END_FILE)
-    front = _front_end_weights(options, root)
-    if front is not None and not osp.isfile(osp.join(root, front)):
-        if not osp.isfile(front_src):
-            raise FileNotFoundError(f'{name}: the front end {front} is missing and {front_src} does not hold it')
-        _save({'params': _float(torch.load(front_src, map_location='cpu', weights_only=True)['params'])},
-              osp.join(root, front))
     net = torch.load(net_path, map_location='cpu', weights_only=True)
     _save({'params': _float(net['params'])}, osp.join(models, f'net_g_{iteration}.pth'))
     _save(state, osp.join(states, f'{iteration}.state'))
@@ -480,6 +522,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         state.add_argument('--results', required=True)
         state.add_argument('--name', required=True, help="the experiment name (the options file's `name`)")
         state.add_argument('--options', default=None, help="the training's options (a cascade's front end is kept)")
+    front = sub.add_parser('keep-front-end', help='keep a trained front-end stage in <results>/front_ends/')
+    front.add_argument('--results', required=True)
+    front.add_argument('--weights', required=True, help='experiments/<stage>/models/net_g_latest.pth')
     args = parser.parse_args(argv)
     if args.action == 'write-row':
         print(f'[protocol] wrote {write_row(args.results, args.row, args.benchmark, args.method, args.weights)}')
@@ -488,6 +533,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print('[protocol] wrote ' + ', '.join(write_table(report, args.results, args.name)))
     elif args.action == 'snapshot':
         print(f'[protocol] {snapshot_state(args.results, args.name, options=args.options)[1]}')
+    elif args.action == 'keep-front-end':
+        path, written = keep_front_end(args.results, args.weights)
+        print(f'[protocol] {args.weights}: ' + (f'kept in {path}' if written else f'{path} already holds it'))
     else:
         iteration = restore_state(args.results, args.name, options=args.options)
         print(f'[protocol] {args.name}: ' + (f'restored iteration {iteration}' if iteration else 'nothing restored'))
