@@ -35,6 +35,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--selection', type=int, default=0, metavar='N',
                         help='score N DPDD train pairs of the scoring holdout (defocused, in focus, moving) instead of '
                         'the held-out sets, to choose a setting on; writes correction_selection.{md,json}')
+    parser.add_argument('--textures', action='store_true',
+                        help='with --selection: add no_harm.SELECTION_TEXTURES (scikit-image photographs that are not '
+                        'held out) in focus and moving')
     parser.add_argument('--out', default='results/heldout', help='output folder')
     args = parser.parse_args(argv)
     try:
@@ -57,7 +60,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return tuple(pair)
 
     if args.selection:
-        scenes = no_harm.selection_scenes(args.dpdd_root, args.selection, args.seed)
+        scenes = no_harm.selection_scenes(args.dpdd_root, args.selection, args.seed,
+                                          no_harm.SELECTION_TEXTURES if args.textures else ())
     else:
         val = heldout.dpdd_val_scenes(args.dpdd_root) if osp.isdir(args.dpdd_root) else []
         photos = heldout.synthetic_depth_scenes(heldout.skimage_images(), seed=args.seed)
@@ -76,8 +80,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 f'Weights: `{osp.relpath(reconstructor.weights)}`. Fitted PSNR of DeSpike minus its bar (in focus: '
                 'TFP-192; moving: TFP-41; defocused: the photograph), mean (worst image), dB; the last two columns '
                 f'raw SSIM minus the photograph\'s. {len(scenes)} scenes ('
-                + (f'selection set: {args.selection} DPDD train pairs of the scoring holdout, not the reported '
-                   'held-out sets' if args.selection else 'the held-out sets of scripts/evaluate_heldout.py')
+                + (f'selection set: {args.selection} DPDD train pairs of the scoring holdout'
+                   + (f' and {len(no_harm.SELECTION_TEXTURES)} scikit-image textures (' + ', '.join(
+                       no_harm.SELECTION_TEXTURES) + ') in focus and moving' if args.textures else '')
+                   + ', not the reported held-out sets' if args.selection
+                   else 'the held-out sets of scripts/evaluate_heldout.py')
                 + f'), {time.time() - start:.0f} s.\n\n'
                 f'{table}\nCommand: `{command.strip()}`\n')
     with open(osp.join(args.out, stem + '.json'), 'w') as f:

@@ -160,6 +160,22 @@ def test_selection_scenes_are_the_scoring_holdout_in_three_conditions(dpdd_root)
     assert no_harm.condition_of(scenes[0].set_name) == 'defocused' and scenes[1].blurred is scenes[1].sharp
 
 
+def test_selection_textures_add_photographs_in_focus_and_moving_but_never_held_out_ones(dpdd_root):
+    base = no_harm.selection_scenes(str(dpdd_root), count=6)
+    scenes = no_harm.selection_scenes(str(dpdd_root), count=6, textures=('coins', 'moon'))
+    added = [s for s in scenes if s.set_name.startswith('textures')]
+    assert [(s.set_name, s.key) for s in scenes if s not in added] == [(s.set_name, s.key) for s in base]
+    # coins (303 x 384) is too small for the moving crop and its margin: in focus only
+    assert sorted((s.set_name, s.key) for s in added) == [
+        ('textures in focus', 'coins'), ('textures in focus', 'moon'), ('textures moving', 'moon')]
+    by = {(no_harm.condition_of(s.set_name), s.key): s for s in added}
+    assert by[('in focus', 'moon')].blurred is by[('in focus', 'moon')].sharp
+    assert by[('moving', 'moon')].motion is not None
+    assert set(no_harm.SELECTION_TEXTURES).isdisjoint(heldout.SKIMAGE_SCENES)
+    with pytest.raises(ValueError, match=r"\['chelsea'\] are held-out photographs"):
+        no_harm.selection_scenes(str(dpdd_root), count=6, textures=('coins', 'chelsea'))
+
+
 def _opt(root, **extra):
     opt = {'dpdd_root': str(root), 'split': 'train', 'phase': 'train', 'gt_size': 32, 'temporal_len': 32,
            'gamma_probability': 0.0, 'gain_std_range': [0.0, 0.0], 'electrons_range': [1e6, 1e6]}

@@ -25,8 +25,8 @@ import numpy as np
 
 from despike_basicsr.data.motion import MAX_MARGIN, MotionPath, MovingScene, draw_motion, motion_ranges
 from despike_basicsr.data.preparation import dpdd_pairs, scoring_holdout
-from despike_basicsr.evaluation.heldout import (DISPLAY_GAMMA, HeldoutScene, dpdd_val_scenes, evaluate, photo_linear,
-                                                scores)
+from despike_basicsr.evaluation.heldout import (DISPLAY_GAMMA, SKIMAGE_SCENES, HeldoutScene, dpdd_val_scenes, evaluate,
+                                                photo_linear, scores, skimage_images)
 from despike_basicsr.spike.io import read_dat
 from despike_basicsr.spike.reconstruct import tfp
 
@@ -37,6 +37,10 @@ EVAL_MOTION = {'speed_range': (0.03, 0.25), 'layer_probability': (1.0, ), 'layer
 #: Side of the square crop of a moving scene (the margin of :data:`~despike_basicsr.data.motion.MAX_MARGIN` around it
 #: is rendered too).
 MOVING_SIZE = 256
+#: scikit-image photographs the selection set adds in focus and moving (none is a held-out photograph): coins, the
+#: moon, a clock, cells, stained tissue and a retina, fine textures and high-contrast detail DPDD's scenes lack (coins
+#: and the clock are too small for the moving crop: in focus only).
+SELECTION_TEXTURES = ('coins', 'moon', 'clock', 'cell', 'immunohistochemistry', 'retina')
 #: The TFP windows compared on real-format recordings.
 RECORDING_WINDOWS = (17, 25, 41)
 
@@ -130,16 +134,25 @@ def harm_markdown(harm: Sequence[Dict[str, Any]], metric: str = 'fit PSNR') -> s
     return '\n'.join(lines) + '\n'
 
 
-def selection_scenes(dpdd_root: str, count: int = 6, seed: int = 0) -> List[HeldoutScene]:
+def selection_scenes(dpdd_root: str, count: int = 6, seed: int = 0,
+                     textures: Sequence[str] = ()) -> List[HeldoutScene]:
     """Scenes to choose an inference setting on without touching the reported held-out sets.
 
     The first ``count`` DPDD train pairs of the scoring holdout (:func:`~despike_basicsr.data.preparation.
     scoring_holdout`; no campaign trains on them, ``exclude_scoring_holdout``), defocused (set ``'dpdd-selection'``),
-    in focus and moving, the same three conditions the held-out evaluation reports.
+    in focus and moving, the same three conditions the held-out evaluation reports; then, in focus and moving (set
+    ``'textures'``), the scikit-image photographs named in ``textures`` (e.g. :data:`SELECTION_TEXTURES`, none of
+    them a held-out photograph): textures DPDD's six scenes lack, where an over-eager correction shows first.
     """
     pairs = scoring_holdout(dpdd_pairs(dpdd_root, 'train'))[:count]
     defocused = dpdd_val_scenes(dpdd_root, 'train', 'dpdd-selection', pairs)
-    return defocused + in_focus_scenes(defocused) + moving_scenes(defocused, seed=seed)
+    overlap = set(textures) & set(SKIMAGE_SCENES)
+    if overlap:
+        raise ValueError(f'selection textures {sorted(overlap)} are held-out photographs: choose others')
+    photos = photo_scenes(skimage_images(textures), set_name='textures') if textures else []
+    still = [HeldoutScene('textures', s.key, s.sharp, s.sharp) for s in photos]
+    return (defocused + in_focus_scenes(defocused) + photos + moving_scenes(defocused, seed=seed)
+            + moving_scenes(still, seed=seed))
 
 
 def corrected(mix: np.ndarray, full: np.ndarray, strength: float = 1.0, threshold: float = 0.0) -> np.ndarray:
