@@ -305,7 +305,10 @@ def restore_state(results: str, name: str, root: str = '.', options: Optional[st
     _save({'params': _float(net['params'])}, osp.join(models, f'net_g_{iteration}.pth'))
     _save(state, osp.join(states, f'{iteration}.state'))
     log = osp.join(root, 'experiments', name, RESTARTS_FILE)
-    done = json.load(open(log)) if osp.isfile(log) else []
+    done = []
+    if osp.isfile(log):
+        with open(log) as handle:
+            done = json.load(handle)
     done.append({'iteration': iteration, **restart})
     with open(log, 'w') as handle:
         json.dump(done, handle, indent=1)
@@ -324,7 +327,8 @@ def restarts_of(weights: Optional[str]) -> List[Dict[str, Any]]:
 
 
 def restart_note(restarts: Sequence[Dict[str, Any]]) -> str:
-    """``resumed in half precision at iteration 600 (Adam and EMA restarted, 100-iteration warm-up)``, or ''."""
+    """``resumed from a half-precision state at iteration 600 (Adam and EMA restarted, 100-iteration warm-up)``, or
+    '' when the training never restarted."""
     if not restarts:
         return ''
     at = ', '.join(str(r['iteration']) for r in restarts)
