@@ -162,12 +162,11 @@ def compact_state(state: Dict[str, Any], net: Dict[str, Any]) -> Tuple[Dict[str,
 
 
 def _save(obj: Any, path: str) -> None:
-    import torch
+    """``checkpoint.atomic_torch_save`` into a folder made if missing."""
+    from despike_basicsr.checkpoint import atomic_torch_save  # torch: only where it is needed
 
     os.makedirs(osp.dirname(path), exist_ok=True)
-    tmp = osp.join(osp.dirname(path), f'.{osp.basename(path)}.tmp')
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(obj, path)
 
 
 def front_end_copy(results: str, weights: str) -> str:
