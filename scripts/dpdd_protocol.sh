@@ -23,12 +23,14 @@
 # (Spk2ImgNet's stage and its two cascades are about 60 % of it; docs/baselines.md has the table).
 #
 # Usage: bash scripts/dpdd_protocol.sh [DPDD_ROOT] [--level bright|low|all] [--device cuda] [--skip-train]
-#                                      [--train-limit SECONDS] [--dry-run]
+#                                      [--train-limit SECONDS] [--rows ROW[,ROW...]] [--dry-run]
 #   DPDD_ROOT     default ../shared/data/dpdd_gray768 ({train,val}_c/{source,target})
 #   --skip-train  score what is trained, train nothing (rows without weights stay "still training" / "not started")
 #   --train-limit stop a training after SECONDS, save its state to results/<level>/state/ (commit it), assemble the
 #                 table and stop: the next sitting resumes it (a state over 30 MB is kept in half precision without
 #                 Adam's moments, a cascade's front end with it; it resumes with a warm-up: evaluation/protocol.py)
+#   --rows        train only these rows (e.g. despike,tfp_gkmnet at the low level, before its RSIR rows, as the issue
+#                 orders); every row is still scored when trained and listed in the tables
 #   --dry-run     print what would run (data, trainings in order, benchmark commands) and run nothing
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +41,7 @@ levels=(bright)
 skip_train=0
 dry=0
 limit=0
+only=
 while [ $# -gt 0 ]; do
   case $1 in
     --device) device=$2; shift 2 ;;
@@ -46,6 +49,7 @@ while [ $# -gt 0 ]; do
                *) echo "--level must be bright, low or all, got $2" >&2; exit 2 ;; esac; shift 2 ;;
     --skip-train) skip_train=1; shift ;;
     --train-limit) limit=$2; shift 2 ;;
+    --rows) only=",$2,"; shift 2 ;;
     --dry-run) dry=1; shift ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) root=$1; shift ;;
@@ -196,12 +200,17 @@ for level in "${levels[@]}"; do
     classical+=(tfp191_fpn=tfp:191+fpn tfi_fpn=tfi+fpn)
   fi
   ordered=("${rows[0]}" "${ablations[@]}" "${rows[@]:1}")
+  known=","; for entry in "${ordered[@]}"; do known+="${entry%%=*},"; done
+  for row in ${only//,/ }; do
+    [[ $known == *",$row,"* ]] || { echo "--rows: no row $row at the $level level (rows: ${known:1:-1})" >&2; exit 2; }
+  done
 
   for entry in "${classical[@]}"; do score "${entry%%=*}" "${entry#*=}"; done
   stopped=0
   for entry in "${ordered[@]}"; do
     row=${entry%%=*}; options=$opts/${entry#*=}.yml
     [ -f "$results/rows/$row.json" ] && { keep_stage "$row" "$options"; continue; }
+    [ -z "$only" ] || [[ $only == *",$row,"* ]] || continue
     train "$row" "$options" || { stopped=1; break; }
     marked "$options" || [ $dry = 1 ] || continue
     score "$row" "$row:$options:$(weights_of "$options")" "$(weights_of "$options")"

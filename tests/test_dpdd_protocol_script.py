@@ -90,6 +90,24 @@ def test_every_row_is_scored_on_the_scoring_set_and_the_tables_are_assembled_fro
     assert ('results/dpdd_low', 'ablations') not in tables
 
 
+def test_rows_restricts_training_to_the_named_rows_and_rejects_unknown_ones(dry_run):
+    root, _ = dry_run
+    env = dict(os.environ, DESPIKE_VENV=sys.prefix)
+    script = str(root / 'scripts' / 'dpdd_protocol.sh')
+    chosen = ['despike', 'tfp_gkmnet', 'tfi_nrknet']
+    run = subprocess.run(['bash', script, '--dry-run', '--level', 'low', '--rows', ','.join(chosen)], cwd=str(root),
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    trained = [osp.basename(p) for p in re.findall(r'train\.py -opt (\S+) --auto_resume', run.stdout)]
+    assert trained == ['train_despike.yml', 'train_gkmnet_tfp.yml', 'train_nrknet_tfi.yml']
+    # the table still lists every row (untrained ones as not started)
+    table = [line for line in run.stdout.splitlines() if 'assemble' in line and '--name benchmark' in line]
+    assert len(table) == 1 and 'spk2imgnet_nrknet=' in table[0]
+    bad = subprocess.run(['bash', script, '--dry-run', '--level', 'low', '--rows', 'despike,despike_wo_fpn'],
+                         cwd=str(root), env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and 'no row despike_wo_fpn at the low level' in bad.stderr
+
+
 SHIM = r'''#!/usr/bin/env bash
 # Stands in for the venv's python: option names and the LMDB check run for real; data preparation writes a
 # one-sample LMDB; training writes the weights file; every call is logged.
