@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A GPU burst of the current campaign (default options/train_despike_noharm.yml, issue 28; --opt for another):
-# at most 8 minutes of training at GPU batch size from the best
+# A GPU burst of the current campaign (default options/train_despike_harm_textures.yml, the shipped phase of issue 28;
+# --opt for another): at most 8 minutes of training at GPU batch size from the best
 # committed weights; the checkpoint lands in OUT_DIR (despike_basicsr/training/gpu_burst.py says what it writes).
 #
 #   bash scripts/gpu_train_burst.sh OUT_DIR [MINUTES]
