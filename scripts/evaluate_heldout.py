@@ -42,6 +42,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='scale of the learned correction (DeSpikeReconstructor), default 1')
     parser.add_argument('--correction-threshold', type=float,
                         help='dead zone of the correction in grey levels (default: the weights\' own)')
+    parser.add_argument('--dark-rate', type=float, default=heldout.EVAL_CAMERA['dark_rate'],
+                        help='dark current of the simulated camera, spikes per step (default 0)')
     parser.add_argument('--out', default='results/heldout', help='output folder')
     parser.add_argument('--defocus-weights', help='defocus-map weights (default: the shipped defocus_map.pth)')
     parser.add_argument('--no-defocus-map', action='store_true', help='skip the defocus-map section')
@@ -49,6 +51,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.defocus_only:
         return evaluate_defocus_map(args)
+    if args.dark_rate < 0:
+        parser.error(f'--dark-rate must not be negative, got {args.dark_rate}')
+    camera = dict(heldout.EVAL_CAMERA, dark_rate=args.dark_rate)
     try:
         reconstructor = DeSpikeReconstructor(args.weights, opt_path=args.opt, device=args.device, tile=args.tile,
                                              correction_strength=args.correction_strength,
@@ -68,7 +73,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return reconstructor.reconstruct(spikes, gamma, clip=False, exposure='fixed')
 
     report = heldout.evaluate(scenes, despike, reconstructor.net.reference_rate, args.steps,
-                              args.seed, progress=lambda line: print(line, flush=True))
+                              args.seed, progress=lambda line: print(line, flush=True), camera=camera)
     harm_table = ''
     if not args.no_harm:
         clips = no_harm.recording_clips(args.recordings) if osp.isdir(args.recordings) else []
@@ -79,7 +84,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                       no_harm.harm_markdown(report['no_harm']))
     network = reconstructor.network_source.replace(reconstructor.weights, display_path(reconstructor.weights))
     info = dict(weights=describe_weights(reconstructor.weights), network=network, steps=args.steps,
-                seed=args.seed, levels=heldout.LIGHT_LEVELS, camera=heldout.EVAL_CAMERA,
+                seed=args.seed, levels=heldout.LIGHT_LEVELS, camera=camera,
                 seconds=round(time.time() - start, 1))
     paths = heldout.write_results(report, args.out, info, extra=harm_table)
     print(heldout.markdown(report['summary']) + harm_table)

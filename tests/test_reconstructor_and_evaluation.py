@@ -169,6 +169,36 @@ def test_ssim_by_region_splits_where_defocus_removed_detail():
     assert np.isnan(evaluation.region_ssim(photo, truth, np.zeros_like(mask))['ssim_defocus'])
 
 
+def test_flat_dark_bias_measures_tone_errors_only_where_the_target_is_flat_and_dark():
+    truth = np.full((48, 64), 20 / 255, np.float32)
+    truth[:, 32:] = 200 / 255  # right half bright: outside the band
+    truth[:8] = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (8, 1))  # a ramp: not flat
+    assert evaluation.flat_dark_bias(truth, truth) == 0.0
+    darker = truth - 4 / 255
+    assert evaluation.flat_dark_bias(darker, truth) == pytest.approx(-4.0, abs=0.01)
+    brighter_elsewhere = truth.copy()
+    brighter_elsewhere[:, 32:] += 10 / 255
+    assert evaluation.flat_dark_bias(brighter_elsewhere, truth) == pytest.approx(0.0, abs=0.01)
+    assert np.isnan(evaluation.flat_dark_bias(truth[:, 40:], truth[:, 40:]))  # nothing flat and dark
+
+
+def test_a_dark_current_the_reconstruction_ignores_lifts_the_dark_regions():
+    image = np.full((40, 48, 3), 0.06, np.float32)  # 15 of 255: flat and dark ...
+    image[:, 24:] = 0.9  # ... beside a bright half that sets the exposure (mean rate 0.3 per step)
+    images = {'halves': image}
+    scenes = evaluation.synthetic_depth_scenes(images, seed=0, sigma_range=(0.5, 1.0), set_name='toy')
+    plain = lambda spikes, gamma: (spikes.mean(0) * gamma / 0.5)**(1 / 2.2)  # noqa: E731 (TFP, no dark model)
+    levels = {'bright': 0.3}
+    clean = evaluation.evaluate(scenes, plain, steps=192, levels=levels)
+    dark = evaluation.evaluate(scenes, plain, steps=192, levels=levels,
+                               camera=dict(evaluation.EVAL_CAMERA, dark_rate=0.01))
+    bias = {name: {s['method']: s['dark_bias'] for s in report['summary']} for name, report in
+            (('clean', clean), ('dark', dark))}
+    assert bias['clean']['defocused'] == pytest.approx(0.0, abs=0.5)
+    assert bias['dark']['despike'] > bias['clean']['despike'] + 5
+    assert 'Mean error in flat dark regions' in evaluation.markdown(dark['summary'])
+
+
 def test_evaluate_scores_every_method_at_every_level():
     images = {f'img{i}': generate_scene(40, 48, 10 + i)[0]**(1 / 2.2) for i in range(2)}
     scenes = evaluation.synthetic_depth_scenes(images, seed=0, sigma_range=(0.5, 2.0), set_name='toy')

@@ -12,6 +12,8 @@ SSIM on uint8):
 - ``by region``: raw SSIM where defocus removed detail from the photograph and elsewhere (in focus or flat), see
   :func:`defocus_loss_mask`. The photograph is noise-free, so outside the defocused region it is the ground truth
   itself and a spike reconstruction can only lose there (shot noise); the defocused region is where deblurring pays.
+- ``dark bias``: the mean signed error (grey levels of 255) in flat dark regions, :func:`flat_dark_bias`: a tone error
+  there costs SSIM's luminance term most, and it is where a wrong dark-current prior shows.
 
 ``scripts/evaluate_heldout.py`` is the command line; results go to ``results/heldout/``.
 """
@@ -153,6 +155,22 @@ def ssim_map(image: np.ndarray, target: np.ndarray) -> np.ndarray:
     return ((2 * mu1 * mu2 + c1) * (2 * cov + c2)) / ((mu1**2 + mu2**2 + c1) * (var1 + var2 + c2))
 
 
+#: Flat dark regions of :func:`flat_dark_bias`: the target's grey levels (of 255) and its largest local std there.
+DARK_BAND = (8, 32)
+FLAT_STD = 2.0
+
+
+def flat_dark_bias(image: np.ndarray, target: np.ndarray) -> float:
+    """Mean of uint8(image) − uint8(target) where the target is flat (local std under :data:`FLAT_STD` grey levels,
+    11×11 Gaussian window σ 1.5, as SSIM's) and dark (grey level in :data:`DARK_BAND`); NaN when there is no such
+    pixel. A spike reconstruction is unbiased there only if it models the camera's dark current as it is."""
+    img, ref = to_uint8(image).astype(np.float64), to_uint8(target).astype(np.float64)
+    mean = cv2.GaussianBlur(ref, (11, 11), 1.5)
+    std = np.sqrt(np.maximum(cv2.GaussianBlur(ref * ref, (11, 11), 1.5) - mean**2, 0.0))
+    region = (std < FLAT_STD) & (ref >= DARK_BAND[0]) & (ref < DARK_BAND[1])
+    return float((img - ref)[region].mean()) if region.any() else float('nan')
+
+
 def region_ssim(image: np.ndarray, target: np.ndarray, mask: np.ndarray) -> Dict[str, float]:
     """Raw SSIM inside ``mask`` (``ssim_defocus``) and outside it (``ssim_rest``); NaN for an empty region."""
     values, inside = ssim_map(to_uint8(image), to_uint8(target)), mask[5:-5, 5:-5]
@@ -178,9 +196,10 @@ def scores(image: np.ndarray, target: np.ndarray) -> Dict[str, float]:
 
 def reconstruct_all(scene: HeldoutScene, mean_rate: float, steps: int, seed: int,
                     despike: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]],
-                    reference_rate: float = 0.5) -> Dict[str, np.ndarray]:
-    """Every method's display-referred image of ``scene`` at one light level (raw scale, see the module doc)."""
-    sensor = dict(EVAL_CAMERA, mean_rate=mean_rate)
+                    reference_rate: float = 0.5, camera: Optional[Dict[str, float]] = None) -> Dict[str, np.ndarray]:
+    """Every method's display-referred image of ``scene`` at one light level (raw scale, see the module doc), seen by
+    ``camera`` (default :data:`EVAL_CAMERA`)."""
+    sensor = dict(camera or EVAL_CAMERA, mean_rate=mean_rate)
     if scene.motion is not None:
         spikes, gain, rate_per_unit = simulate_sensor(scene.motion.as_intensity(), sensor, steps, seed,
                                                       reference=scene.blurred)
@@ -199,7 +218,8 @@ def reconstruct_all(scene: HeldoutScene, mean_rate: float, steps: int, seed: int
 def evaluate(scenes: Sequence[HeldoutScene], despike: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]],
              reference_rate: float = 0.5, steps: int = 192, seed: int = 0,
              levels: Dict[str, float] = LIGHT_LEVELS, keep_images: int = 1,
-             progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+             progress: Optional[Callable[[str], None]] = None,
+             camera: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
     """Score every method on every scene at every light level.
 
     Args:
@@ -212,6 +232,7 @@ def evaluate(scenes: Sequence[HeldoutScene], despike: Optional[Callable[[np.ndar
         levels: ``{name: mean rate per step}``.
         keep_images: How many scenes per set keep their images for the picture.
         progress: Called with a line per finished scene.
+        camera: Sensor of every stream (default :data:`EVAL_CAMERA`; e.g. with a dark current).
 
     Returns:
         ``{'rows': [{set, key, level, method, psnr, ssim, psnr_fit, ssim_fit, ssim_defocus, ssim_rest,
@@ -225,12 +246,12 @@ def evaluate(scenes: Sequence[HeldoutScene], despike: Optional[Callable[[np.ndar
         kept[scene.set_name] = kept.get(scene.set_name, 0) + 1
         for level_index, (level, rate) in enumerate(levels.items()):
             outputs = reconstruct_all(scene, rate, steps, seed * 100003 + index * 101 + level_index,
-                                      despike, reference_rate)
+                                      despike, reference_rate, camera)
             mask = defocus_loss_mask(outputs['defocused'], target)
             for method, image in outputs.items():
                 rows.append(dict(set=scene.set_name, key=scene.key, level=level, method=method,
                                  defocus_fraction=float(mask.mean()), **scores(image, target),
-                                 **region_ssim(image, target, mask)))
+                                 **region_ssim(image, target, mask), dark_bias=flat_dark_bias(image, target)))
             if keep:
                 images[(scene.set_name, scene.key, level)] = dict(outputs, truth=target)
         if progress is not None:
@@ -246,7 +267,7 @@ def summarise(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     summary = []
     for (set_name, level, method), members in groups.items():
         entry = dict(set=set_name, level=level, method=method, count=len(members))
-        for metric in ('psnr', 'ssim', 'psnr_fit', 'ssim_fit', 'ssim_defocus', 'ssim_rest'):
+        for metric in ('psnr', 'ssim', 'psnr_fit', 'ssim_fit', 'ssim_defocus', 'ssim_rest', 'dark_bias'):
             if all(metric in m for m in members):
                 values = np.array([m[metric] for m in members], dtype=float)  # NaN: no defocused region (in focus)
                 entry[metric] = float(np.nanmean(values)) if not np.isnan(values).all() else float('nan')
@@ -274,6 +295,8 @@ def markdown(summary: Sequence[Dict[str, Any]]) -> str:
         lines.append('')
         if all('ssim_defocus' in s for s in entries):
             lines += region_markdown(entries, levels)
+        if all('dark_bias' in s for s in entries) and not all(np.isnan(s['dark_bias']) for s in entries):
+            lines += dark_bias_markdown(entries, levels)
     return '\n'.join(lines)
 
 
@@ -288,6 +311,19 @@ def region_markdown(entries: Sequence[Dict[str, Any]], levels: Sequence[str]) ->
         for level in levels:
             e = next(s for s in entries if s['method'] == method and s['level'] == level)
             cells.append(f"{e['ssim_defocus']:.3f} / {e['ssim_rest']:.3f}")
+        lines.append(f'| {LABELS.get(method, method)} | ' + ' | '.join(cells) + ' |')
+    return lines + ['']
+
+
+def dark_bias_markdown(entries: Sequence[Dict[str, Any]], levels: Sequence[str]) -> List[str]:
+    """Lines of the flat-dark-region bias table of one set (:func:`flat_dark_bias`; – for none of its pixels)."""
+    lines = [f'Mean error in flat dark regions (target grey {DARK_BAND[0]}–{DARK_BAND[1] - 1} of 255, local std under '
+             f'{FLAT_STD:g}), grey levels:', '', '| method | ' + ' | '.join(levels) + ' |',
+             '| --- |' + ' ---: |' * len(levels)]
+    for method in dict.fromkeys(s['method'] for s in entries):
+        values = [next(s for s in entries if s['method'] == method and s['level'] == lv)['dark_bias']
+                  for lv in levels]
+        cells = ['–' if np.isnan(v) else f'{v:+.2f}' for v in values]
         lines.append(f'| {LABELS.get(method, method)} | ' + ' | '.join(cells) + ' |')
     return lines + ['']
 
