@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A GPU burst of the current campaign (default options/train_despike_harm_textures.yml, the shipped phase of issue 28;
+# A GPU burst of the current campaign (default options/train_despike_ssim_heavy_harm.yml, the shipped phase of issue 28;
 # --opt for another): at most 8 minutes of training at GPU batch size from the best
 # committed weights; the checkpoint lands in OUT_DIR (despike_basicsr/training/gpu_burst.py says what it writes).
 #

@@ -2,8 +2,8 @@
 
     python -m despike_basicsr.training.gpu_burst --out /tmp/burst --minutes 7   # scripts/gpu_train_burst.sh wraps this
 
-The campaign's recipe (``--opt``, default options/train_despike_harm_textures.yml, the shipped do-no-harm phase 10) runs
-through BasicSR's own trainer with a larger batch, as many data workers as the machine's cores allow (the spike
+The campaign's recipe (``--opt``, default options/train_despike_ssim_heavy_harm.yml, the shipped do-no-harm phase 12)
+runs through BasicSR's own trainer with a larger batch, as many data workers as the machine's cores allow (the spike
 simulation is CPU work), no validation, a constant learning rate after a short warm-up and a checkpoint every
 ``--save-every`` iterations. It starts from the campaign's committed state
 (``results/training/state/<name>/net_g_*.pth``, EMA weights), else from the weights the options name. After
@@ -72,7 +72,8 @@ def newest_checkpoint(models: str) -> Optional[Tuple[int, str]]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--opt', default='options/train_despike_harm_textures.yml', help='the campaign\'s options file')
+    parser.add_argument('--opt', default='options/train_despike_ssim_heavy_harm.yml',
+                        help='the campaign\'s options file')
     parser.add_argument('--out', required=True, help='folder for net_g_burst.pth, burst.json and the log')
     parser.add_argument('--minutes', type=float, default=7.0, help='wall time of the training (at most 8)')
     parser.add_argument('--batch', type=int, help='batch size (default 32 on a GPU, 2 on a CPU)')
