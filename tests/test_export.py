@@ -58,3 +58,22 @@ def test_command_writes_the_graph_and_reports_parity(tmp_path, capsys):
     assert export.main(['--out', str(tmp_path / 'm.txt')]) == 2
     assert export.main(['--out', str(tmp_path / 'x.onnx'), '--weights', str(tmp_path / 'missing.pth')]) == 2
     assert 'not found' in capsys.readouterr().err
+
+
+def test_smoothed_bases_export_and_match_pytorch(tmp_path):
+    """The smoothed bases of the window mix (reflect padding, separable Gaussian) survive the export."""
+    options = dict(SMALL, base_windows=[8, 24], delta_gate=True, base_smoothing=[1.5, 4.0])
+    torch.manual_seed(3)
+    net = DeSpikeNet(**{k: v for k, v in options.items() if k != 'type'}).eval()
+    with torch.no_grad():  # heads that use the smoothed bases
+        for level in net.levels:
+            level.head[0].bias.normal_(0.0, 2.0)
+    weights = str(tmp_path / 'smoothed.pth')
+    torch.save({'params': net.state_dict(), 'network_g': options}, weights)
+    out = str(tmp_path / 'smoothed.onnx')
+    export.export_onnx(out, weights=weights, height=24, width=32, check=False)
+    spikes, gamma = export.random_inputs(net, 24, 32, seed=5, rate=0.2)
+    with torch.no_grad():
+        expected = net(spikes, gamma).numpy()
+    got = export.run_onnx(out, spikes.numpy(), gamma.numpy())
+    assert np.abs(got - expected).max() <= 1e-3 * (expected.max() - expected.min())

@@ -9,7 +9,8 @@ import pytest
 import torch
 from pipeline_helpers import write_dpdd_tree
 
-from despike_basicsr.archs.despike_arch import DeSpikeNet, gated_plain_reconstruction, plain_display
+from despike_basicsr.archs.despike_arch import (DeSpikeNet, gated_plain_reconstruction, plain_display,
+                                                smoothed_plain_display)
 from despike_basicsr.checkpoint import CheckpointError, check_fits
 from despike_basicsr.data.motion import DEFAULT_MOTION, MotionPath, MovingScene, draw_motion, motion_ranges
 from despike_basicsr.data.natural_spike_dataset import NaturalSpikeDataset
@@ -302,6 +303,57 @@ def test_noise_evidence_starts_silent_and_falls_with_the_spike_count():
     counts[:, ::4, 0, 2] = 1  # 8 spikes
     nu = count_noise_level(counts, (0, 32)).flatten().tolist()
     assert nu == pytest.approx([1.0, 33**-0.5, 9**-0.5])
+
+
+def test_smoothed_base_is_the_level_of_a_sparse_flat_region_where_the_pixel_base_is_biased_low():
+    # a flat dark region firing 0.4 spikes per pixel per window: most pixels show nothing, a few one spike
+    rate = np.full((48, 48), 0.4 / 192)
+    spikes = _still_stream(rate, 192, seed=3)
+    rates = spikes.float().mean(1, keepdim=True) / 0.05
+    truth = (0.4 / 192 / 0.05)**(1 / 2.2)
+    pixel = plain_display(rates, 2.2)[..., 12:-12, 12:-12]
+    smooth = smoothed_plain_display(rates, [1.5, 4.0], 2.2)[..., 12:-12, 12:-12]
+    assert smooth.shape[1] == 2
+    assert pixel.mean() < 0.7 * truth  # the concave gamma of mostly-zero pixels
+    assert abs(smooth[:, 1].mean() - truth) < 0.1 * truth  # averaged in linear units first: the level itself
+    assert smooth[:, 1].std() < 0.25 * pixel.std() and smooth[:, 1].std() < smooth[:, 0].std()
+    edge = torch.zeros(1, 1, 8, 40)
+    edge[..., 20:] = 1.0
+    across = smoothed_plain_display(edge, [1.5], 1.0)[0, 0, 4]
+    assert across[0] == pytest.approx(0.0, abs=1e-6) and across[-1] == pytest.approx(1.0, abs=1e-6)  # reflected ends
+    assert 0.3 < across[19] < 0.5 and 0.5 < across[20] < 0.7
+
+
+def test_smoothed_bases_load_weights_saved_without_them_and_can_be_chosen():
+    torch.manual_seed(2)
+    gated = DeSpikeNet(**TINY, base_windows=[8, 32], noise_evidence=True, delta_gate=True).eval()
+    with torch.no_grad():
+        for param in gated.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    smoothing = DeSpikeNet(**TINY, base_windows=[8, 32], noise_evidence=True, delta_gate=True,
+                           base_smoothing=[2.0]).eval()
+    check_fits(smoothing, gated.state_dict(), 'gated.pth')
+    smoothing.load_state_dict(gated.state_dict(), strict=True)
+    rows = smoothing.levels[0].head[1].upscale_factor**2
+    saved, loaded = gated.levels[0].head[0].weight, smoothing.levels[0].head[0].weight
+    assert torch.equal(loaded[:3 * rows], saved[:3 * rows])  # correction and window logits
+    assert torch.count_nonzero(loaded[3 * rows:4 * rows]) == 0  # the smoothed base's logit: zero
+    assert torch.equal(loaded[4 * rows:], saved[3 * rows:])  # the gate, after it
+    spikes = _still_stream(np.full((16, 16), 0.3), 32)
+    with torch.no_grad():
+        before, after = gated(spikes), smoothing(spikes)
+        assert (after - before).abs().max() < 0.02  # a logit-0 base beside the longest window's head start
+        for level in smoothing.levels:  # every logit to the smoothed base: the image is that base
+            level.head[0].weight.zero_()
+            level.head[0].bias.zero_()
+            level.head[0].bias[3 * rows:4 * rows] = 50.0
+        rates = spikes.float().mean(1, keepdim=True)
+        expected = smoothed_plain_display(rates / rates.mean(), [2.0], 2.2) * (rates.mean() / 0.5)**(1 / 2.2)
+        assert torch.allclose(smoothing(spikes), expected, atol=1e-4)
+    with pytest.raises(ValueError, match='base_smoothing'):
+        DeSpikeNet(**TINY, base_smoothing=[2.0])
+    with pytest.raises(ValueError, match='base_smoothing'):
+        DeSpikeNet(**TINY, base_windows=[8, 32], base_smoothing=[0.0])
 
 
 def test_delta_gate_loads_ungated_weights_as_they_were_and_can_switch_the_correction_off():

@@ -19,6 +19,7 @@ still, in-focus, well-lit pixel that needs nothing costs nothing.
 ``forward`` returns the final image, and with ``return_intermediates=True`` also ``grid[i][s]`` (temporal scale i,
 spatial scale s, s = 0 the coarsest) for the hierarchical loss. See docs/despike.md for the design choices.
 """
+import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -150,6 +151,38 @@ def plain_display(rates: Tensor, display_gamma: float) -> Tensor:
         ``(B, K, H, W)`` display images P_k.
     """
     return rates.clamp_min(0.0).pow(1.0 / display_gamma)
+
+
+def smoothed_plain_display(rates: Tensor, sigmas: Sequence[float], display_gamma: float) -> Tensor:
+    """Plain reconstructions of one window smoothed before the display gamma: P_σ = max(G_σ * r̂, 0)^(1/γ).
+
+    Where a pixel fires a spike or less per window (dark, dim), its own rate is mostly 0 or one spike, and P = r̂^(1/γ)
+    of it is both noisy and biased low (the display gamma is concave: the mean of r̂^(1/γ) is under (mean r̂)^(1/γ)).
+    Averaging the rates of a flat region first, in linear units, gives its level without that bias and with far less
+    noise; the gated mix picks these bases only where the region is flat (:func:`gated_plain_reconstruction`).
+
+    Args:
+        rates: ``(B, 1, H, W)`` normalised rates r̂ of one window (the longest).
+        sigmas: Gaussian σ of each smoothed base, in pixels.
+        display_gamma: γ of the display-referred ground truth.
+
+    Returns:
+        ``(B, len(sigmas), H, W)`` display images P_σ.
+    """
+    smoothed = []
+    for sigma in sigmas:
+        radius = max(1, int(math.ceil(3.0 * sigma)))
+        taps = torch.arange(-radius, radius + 1, dtype=rates.dtype, device=rates.device)
+        kernel = torch.exp(-0.5 * (taps / sigma)**2)
+        kernel = kernel / kernel.sum()
+        x = rates
+        for dim in (2, 3):  # separable, reflected at the border (replicate when the image is smaller than the kernel)
+            pad = [0, 0, radius, radius] if dim == 2 else [radius, radius, 0, 0]
+            mode = 'reflect' if x.shape[dim] > radius else 'replicate'
+            shape = (1, 1, -1, 1) if dim == 2 else (1, 1, 1, -1)
+            x = F.conv2d(F.pad(x, pad, mode=mode), kernel.reshape(shape))
+        smoothed.append(x)
+    return plain_display(torch.cat(smoothed, dim=1), display_gamma)
 
 
 def segment_deviations(spikes: Tensor, bound: Tuple[int, int], segments: int, gamma: Optional[Tensor],
@@ -368,6 +401,10 @@ class DeSpikeNet(nn.Module):
         base_windows: Window lengths of the plain reconstructions the network corrects
             (:func:`gated_plain_reconstruction`), e.g. ``[16, 32, 64, 128, 192]``; ``None`` (default) predicts the
             image directly, as the paper does.
+        base_smoothing: Gaussian σ (pixels) of extra bases: the longest base window smoothed in linear units before
+            the display gamma (:func:`smoothed_plain_display`), for flat dark and dim regions where a pixel's own
+            plain reconstruction is noisy and biased low; their logits start at 0 and their head rows at zero, so
+            weights saved without them load (:meth:`adapt_state_dict`). Default none.
         base_prior: Logit head start z₀ of the longest base window (6: an untrained network gives 99 % of it when
             there are five windows).
         motion_segments: n > 0 adds :func:`segment_deviations` of the longest window, split into n parts, as motion
@@ -405,6 +442,7 @@ class DeSpikeNet(nn.Module):
                  physical_kernels: bool = True,
                  fusion_attention: str = 'physical',
                  base_windows: Optional[Sequence[int]] = None,
+                 base_smoothing: Sequence[float] = (),
                  base_prior: float = 6.0,
                  motion_segments: int = 0,
                  noise_evidence: bool = False,
@@ -441,6 +479,9 @@ class DeSpikeNet(nn.Module):
         self.reference_rate = float(reference_rate)
         self.display_gamma = float(display_gamma)
         self.base_windows = base_windows
+        self.base_smoothing = [float(sigma) for sigma in (base_smoothing or ())]
+        if self.base_smoothing and (not base_windows or min(self.base_smoothing) <= 0):
+            raise ValueError(f'base_smoothing must be positive σ and needs base_windows, got {list(base_smoothing)}')
         if motion_segments < 0:
             raise ValueError(f'motion_segments must be >= 0, got {motion_segments}')
         self.motion_segments = int(motion_segments)
@@ -458,8 +499,8 @@ class DeSpikeNet(nn.Module):
             nn.init.zeros_(self.noise_lift[-1].weight)  # starts as no evidence, like the motion branch
             nn.init.zeros_(self.noise_lift[-1].bias)
         if base_windows:
-            prior = torch.zeros(1, len(base_windows), 1, 1)
-            prior[:, -1] = float(base_prior)
+            prior = torch.zeros(1, len(base_windows) + len(self.base_smoothing), 1, 1)
+            prior[:, len(base_windows) - 1] = float(base_prior)
             self.register_buffer('base_prior', prior, persistent=False)
 
         self.lift = nn.Sequential(
@@ -472,7 +513,8 @@ class DeSpikeNet(nn.Module):
             self.bank = LearnedKernelBank(num_feat, num_kernels, kernel_size)
         self.levels = nn.ModuleList([
             RefinementLevel(num_feat, num_kernels, num_blocks, s == 0, transformer_fusion, num_heads, region_size,
-                            unshuffle, fusion_attention, 1 + len(base_windows) + int(delta_gate))
+                            unshuffle, fusion_attention,
+                            1 + len(base_windows) + len(self.base_smoothing) + int(delta_gate))
             for s in range(self.num_scales)
         ])
         if delta_gate and not base_windows:
@@ -482,25 +524,37 @@ class DeSpikeNet(nn.Module):
         if correction_threshold < 0 or (correction_threshold and not base_windows):
             raise ValueError(f'correction_threshold must be >= 0 and needs base_windows, got {correction_threshold}')
         self.correction_threshold = float(correction_threshold)
-        if delta_gate:
+        if delta_gate or self.base_smoothing:
             self._register_load_state_dict_pre_hook(self._add_gate_channel)
 
     def adapt_state_dict(self, state_dict: Dict[str, Tensor], prefix: str = '') -> Dict[str, Tensor]:
-        """Weights saved without the gate, with its head rows appended as zeros (g = 1: the saved network's function).
+        """Weights saved without the gate or the smoothed bases, with their head rows added as zeros: the gate's
+        appended (g = 1), the smoothed bases' logits inserted before it (logit 0). Either way the network starts as
+        the one the weights came from, up to the smoothed bases' small share of the window mix.
 
         Loaders that check shapes before ``load_state_dict`` (``despike_basicsr.checkpoint.check_fits``) call this
-        first; ``load_state_dict`` applies it itself. Other weights come back unchanged.
+        first; ``load_state_dict`` applies it itself. Other weights come back unchanged. When the gate and the
+        smoothed bases are one channel each, a head one channel short is read as lacking the smoothed base (weights
+        of every gated network before ``base_smoothing``).
         """
         adapted = dict(state_dict)
-        if not self.delta_gate:
-            return adapted
         rows = self.unshuffle**2
+        windows_end = (1 + len(self.base_windows)) * rows  # the correction's and the windows' logits' rows
+        smooth_rows, gate_rows = len(self.base_smoothing) * rows, int(self.delta_gate) * rows
         for s, level in enumerate(self.levels):
             for name, param in level.head[0].named_parameters():
                 key = f'{prefix}levels.{s}.head.0.{name}'
                 saved = adapted.get(key)
-                if saved is not None and saved.shape[0] == param.shape[0] - rows:
-                    adapted[key] = torch.cat([saved, saved.new_zeros((rows, ) + saved.shape[1:])], dim=0)
+                if saved is None or saved.shape[1:] != param.shape[1:]:
+                    continue
+                missing = param.shape[0] - saved.shape[0]
+                if smooth_rows and missing in (smooth_rows, smooth_rows + gate_rows):
+                    zeros = saved.new_zeros((smooth_rows, ) + saved.shape[1:])
+                    saved = torch.cat([saved[:windows_end], zeros, saved[windows_end:]], dim=0)
+                    missing -= smooth_rows
+                if gate_rows and missing == gate_rows:
+                    saved = torch.cat([saved, saved.new_zeros((gate_rows, ) + saved.shape[1:])], dim=0)
+                adapted[key] = saved
         return adapted
 
     def _add_gate_channel(self, state_dict: dict, prefix: str, *args) -> None:
@@ -583,7 +637,11 @@ class DeSpikeNet(nn.Module):
         if self.base_windows:
             base_bounds = centred_window_bounds(length, self.base_windows)
             base_rates = normalise_spike_count(integrate_windows(spikes, base_bounds, gamma), base_bounds) / norm
-            plains = [pad_to_multiple(plain_display(base_rates, self.display_gamma), self.size_multiple)]
+            base_plains = plain_display(base_rates, self.display_gamma)
+            if self.base_smoothing:
+                smoothed = smoothed_plain_display(base_rates[:, -1:], self.base_smoothing, self.display_gamma)
+                base_plains = torch.cat([base_plains, smoothed], dim=1)
+            plains = [pad_to_multiple(base_plains, self.size_multiple)]
             for _ in range(self.num_scales - 1):
                 plains.insert(0, F.avg_pool2d(plains[0], 2))
 
