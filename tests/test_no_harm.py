@@ -340,9 +340,13 @@ def test_smoothed_bases_load_weights_saved_without_them_and_can_be_chosen():
     assert torch.count_nonzero(loaded[3 * rows:4 * rows]) == 0  # the smoothed base's logit: zero
     assert torch.equal(loaded[4 * rows:], saved[3 * rows:])  # the gate, after it
     spikes = _still_stream(np.full((16, 16), 0.3), 32)
+    shut = DeSpikeNet(**TINY, base_windows=[8, 32], noise_evidence=True, delta_gate=True, base_smoothing=[2.0],
+                      smoothing_prior=-40.0).eval()
+    shut.load_state_dict(gated.state_dict(), strict=True)
     with torch.no_grad():
         before, after = gated(spikes), smoothing(spikes)
-        assert (after - before).abs().max() < 0.02  # a logit-0 base beside the longest window's head start
+        assert torch.allclose(shut(spikes), before, atol=1e-6)  # no head start: exactly the saved network
+        assert 1e-4 < (after - before).abs().max() < 0.02  # head start 3: a few % of a smooth base in the mix
         for level in smoothing.levels:  # every logit to the smoothed base: the image is that base
             level.head[0].weight.zero_()
             level.head[0].bias.zero_()

@@ -403,8 +403,11 @@ class DeSpikeNet(nn.Module):
             image directly, as the paper does.
         base_smoothing: Gaussian σ (pixels) of extra bases: the longest base window smoothed in linear units before
             the display gamma (:func:`smoothed_plain_display`), for flat dark and dim regions where a pixel's own
-            plain reconstruction is noisy and biased low; their logits start at 0 and their head rows at zero, so
-            weights saved without them load (:meth:`adapt_state_dict`). Default none.
+            plain reconstruction is noisy and biased low; their head rows start at zero, so weights saved without
+            them load (:meth:`adapt_state_dict`). Default none.
+        smoothing_prior: Logit head start of each smoothed base. At 0 a base's share of the mix starts near 0.1 %
+            beside the longest window's 6, and the softmax's gradient with it: 250 iterations of training left it at
+            0.1 % everywhere. 3 starts each at about 5 %, where it can be learnt.
         base_prior: Logit head start z₀ of the longest base window (6: an untrained network gives 99 % of it when
             there are five windows).
         motion_segments: n > 0 adds :func:`segment_deviations` of the longest window, split into n parts, as motion
@@ -444,6 +447,7 @@ class DeSpikeNet(nn.Module):
                  base_windows: Optional[Sequence[int]] = None,
                  base_smoothing: Sequence[float] = (),
                  base_prior: float = 6.0,
+                 smoothing_prior: float = 3.0,
                  motion_segments: int = 0,
                  noise_evidence: bool = False,
                  delta_gate: bool = False,
@@ -501,6 +505,7 @@ class DeSpikeNet(nn.Module):
         if base_windows:
             prior = torch.zeros(1, len(base_windows) + len(self.base_smoothing), 1, 1)
             prior[:, len(base_windows) - 1] = float(base_prior)
+            prior[:, len(base_windows):] = float(smoothing_prior)
             self.register_buffer('base_prior', prior, persistent=False)
 
         self.lift = nn.Sequential(
@@ -529,8 +534,8 @@ class DeSpikeNet(nn.Module):
 
     def adapt_state_dict(self, state_dict: Dict[str, Tensor], prefix: str = '') -> Dict[str, Tensor]:
         """Weights saved without the gate or the smoothed bases, with their head rows added as zeros: the gate's
-        appended (g = 1), the smoothed bases' logits inserted before it (logit 0). Either way the network starts as
-        the one the weights came from, up to the smoothed bases' small share of the window mix.
+        appended (g = 1), the smoothed bases' logits inserted before it (their head start alone). The network starts
+        as the one the weights came from, up to the smoothed bases' share of the window mix.
 
         Loaders that check shapes before ``load_state_dict`` (``despike_basicsr.checkpoint.check_fits``) call this
         first; ``load_state_dict`` applies it itself. Other weights come back unchanged. When the gate and the
