@@ -255,3 +255,37 @@ def test_ssim_loss_matches_basicsr_ssim_and_prices_noise_in_flat_regions():
         loss(constant(0.5, 8), constant(0.5, 8))
     with pytest.raises(ValueError, match='window_size must be odd'):
         SSIMLoss(window_size=4)
+
+
+# ---------------------------------------------------------------- low-frequency tone
+
+
+def test_tone_loss_prices_a_dark_bias_relative_to_the_level_and_ignores_fine_noise():
+    from despike_basicsr.losses.tone_loss import LowFrequencyToneLoss, gaussian_level
+
+    assert 'LowFrequencyToneLoss' in LOSS_REGISTRY
+    loss = LowFrequencyToneLoss(sigma=4.0, eps=0.05)
+    dark, bright = constant(0.08, 48), constant(0.6, 48)
+    # the same 0.01 too dark costs the dark region 0.01 / 0.13 and the bright one 0.01 / 0.65
+    assert float(loss(dark - 0.01, dark)) == pytest.approx(0.01 / 0.13, rel=1e-4)
+    assert float(loss(bright - 0.01, bright)) == pytest.approx(0.01 / 0.65, rel=1e-4)
+    checker = torch.tensor([[0.02, -0.02], [-0.02, 0.02]]).repeat(24, 24)[None, None]
+    assert float(loss(dark + checker, dark)) < 0.02 * float(loss(dark - 0.01, dark))  # zero-mean noise: nearly free
+    assert torch.allclose(gaussian_level(dark, 4.0), dark, atol=1e-6)  # a level stays a level, borders included
+
+
+def test_tone_loss_weighs_only_flagged_samples():
+    from despike_basicsr.losses.tone_loss import LowFrequencyToneLoss
+
+    loss = LowFrequencyToneLoss(loss_weight=2.0)
+    target = constant(0.2, 16, batch=2)
+    pred = target.clone()
+    pred[1] -= 0.05  # only the second sample is off
+    assert float(loss(pred, target, weight=torch.tensor([1.0, 0.0]))) == 0.0
+    both = float(loss(pred, target))
+    assert float(loss(pred, target, weight=torch.tensor([0.0, 1.0]))) == pytest.approx(2 * both, rel=1e-5)
+    assert float(loss(pred, target, weight=torch.zeros(2))) == 0.0
+    with pytest.raises(ValueError, match='same shape'):
+        loss(pred, target[:1])
+    with pytest.raises(ValueError, match='positive'):
+        LowFrequencyToneLoss(sigma=0.0)

@@ -320,3 +320,14 @@ def test_validation_psnr_matches_a_direct_computation(tmp_path):
         output = model.net_g.eval()(item['lq'][None], item['gamma'][None])
     expected = calculate_psnr(tensor2img(output), tensor2img(item['gt'][None]), crop_border=0)
     assert model.metric_results['psnr'] == pytest.approx(expected, rel=1e-6)
+
+
+def test_tone_loss_uses_the_items_photometric_flags(tmp_path):
+    model = make_model(tmp_path, tone_opt={'type': 'LowFrequencyToneLoss', 'loss_weight': 1.0})
+    batch = train_batch()
+    model.feed_data(dict(batch, photometric=torch.tensor([0.0, 0.0])))
+    model.optimize_parameters(1)
+    assert model.get_current_log()['l_tone'] == 0.0  # two real pairs: nothing to price
+    model.feed_data(dict(batch, photometric=torch.tensor([1.0, 0.0])))
+    model.optimize_parameters(2)
+    assert model.get_current_log()['l_tone'] > 0

@@ -152,3 +152,10 @@ def test_unshuffled_network_keeps_odd_sizes_and_full_resolution_outputs():
     assert out.shape == (1, 1, 13, 11)
     assert [g.shape[-2:] for g in grid[-1]] == [(7, 6), (13, 11)]
     assert net.size_multiple == 4
+
+
+def test_items_flag_whether_their_target_is_the_scene_that_fired(dpdd_root):
+    real = NaturalSpikeDataset(_opt(dpdd_root, source_mix={'dpdd': 1.0}))
+    synthetic = NaturalSpikeDataset(_opt(dpdd_root, source_mix={'depth': 0.5, 'sharp': 0.5}))
+    assert {real[i % len(real)]['photometric'] for i in range(4)} == {0.0}
+    assert {synthetic[i % len(synthetic)]['photometric'] for i in range(4)} == {1.0}

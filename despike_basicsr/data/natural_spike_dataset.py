@@ -8,7 +8,9 @@ deterministic per (``seed``, index) at one fixed light level and sensor.
 
 Every item also carries ``rate_per_unit`` = η·L/θ, the spikes per step that a unit linear intensity fires at the
 drawn light L; the model uses it to compare the reconstruction with the ground truth at the right display scale
-(docs/despike.md, "Exposure").
+(docs/despike.md, "Exposure"); and ``photometric``, 1.0 when the target is the very picture that fired the spikes (in
+focus or synthetically defocused) and 0.0 for a real DPDD pair, whose two photographs differ in exposure and
+vignetting: ``train.tone_opt`` (LowFrequencyToneLoss) weighs only the first.
 """
 import math
 import random
@@ -319,4 +321,5 @@ class NaturalSpikeDataset(data.Dataset):
         gamma = 1.0 / np.maximum(gain, 1e-3) if with_gamma else np.ones_like(gain)
         item = make_item(spikes, gt, key, steps, gamma)
         item['rate_per_unit'] = float(rate_per_unit)
+        item['photometric'] = float(source != 'dpdd')  # the target is the scene that fired (tone_opt's weight)
         return item

@@ -3,7 +3,8 @@
 L = λ1 Σ_{i,s} β_{i,s} MSE_{i,s} (``pixel_opt``, logged as ``l_grid``) + λ2 L_FFT (``fft_opt``, ``l_fft``)
   + λ3 L_LPIPS (``lpips_opt``, ``l_lpips``) + λ4 L_grad (``grad_opt``, ``l_grad``: image-gradient L1)
   + λ5 L_harm (``l_harm``: :func:`no_harm_penalty`, λ5 = ``train.harm_weight``) + λ6 L_SSIM (``ssim_opt``,
-  ``l_ssim``: 1 − SSIM); each term is optional and its λ is the ``loss_weight`` of its options.
+  ``l_ssim``: 1 − SSIM) + λ7 L_tone (``tone_opt``, ``l_tone``: LowFrequencyToneLoss on the items flagged
+  ``photometric``); each term is optional and its λ is the ``loss_weight`` of its options.
 """
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional
@@ -52,6 +53,7 @@ class DeSpikeModel(SpikeSRModel):
         self.cri_lpips = self._build_optional_loss(train_opt.get('lpips_opt'))
         self.cri_grad = self._build_optional_loss(train_opt.get('grad_opt'))
         self.cri_ssim = self._build_optional_loss(train_opt.get('ssim_opt'))
+        self.cri_tone = self._build_optional_loss(train_opt.get('tone_opt'))
         if all(c is None for c in (self.cri_grid, self.cri_fft, self.cri_lpips, self.cri_grad, self.cri_ssim)):
             raise ValueError('DeSpikeModel needs at least one loss: train.pixel_opt, train.fft_opt, train.lpips_opt, '
                              'train.grad_opt or train.ssim_opt')
@@ -77,14 +79,17 @@ class DeSpikeModel(SpikeSRModel):
         return value
 
     def feed_data(self, data: Dict[str, Any]) -> None:
-        """``lq`` ``(B, T, H, W)`` cropped to the centre ``min(lq_len)`` frames; ``gt``, ``gamma`` and
-        ``rate_per_unit`` (the simulated exposure, see :meth:`exposure_correction`) when given."""
+        """``lq`` ``(B, T, H, W)`` cropped to the centre ``min(lq_len)`` frames; ``gt``, ``gamma``,
+        ``rate_per_unit`` (the simulated exposure, see :meth:`exposure_correction`) and ``photometric`` (the
+        per-item weight of ``tone_opt``; absent: every item) when given."""
         self.lq = crop_center_frames(data['lq'], data.get('lq_len')).to(self.device)
         self.gamma = data['gamma'].to(self.device) if data.get('gamma') is not None else None
         if 'gt' in data:
             self.gt = data['gt'].to(self.device)
         rate = data.get('rate_per_unit')
         self.rate_per_unit = None if rate is None else torch.as_tensor(rate, dtype=torch.float32, device=self.device)
+        flag = data.get('photometric')
+        self.photometric = None if flag is None else torch.as_tensor(flag, dtype=torch.float32, device=self.device)
 
     def exposure_correction(self) -> Optional[Tensor]:
         """``(B, 1, 1, 1)`` factors e^(−1/γ) that bring an output to the ground truth's display scale, or ``None``.
@@ -132,6 +137,8 @@ class DeSpikeModel(SpikeSRModel):
                 loss_dict['l_grad'] = self._aux_loss(self.cri_grad, self.grad_scales, grid)
             if self.cri_ssim is not None:
                 loss_dict['l_ssim'] = self._aux_loss(self.cri_ssim, self.ssim_scales, grid)
+            if self.cri_tone is not None:
+                loss_dict['l_tone'] = self.cri_tone(self.output, self.gt, weight=self.photometric)
             if self.harm_weight:
                 loss_dict['l_harm'] = self.harm_weight * no_harm_penalty(self.output, self.window_mix(correction),
                                                                          self.gt)
