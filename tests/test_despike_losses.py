@@ -261,7 +261,8 @@ def test_ssim_loss_matches_basicsr_ssim_and_prices_noise_in_flat_regions():
 
 
 def test_tone_loss_prices_a_dark_bias_relative_to_the_level_and_ignores_fine_noise():
-    from despike_basicsr.losses.tone_loss import LowFrequencyToneLoss, gaussian_level
+    from despike_basicsr.archs.arch_util import gaussian_smooth
+    from despike_basicsr.losses.tone_loss import LowFrequencyToneLoss
 
     assert 'LowFrequencyToneLoss' in LOSS_REGISTRY
     loss = LowFrequencyToneLoss(sigma=4.0, eps=0.05)
@@ -271,7 +272,7 @@ def test_tone_loss_prices_a_dark_bias_relative_to_the_level_and_ignores_fine_noi
     assert float(loss(bright - 0.01, bright)) == pytest.approx(0.01 / 0.65, rel=1e-4)
     checker = torch.tensor([[0.02, -0.02], [-0.02, 0.02]]).repeat(24, 24)[None, None]
     assert float(loss(dark + checker, dark)) < 0.02 * float(loss(dark - 0.01, dark))  # zero-mean noise: nearly free
-    assert torch.allclose(gaussian_level(dark, 4.0), dark, atol=1e-6)  # a level stays a level, borders included
+    assert torch.allclose(gaussian_smooth(dark, 4.0), dark, atol=1e-6)  # a level stays a level, borders included
 
 
 def test_tone_loss_weighs_only_flagged_samples():

@@ -1,6 +1,8 @@
 """Layout helpers shared by every network (DeSpikeNet and the baselines): one name and one signature each."""
+import math
 from typing import Sequence
 
+import torch
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -24,3 +26,18 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
 def upsample_to(x: Tensor, size: Sequence[int]) -> Tensor:
     """Bilinear resize of ``(B, C, h, w)`` to ``size`` ``(H, W)`` (``other.shape[-2:]`` to match another tensor)."""
     return F.interpolate(x, size=tuple(size), mode='bilinear', align_corners=False)
+
+
+def gaussian_smooth(x: Tensor, sigma: float) -> Tensor:
+    """Gaussian blur of σ pixels over the last two dimensions of ``x`` (any leading shape): separable, 3σ taps,
+    reflected at the border (replicated along a side shorter than the kernel's radius), so a constant stays one."""
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-0.5 * (taps / sigma)**2)
+    kernel = kernel / kernel.sum()
+    out = x.reshape(-1, 1, *x.shape[-2:])
+    for dim in (2, 3):
+        pad = [0, 0, radius, radius] if dim == 2 else [radius, radius, 0, 0]
+        mode = 'reflect' if out.shape[dim] > radius else 'replicate'
+        out = F.conv2d(F.pad(out, pad, mode=mode), kernel.reshape((1, 1, -1, 1) if dim == 2 else (1, 1, 1, -1)))
+    return out.reshape(x.shape)

@@ -19,7 +19,6 @@ still, in-focus, well-lit pixel that needs nothing costs nothing.
 ``forward`` returns the final image, and with ``return_intermediates=True`` also ``grid[i][s]`` (temporal scale i,
 spatial scale s, s = 0 the coarsest) for the hierarchical loss. See docs/despike.md for the design choices.
 """
-import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -27,7 +26,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from despike_basicsr.archs.arch_util import pad_to_multiple, upsample_to
+from despike_basicsr.archs.arch_util import gaussian_smooth, pad_to_multiple, upsample_to
 from despike_basicsr.archs.despike_blocks import (CandidateAttentionFusion, ConcatConvFusion, LearnedKernelBank,
                                                   PhysicalKernelBank, PlainQKVFusion, ResBlock)
 
@@ -169,19 +168,7 @@ def smoothed_plain_display(rates: Tensor, sigmas: Sequence[float], display_gamma
     Returns:
         ``(B, len(sigmas), H, W)`` display images P_σ.
     """
-    smoothed = []
-    for sigma in sigmas:
-        radius = max(1, int(math.ceil(3.0 * sigma)))
-        taps = torch.arange(-radius, radius + 1, dtype=rates.dtype, device=rates.device)
-        kernel = torch.exp(-0.5 * (taps / sigma)**2)
-        kernel = kernel / kernel.sum()
-        x = rates
-        for dim in (2, 3):  # separable, reflected at the border (replicate when the image is smaller than the kernel)
-            pad = [0, 0, radius, radius] if dim == 2 else [radius, radius, 0, 0]
-            mode = 'reflect' if x.shape[dim] > radius else 'replicate'
-            shape = (1, 1, -1, 1) if dim == 2 else (1, 1, 1, -1)
-            x = F.conv2d(F.pad(x, pad, mode=mode), kernel.reshape(shape))
-        smoothed.append(x)
+    smoothed = [gaussian_smooth(rates, sigma) for sigma in sigmas]
     return plain_display(torch.cat(smoothed, dim=1), display_gamma)
 
 

@@ -10,24 +10,10 @@ the two photographs differ in exposure and vignetting, and a level loss would te
 """
 from typing import Optional
 
-import torch
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch import Tensor, nn
-from torch.nn import functional as F
 
-
-def gaussian_level(image: Tensor, sigma: float) -> Tensor:
-    """G_σ * image over the last two dimensions (separable, reflected at the border; replicated when too small)."""
-    radius = max(1, int(round(3.0 * sigma)))
-    taps = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
-    kernel = torch.exp(-0.5 * (taps / sigma)**2)
-    kernel = kernel / kernel.sum()
-    x = image.reshape(-1, 1, *image.shape[-2:])
-    for dim in (2, 3):
-        pad = [0, 0, radius, radius] if dim == 2 else [radius, radius, 0, 0]
-        mode = 'reflect' if x.shape[dim] > radius else 'replicate'
-        x = F.conv2d(F.pad(x, pad, mode=mode), kernel.reshape((1, 1, -1, 1) if dim == 2 else (1, 1, 1, -1)))
-    return x.reshape(image.shape)
+from despike_basicsr.archs.arch_util import gaussian_smooth
 
 
 @LOSS_REGISTRY.register()
@@ -52,8 +38,8 @@ class LowFrequencyToneLoss(nn.Module):
         if pred.shape != target.shape:
             raise ValueError(f'LowFrequencyToneLoss: pred and target must have the same shape, got '
                              f'{tuple(pred.shape)} and {tuple(target.shape)}')
-        level = gaussian_level(target.float(), self.sigma)
-        error = (gaussian_level(pred.float(), self.sigma) - level).abs() / (level.clamp_min(0.0) + self.eps)
+        level = gaussian_smooth(target.float(), self.sigma)
+        error = (gaussian_smooth(pred.float(), self.sigma) - level).abs() / (level.clamp_min(0.0) + self.eps)
         per_sample = error.flatten(1).mean(1)
         if weight is None:
             return self.loss_weight * per_sample.mean()
