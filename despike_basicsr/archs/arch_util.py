@@ -28,13 +28,19 @@ def upsample_to(x: Tensor, size: Sequence[int]) -> Tensor:
     return F.interpolate(x, size=tuple(size), mode='bilinear', align_corners=False)
 
 
+def gaussian_taps(sigma: float) -> Tensor:
+    """Normalised 1-D Gaussian of σ pixels over ±max(1, ⌈3σ⌉) taps (float32)."""
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (taps / sigma)**2)
+    return kernel / kernel.sum()
+
+
 def gaussian_smooth(x: Tensor, sigma: float) -> Tensor:
     """Gaussian blur of σ pixels over the last two dimensions of ``x`` (any leading shape): separable, 3σ taps,
     reflected at the border (replicated along a side shorter than the kernel's radius), so a constant stays one."""
-    radius = max(1, int(math.ceil(3.0 * sigma)))
-    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-0.5 * (taps / sigma)**2)
-    kernel = kernel / kernel.sum()
+    kernel = gaussian_taps(sigma).to(x)
+    radius = kernel.numel() // 2
     out = x.reshape(-1, 1, *x.shape[-2:])
     for dim in (2, 3):
         pad = [0, 0, radius, radius] if dim == 2 else [radius, radius, 0, 0]

@@ -15,7 +15,6 @@ A network of its own, independent of DeSpikeNet's weights: it reads the stream w
 Input ``(B, T, H, W)`` spikes of any T ≥ 1 (windows are clipped to the stream) and any H, W; output ``(B, 1, H, W)``.
 Trained by ``scripts/train_defocus_map.py``; docs/pretrained.md ("Defocus map") has the recipe and its scores.
 """
-import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -23,15 +22,9 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from despike_basicsr.archs.arch_util import gaussian_taps
 from despike_basicsr.archs.despike_arch import (centred_window_bounds, exposure_level, integrate_windows,
                                                 normalise_spike_count)
-
-
-def _gaussian_1d(sigma: float) -> Tensor:
-    radius = max(int(math.ceil(3 * sigma)), 1)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    g = torch.exp(-0.5 * (x / sigma)**2)
-    return g / g.sum()
 
 
 def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -66,7 +59,7 @@ class DefocusMapNet(nn.Module):
         self.fpn_compensation = bool(fpn_compensation)
         self.exposure_norm = True  # reconstruct_tiled hands every tile the whole frame's exposure level
         for k, s in enumerate(self.scales):
-            self.register_buffer(f'gauss{k}', _gaussian_1d(s), persistent=False)
+            self.register_buffer(f'gauss{k}', gaussian_taps(s), persistent=False)
         c = num_feat
         self.head = _conv(len(self.windows) + len(self.scales), c)
         self.down1 = nn.Sequential(_conv(c, 2 * c, stride=2), _conv(2 * c, 2 * c))

@@ -517,7 +517,7 @@ class DeSpikeNet(nn.Module):
             raise ValueError(f'correction_threshold must be >= 0 and needs base_windows, got {correction_threshold}')
         self.correction_threshold = float(correction_threshold)
         if delta_gate or self.base_smoothing:
-            self._register_load_state_dict_pre_hook(self._add_gate_channel)
+            self._register_load_state_dict_pre_hook(self._adapt_loaded_heads)
 
     def adapt_state_dict(self, state_dict: Dict[str, Tensor], prefix: str = '') -> Dict[str, Tensor]:
         """Weights saved without the gate or the smoothed bases, with their head rows added as zeros: the gate's
@@ -549,7 +549,7 @@ class DeSpikeNet(nn.Module):
                 adapted[key] = saved
         return adapted
 
-    def _add_gate_channel(self, state_dict: dict, prefix: str, *args) -> None:
+    def _adapt_loaded_heads(self, state_dict: dict, prefix: str, *args) -> None:
         """``load_state_dict`` pre-hook: :meth:`adapt_state_dict` in place."""
         state_dict.update(self.adapt_state_dict(state_dict, prefix))
 
