@@ -264,6 +264,11 @@ def test_loss_terms_are_optional_and_weighted(tmp_path):
     model.optimize_parameters(1)
     logged = model.get_current_log()
     assert set(logged) == {'l_ssim'} and 0 < logged['l_ssim'] <= 0.5 * 2
+    model = make_model(tmp_path, pixel_opt=None, fft_opt=None, lpips_opt=None,
+                       tone_opt={'type': 'LowFrequencyToneLoss', 'loss_weight': 1.0})  # the tone term counts as a loss
+    model.feed_data(train_batch())
+    model.optimize_parameters(1)
+    assert set(model.get_current_log()) == {'l_tone'}
     with pytest.raises(ValueError, match='needs at least one loss'):
         make_model(tmp_path, pixel_opt=None, fft_opt=None, lpips_opt=None)
     with pytest.raises(ValueError, match=r"train.fft_scales must be one of \('final', 'all'\), got 'coarse'"):

@@ -54,9 +54,10 @@ class DeSpikeModel(SpikeSRModel):
         self.cri_grad = self._build_optional_loss(train_opt.get('grad_opt'))
         self.cri_ssim = self._build_optional_loss(train_opt.get('ssim_opt'))
         self.cri_tone = self._build_optional_loss(train_opt.get('tone_opt'))
-        if all(c is None for c in (self.cri_grid, self.cri_fft, self.cri_lpips, self.cri_grad, self.cri_ssim)):
+        losses = (self.cri_grid, self.cri_fft, self.cri_lpips, self.cri_grad, self.cri_ssim, self.cri_tone)
+        if all(c is None for c in losses):
             raise ValueError('DeSpikeModel needs at least one loss: train.pixel_opt, train.fft_opt, train.lpips_opt, '
-                             'train.grad_opt or train.ssim_opt')
+                             'train.grad_opt, train.ssim_opt or train.tone_opt')
         self.fft_scales = self._check_scales('fft_scales', train_opt.get('fft_scales', 'final'))
         self.lpips_scales = self._check_scales('lpips_scales', train_opt.get('lpips_scales', 'final'))
         self.grad_scales = self._check_scales('grad_scales', train_opt.get('grad_scales', 'final'))
