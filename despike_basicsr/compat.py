@@ -23,7 +23,9 @@ patch                                  why
                                        ``load_state_dict`` traceback; now a message listing keys and shapes
 ``basicsr.train.EnlargedSampler``,     a resumed run restarted its epoch from the first batch and re-seeded the
 ``BaseModel.save_training_state``      random generators, so it saw other samples and crops than the run it
-                                       continues; states now carry RNG states, the sampler resumes mid-epoch
+                                       continues; states now carry RNG states, the sampler resumes mid-epoch;
+                                       it also records the running epoch (:func:`training_epoch`), which the
+                                       training loop never hands the model, for a save on a stop signal
 ``basicsr.train.create_train_val_``    epochs estimated with ``ceil`` while the loader drops last batches: runs
 ``dataloader``                         ended before ``total_iter`` silently; now counted from the loader; it also
                                        tells the resumed sampler where the saved run stopped (read from the
@@ -47,10 +49,17 @@ from despike_basicsr.checkpoint import (CheckpointError, atomic_torch_save, chec
 
 __all__ = [
     'apply', 'CheckpointError', 'atomic_torch_save', 'safe_torch_load', 'find_latest_state', 'capture_rng_state',
-    'restore_rng_state', 'choose_dist_backend', 'release_process_group'
+    'restore_rng_state', 'choose_dist_backend', 'release_process_group', 'training_epoch'
 ]
 
 _APPLIED = False
+_training_epoch: Optional[int] = None  # the epoch BasicSR's training loop last handed its sampler (set_epoch)
+
+
+def training_epoch() -> Optional[int]:
+    """The epoch the running training is in (the last ``set_epoch`` of its sampler), or None before any."""
+    return _training_epoch
+
 
 #: Environment variable that overrides the torch.distributed backend (``nccl``, ``gloo``); ``despike_basicsr.train``
 #: sets it from the options' ``dist_params: {backend: ...}``.
@@ -329,6 +338,12 @@ def _resumable_sampler_class():
         def __init__(self, dataset, num_replicas, rank, ratio=1):
             super().__init__(dataset, num_replicas, rank, ratio)
             self.resume: Dict[str, Any] = {}
+
+        def set_epoch(self, epoch: int) -> None:
+            """BasicSR's, and the epoch kept for :func:`training_epoch` (a state saved on a stop needs it)."""
+            global _training_epoch
+            super().set_epoch(epoch)
+            _training_epoch = epoch
 
         def resume_from(self, epoch: int, iteration: int, batch_size: int, rng: Optional[Dict[str, Any]]) -> None:
             """Continue the run saved at ``iteration`` of ``epoch`` (``batch_size``: samples per iteration and

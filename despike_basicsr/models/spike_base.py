@@ -19,10 +19,18 @@ GPU switches (all off by default), read from the ``train`` section:
 A resume state that says ``restart: {optimizer: true, warmup_iter: N}`` (the half-precision state the DPDD protocol
 commits for networks too large to keep whole, ``evaluation.protocol``) carries no optimiser moments: the learning rate
 then ramps up linearly over the N iterations after the resumed one (:meth:`SpikeSRModel.resume_training`).
+
+A clean stop (:func:`install_stop_handler`, set up by ``despike-train``): the first SIGINT or SIGTERM (Ctrl-C, ``kill``,
+``timeout --signal INT``) lets the running optimiser step finish, saves weights and training state there (the same
+state a regular checkpoint of that iteration holds) and ends with :class:`TrainingStopped`, so ``--auto_resume``
+loses nothing. A second signal, or one while no spike model trains (e.g. BasicSR's SRModel), stops at once
+(Python's ``KeyboardInterrupt``).
 """
 import contextlib
 import math
 import re
+import signal
+import weakref
 from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -32,8 +40,49 @@ from basicsr.utils import get_root_logger
 from torch import Tensor
 from torch import distributed as dist
 
+from despike_basicsr import compat
+
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 DEFAULT_MAX_NONFINITE_STEPS = 5
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+_stop_requests = 0  # signals received since install_stop_handler
+_live_models: 'weakref.WeakSet[SpikeSRModel]' = weakref.WeakSet()
+
+
+class TrainingStopped(Exception):
+    """A stop signal ended training after the state of the last finished iteration was saved."""
+
+
+def _request_stop(signum: int, frame: Any) -> None:
+    global _stop_requests
+    _stop_requests += 1
+    if _stop_requests > 1 or not _live_models:  # asked twice, or no model here would act on it
+        raise KeyboardInterrupt
+    get_root_logger().warning(f'{signal.Signals(signum).name} received: saving the state after this iteration, then '
+                              'stopping (send it again to stop at once)')
+
+
+def install_stop_handler() -> None:
+    """Turn the first SIGINT/SIGTERM into a stop after the running iteration (see the module docstring).
+
+    Install it before the data loader starts its workers: forked workers inherit the handler and keep serving batches.
+    """
+    global _stop_requests
+    _stop_requests = 0
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _request_stop)
+
+
+def stop_requested() -> bool:
+    """Whether a stop signal arrived since :func:`install_stop_handler`."""
+    return _stop_requests > 0
+
+
+def save_stopped_models() -> List[str]:
+    """Save every live model's last finished iteration (for a stop that ended in another exception, e.g. a data
+    worker that took the signal itself); returns what was saved, one line each."""
+    return [line for model in list(_live_models) if (line := model.save_stopped_state())]
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -146,7 +195,11 @@ class SpikeSRModel(SRModel):
         self.restart_warmup: Optional[Tuple[int, int]] = None  # (resumed iteration, warm-up length)
         self._scheduled_lrs: Optional[List[List[float]]] = None  # the schedule's rates while the warm-up scales them
         self.nonfinite_streak = 0
+        self.completed_iter: Optional[int] = None  # the last iteration whose step ran (or was skipped)
+        self.resumed_epoch = 0
+        self._stop_saved_iter: Optional[int] = None
         self._autocast_entered = False
+        _live_models.add(self)
         self._read_acceleration_options(opt)
         super().__init__(opt)  # builds net_g through model_to_device (compile, channels_last), then the optimiser
         self.setup_acceleration()
@@ -275,6 +328,7 @@ class SpikeSRModel(SRModel):
         """BasicSR's resume; a state with ``restart.optimizer`` (no optimiser moments: Adam starts afresh) also sets
         the linear warm-up of ``restart.warmup_iter`` iterations after ``resume_state['iter']``."""
         super().resume_training(resume_state)
+        self.resumed_epoch = int(resume_state.get('epoch', 0))
         restart = resume_state.get('restart') or {}
         length = int(restart.get('warmup_iter', 0) or 0)
         if restart.get('optimizer') and length > 0:
@@ -303,6 +357,18 @@ class SpikeSRModel(SRModel):
                 self._scheduled_lrs = [[group['lr'] for group in opt.param_groups] for opt in self.optimizers]
                 factor = (current_iter - start) / length
                 self._set_lr([[lr * factor for lr in lrs] for lrs in self._scheduled_lrs])
+
+    def save_stopped_state(self) -> str:
+        """Save weights and training state at :attr:`completed_iter` unless done already; returns a line saying
+        what was saved ('' when nothing was)."""
+        if self.completed_iter is None or self._stop_saved_iter == self.completed_iter:
+            return ''
+        epoch = compat.training_epoch()
+        self.save(self.resumed_epoch if epoch is None else epoch, self.completed_iter)
+        self._stop_saved_iter = self.completed_iter
+        line = f'stopped: weights and training state saved at iteration {self.completed_iter}'
+        get_root_logger().info(line)
+        return line
 
     def save_training_state(self, epoch: int, current_iter: int) -> None:
         """BasicSR's save (compat: atomic, with RNG states) with the scheduled, not the warm-up-scaled, rates."""
@@ -333,6 +399,7 @@ class SpikeSRModel(SRModel):
             ValueError: If ``loss_dict`` is empty, or ``train.amp`` is on but the forward did not run in
                 :meth:`autocast`.
             NonFiniteTrainingError: After ``train.max_nonfinite_steps`` consecutive skipped steps.
+            TrainingStopped: After a stop signal (on any rank), once this step's state is saved.
         """
         if not loss_dict:
             raise ValueError('no loss term is configured: set train.pixel_opt (or fft_opt / lpips_opt) in the options')
@@ -362,16 +429,24 @@ class SpikeSRModel(SRModel):
             self.nonfinite_streak = 0
             if self.ema_decay > 0:
                 self.model_ema(decay=self.ema_decay)
-            return
-        self._skip_step(loss, grad_norm, loss_dict, iteration)
+        else:
+            self._skip_step(loss, grad_norm, loss_dict, iteration)
+        self.completed_iter = iteration
+        if self._all_ranks_agree(stop_requested(), op='max'):
+            raise TrainingStopped(self.save_stopped_state() or 'stopped: no iteration number to save under')
 
     def _all_ranks_finite(self, finite: Tensor) -> bool:
         """Whether every rank's loss and gradient norm are finite, so all ranks step or skip together."""
+        return self._all_ranks_agree(bool(finite.item()), op='min')
+
+    def _all_ranks_agree(self, value: bool, op: str) -> bool:
+        """``value`` combined over the ranks (``op`` 'min': all of them, 'max': any of them); ``value`` alone when
+        not distributed."""
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            flag = finite.to(device=self.device, dtype=torch.int32).reshape(1)
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            flag = torch.tensor([int(value)], device=self.device, dtype=torch.int32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN if op == 'min' else dist.ReduceOp.MAX)
             return bool(flag.item())
-        return bool(finite.item())
+        return value
 
     def _skip_step(self, loss: Tensor, grad_norm: Tensor, loss_dict: Dict[str, Tensor],
                    iteration: Optional[int]) -> None:

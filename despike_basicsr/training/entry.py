@@ -6,6 +6,7 @@ from typing import List, Optional
 
 PACKAGE_DIR = osp.dirname(osp.dirname(osp.abspath(__file__)))
 REPO_ROOT = osp.dirname(PACKAGE_DIR)
+STOPPED_STATUS = 130  # the shell's status for a command ended by SIGINT
 
 
 def project_root() -> str:
@@ -62,24 +63,34 @@ def run_pipeline(kind: str, argv: Optional[List[str]] = None) -> None:
     User errors (:class:`~despike_basicsr.errors.DespikeUserError`: options, checkpoints, data files; and ``OSError``)
     end the process with exit code 2 and a message naming the file (:func:`despike_basicsr.errors.run_cli`); a run
     stopped by its non-finite guard (:class:`~despike_basicsr.models.spike_base.NonFiniteTrainingError`,
-    ``train.max_nonfinite_steps``) with exit code 3 and the message naming the iteration; anything else is a bug and
-    keeps its traceback.
+    ``train.max_nonfinite_steps``) with exit code 3 and the message naming the iteration; a training stopped by a
+    signal (:func:`~despike_basicsr.models.spike_base.install_stop_handler`) with :data:`STOPPED_STATUS` once its last
+    finished iteration is saved; anything else is a bug and keeps its traceback.
     """
     from despike_basicsr.errors import run_cli
-    from despike_basicsr.models.spike_base import NonFiniteTrainingError
+    from despike_basicsr.models import spike_base
     prog = f'despike-{kind}'
 
     def work() -> int:
         root = prepare(argv)
         if kind == 'train':
             from basicsr.train import train_pipeline as pipeline
+            spike_base.install_stop_handler()  # before the data loader forks its workers
         else:
             from basicsr.test import test_pipeline as pipeline
         try:
             pipeline(root)
-        except NonFiniteTrainingError as error:
+        except spike_base.NonFiniteTrainingError as error:
             print(f'{prog}: error: {error}', file=sys.stderr)
             return 3
+        except spike_base.TrainingStopped as stop:
+            print(f'{prog}: {stop}', file=sys.stderr)
+            return STOPPED_STATUS
+        except BaseException:
+            if kind == 'train' and spike_base.stop_requested():  # e.g. a data worker took the signal and died
+                for line in spike_base.save_stopped_models():
+                    print(f'{prog}: {line}', file=sys.stderr)
+            raise
         return 0
 
     status = run_cli(prog, work)
