@@ -6,7 +6,8 @@
 #
 # A fresh checkout has no experiments/ folder: the committed state (weights, EMA, optimiser, scheduler, iteration) in
 # results/training/state/<name>/ is put back where BasicSR's --auto_resume looks for it, so the run continues where the
-# last sitting stopped. An existing experiments/<name> with a newer state is left as it is.
+# last sitting stopped. An existing experiments/<name> with a newer state is left as it is. Stop it with
+# `kill -INT <pid>` (not -9): the last finished iteration is saved (docs/reliability.md, "Clean stop").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 opt=${1:-options/train_despike_deblur.yml}
