@@ -336,8 +336,10 @@ def _resumable_sampler_class():
         """
 
         def __init__(self, dataset, num_replicas, rank, ratio=1):
+            global _training_epoch
             super().__init__(dataset, num_replicas, rank, ratio)
             self.resume: Dict[str, Any] = {}
+            _training_epoch = None  # a new training: an earlier one's epoch (same process) no longer applies
 
         def set_epoch(self, epoch: int) -> None:
             """BasicSR's, and the epoch kept for :func:`training_epoch` (a state saved on a stop needs it)."""

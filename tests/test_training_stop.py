@@ -12,6 +12,7 @@ import torch
 import yaml
 from test_cascade_model import SMALL_NETS, _batch, _model, _options, _write_tiny_lmdb
 
+from despike_basicsr import compat
 from despike_basicsr.models import spike_base
 
 
@@ -20,6 +21,7 @@ def stop_handler(monkeypatch):
     """The stop handler installed for one test; Python's own SIGINT/SIGTERM handling afterwards."""
     previous = {signum: signal.getsignal(signum) for signum in spike_base.STOP_SIGNALS}
     monkeypatch.setattr(spike_base, '_live_models', weakref.WeakSet())  # models of other tests do not count
+    monkeypatch.setattr(compat, '_training_epoch', None)  # nor the epoch of a training an earlier test ran here
     spike_base.install_stop_handler()
     yield
     for signum, handler in previous.items():
