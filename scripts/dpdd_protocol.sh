@@ -118,7 +118,7 @@ train() {  # row options
   echo "| $row | train | $options | $wall | $(cpu_seconds "$user" "$sys") | ${OMP_NUM_THREADS:-all} |" >> "$times"
   if [ $status = 1 ]; then
     "$py" -m despike_basicsr.evaluation.protocol snapshot --results "$results" --name "$name" --options "$options"
-    say "$row stopped after $limit s (--train-limit): commit $results/state/$name, the next run resumes it"
+    say "$row stopped (by --train-limit $limit or a signal): commit $results/state/$name, the next run resumes it"
   fi
   return $status
 }
