@@ -196,7 +196,6 @@ class SpikeSRModel(SRModel):
         self._scheduled_lrs: Optional[List[List[float]]] = None  # the schedule's rates while the warm-up scales them
         self.nonfinite_streak = 0
         self.completed_iter: Optional[int] = None  # the last iteration whose step ran (or was skipped)
-        self.resumed_epoch = 0
         self._stop_saved_iter: Optional[int] = None
         self._autocast_entered = False
         _live_models.add(self)
@@ -328,7 +327,6 @@ class SpikeSRModel(SRModel):
         """BasicSR's resume; a state with ``restart.optimizer`` (no optimiser moments: Adam starts afresh) also sets
         the linear warm-up of ``restart.warmup_iter`` iterations after ``resume_state['iter']``."""
         super().resume_training(resume_state)
-        self.resumed_epoch = int(resume_state.get('epoch', 0))
         restart = resume_state.get('restart') or {}
         length = int(restart.get('warmup_iter', 0) or 0)
         if restart.get('optimizer') and length > 0:
@@ -359,12 +357,13 @@ class SpikeSRModel(SRModel):
                 self._set_lr([[lr * factor for lr in lrs] for lrs in self._scheduled_lrs])
 
     def save_stopped_state(self) -> str:
-        """Save weights and training state at :attr:`completed_iter` unless done already; returns a line saying
-        what was saved ('' when nothing was)."""
+        """Save weights and training state at :attr:`completed_iter` unless done already, under the running epoch
+        (:func:`~despike_basicsr.compat.training_epoch`; 0 outside BasicSR's loop); returns a line saying what was
+        saved ('' when nothing was)."""
         if self.completed_iter is None or self._stop_saved_iter == self.completed_iter:
             return ''
         epoch = compat.training_epoch()
-        self.save(self.resumed_epoch if epoch is None else epoch, self.completed_iter)
+        self.save(0 if epoch is None else epoch, self.completed_iter)
         self._stop_saved_iter = self.completed_iter
         line = f'stopped: weights and training state saved at iteration {self.completed_iter}'
         get_root_logger().info(line)
@@ -420,7 +419,8 @@ class SpikeSRModel(SRModel):
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else loss.new_zeros(())
         finite = torch.isfinite(loss.detach().float()) & torch.isfinite(grad_norm.float())
         self.log_dict = self.reduce_loss_dict(loss_dict)
-        if self._all_ranks_finite(finite):
+        step_finite, stop = self._agree_across_ranks(finite, stop_requested())
+        if step_finite:
             if scaler is not None:
                 scaler.step(self.optimizer_g)
                 scaler.update()
@@ -432,21 +432,18 @@ class SpikeSRModel(SRModel):
         else:
             self._skip_step(loss, grad_norm, loss_dict, iteration)
         self.completed_iter = iteration
-        if self._all_ranks_agree(stop_requested(), op='max'):
+        if stop:
             raise TrainingStopped(self.save_stopped_state() or 'stopped: no iteration number to save under')
 
-    def _all_ranks_finite(self, finite: Tensor) -> bool:
-        """Whether every rank's loss and gradient norm are finite, so all ranks step or skip together."""
-        return self._all_ranks_agree(bool(finite.item()), op='min')
-
-    def _all_ranks_agree(self, value: bool, op: str) -> bool:
-        """``value`` combined over the ranks (``op`` 'min': all of them, 'max': any of them); ``value`` alone when
-        not distributed."""
+    def _agree_across_ranks(self, finite: Tensor, stop: bool) -> Tuple[bool, bool]:
+        """(every rank's loss and gradient norm are finite, some rank was asked to stop): one all-reduce per step
+        when distributed, so all ranks step or skip, and stop, together."""
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            flag = torch.tensor([int(value)], device=self.device, dtype=torch.int32)
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN if op == 'min' else dist.ReduceOp.MAX)
-            return bool(flag.item())
-        return value
+            flags = torch.stack([finite.reshape(()), finite.new_tensor(not stop)]).to(self.device, torch.int32)
+            dist.all_reduce(flags, op=dist.ReduceOp.MIN)  # min of "go on" = not (any rank stops)
+            all_finite, go_on = flags.tolist()
+            return bool(all_finite), not go_on
+        return bool(finite.item()), stop
 
     def _skip_step(self, loss: Tensor, grad_norm: Tensor, loss_dict: Dict[str, Tensor],
                    iteration: Optional[int]) -> None:
