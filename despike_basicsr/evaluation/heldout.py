@@ -155,6 +155,13 @@ def ssim_map(image: np.ndarray, target: np.ndarray) -> np.ndarray:
     return ((2 * mu1 * mu2 + c1) * (2 * cov + c2)) / ((mu1**2 + mu2**2 + c1) * (var1 + var2 + c2))
 
 
+def ssim_window_stats(image: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Local mean and standard deviation (grey levels) of a uint8 image in SSIM's 11×11 Gaussian window (σ 1.5)."""
+    img = image.astype(np.float64)
+    mean = cv2.GaussianBlur(img, (11, 11), 1.5)
+    return mean, np.sqrt(np.maximum(cv2.GaussianBlur(img * img, (11, 11), 1.5) - mean**2, 0.0))
+
+
 #: Flat dark regions of :func:`flat_dark_bias`: the target's grey levels (of 255) and its largest local std there.
 DARK_BAND = (8, 32)
 FLAT_STD = 2.0
@@ -165,8 +172,7 @@ def flat_dark_bias(image: np.ndarray, target: np.ndarray) -> float:
     11×11 Gaussian window σ 1.5, as SSIM's) and dark (grey level in :data:`DARK_BAND`); NaN when there is no such
     pixel. A spike reconstruction is unbiased there only if it models the camera's dark current as it is."""
     img, ref = to_uint8(image).astype(np.float64), to_uint8(target).astype(np.float64)
-    mean = cv2.GaussianBlur(ref, (11, 11), 1.5)
-    std = np.sqrt(np.maximum(cv2.GaussianBlur(ref * ref, (11, 11), 1.5) - mean**2, 0.0))
+    _, std = ssim_window_stats(ref)
     region = (std < FLAT_STD) & (ref >= DARK_BAND[0]) & (ref < DARK_BAND[1])
     return float((img - ref)[region].mean()) if region.any() else float('nan')
 
