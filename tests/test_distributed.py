@@ -264,3 +264,27 @@ def test_despike_validation_on_rank0_between_steps_does_not_break_the_other_rank
     assert all(rec['sentinel'] == [3.0, 3.0, 3.0] for rec in records), 'the collectives no longer pair up'
     assert records[0]['validations'] == 3 and records[1]['validations'] == 0
     assert all(np.isfinite(records[0]['psnr']))
+
+
+@pytest.mark.slow
+def test_one_rank_nonfinite_or_stopped_makes_every_rank_skip_or_stop_together(tmp_path, subprocess_env, repo_root):
+    """Rank 1 alone has a NaN target at step 1 and alone receives SIGINT before step 3: both ranks skip step 1, step
+    at 2, and stop after step 3 with the same weights; rank 0 saves that iteration (``_agree_across_ranks``)."""
+    if not _despike_model_available():
+        pytest.skip('DeSpikeModel / DeSpikeNet are not registered yet')
+    out = tmp_path / 'out'
+    cmd = _torchrun(WORLD_SIZE, osp.join(WORKERS, 'stop_worker.py'), ['--out', str(out), '--pg-timeout', '20'])
+    try:
+        result = _run(cmd, subprocess_env, repo_root, timeout=120)
+    except subprocess.TimeoutExpired as error:
+        raise AssertionError(f'the run hung: {error}') from error
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [torch.load(out / f'rank{r}.pt') for r in range(WORLD_SIZE)]
+    for rec in records:
+        assert rec['stopped_at'] == 3 and rec['completed_iter'] == 3, f"rank {rec['rank']} did not stop with rank 1"
+        skipped, stepped = rec['params'][0], rec['params'][1]
+        assert all(torch.equal(skipped[k], rec['initial'][k]) for k in skipped), 'step 1 was not skipped everywhere'
+        assert any(not torch.equal(stepped[k], skipped[k]) for k in stepped), 'step 2 did not step'
+        assert all(torch.isfinite(p).all() for p in rec['params'][-1].values())
+    _assert_same(records[0]['params'][-1], records[1]['params'][-1], 'weights after the stop', 0.0)
+    assert (out / 'models' / 'net_g_3.pth').is_file() and (out / 'states' / '3.state').is_file()
