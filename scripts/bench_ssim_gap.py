@@ -23,7 +23,10 @@ def parse_filters(text: str) -> List[Tuple[float, float, Optional[float]]]:
     """``'T:σ[:D],...'`` → ``[(T, σ, D or None), ...]``."""
     filters = []
     for item in (part.strip() for part in text.split(',') if part.strip()):
-        fields = [float(f) for f in item.split(':')]
+        try:
+            fields = [float(f) for f in item.split(':')]
+        except ValueError:
+            fields = []
         if len(fields) not in (2, 3) or min(fields) <= 0:
             raise ValueError(f'--filters: "{item}" is not T:σ or T:σ:D with positive numbers')
         filters.append((fields[0], fields[1], fields[2] if len(fields) == 3 else None))
@@ -46,15 +49,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         filters = parse_filters(args.filters)
+        if args.selection:
+            scenes = [s for s in no_harm.selection_scenes(args.dpdd_root, args.selection, args.seed,
+                                                          no_harm.SELECTION_TEXTURES) if s.motion is None]
+        else:
+            scenes = heldout.dpdd_val_scenes(args.dpdd_root)
         reconstructor = DeSpikeReconstructor(args.weights, device=args.device)
-    except (ValueError, ReconstructorError) as err:
+    except (OSError, ValueError, ReconstructorError) as err:
         print(f'bench_ssim_gap: error: {err}', file=sys.stderr)
         return 2
-    if args.selection:
-        scenes = [s for s in no_harm.selection_scenes(args.dpdd_root, args.selection, args.seed,
-                                                      no_harm.SELECTION_TEXTURES) if s.motion is None]
-    else:
-        scenes = heldout.dpdd_val_scenes(args.dpdd_root)
     start = time.time()
     report = ssim_gap.ssim_gap(scenes, lambda spikes, gamma: reconstructor.reconstruct(
         spikes, gamma, clip=False, exposure='fixed'), filters, reconstructor.net.reference_rate, seed=args.seed,

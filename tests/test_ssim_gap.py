@@ -57,11 +57,14 @@ def test_ssim_gap_scores_every_variant_on_the_heldout_streams():
     assert 'flat smoothing T 2, σ 2' in ssim_gap.gap_markdown(report)
 
 
-def test_filters_are_parsed_and_checked(repo_root):
+def test_filters_and_a_missing_dataset_are_refused(repo_root, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location('bench_ssim_gap', osp.join(repo_root, 'scripts', 'bench_ssim_gap.py'))
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     assert bench.parse_filters('2:1.5, 3:2:32') == [(2.0, 1.5, None), (3.0, 2.0, 32.0)]
-    with pytest.raises(ValueError, match='"2"'):
-        bench.parse_filters('2')
+    for bad in ('2', '2:x', '2:-1', '1:2:3:4'):
+        with pytest.raises(ValueError, match=f'"{bad}"'):
+            bench.parse_filters(bad)
     assert bench.main(['--filters', '0:2']) == 2
+    assert bench.main(['--dpdd-root', str(tmp_path / 'none'), '--out', str(tmp_path)]) == 2
+    assert 'none' in capsys.readouterr().err
