@@ -9,7 +9,7 @@
 #
 #   results/<level>/rows/<row>.json            one finished row: per-image and per-tile scores, weights' size, wall and
 #                                              CPU seconds (committed; a row with a file is never trained again)
-#   results/<level>/state/<experiment>/        the small state (weights, optimizer, iteration) of an unfinished training
+#   results/<level>/state/<experiment>/        the small state (weights, optimizer, iteration) of an unfinished training (removed once scored)
 #   results/<level>/benchmark.{md,json}        assembled from rows/ (despike_basicsr.evaluation.protocol): scores,
 #                                              paired differences to DeSpike, still training / not started
 #   results/dpdd/ablations.{md,json}           DeSpike and its five ablations, from the same row files
@@ -157,6 +157,15 @@ keep_stage() {  # row options
   "$py" -m despike_basicsr.evaluation.protocol keep-front-end --results "$results" --weights "$weights"
 }
 
+# A scored row is never trained again: its committed training state goes (commit the removal with the row).
+drop_state() {  # row options
+  [ -f "$results/rows/$1.json" ] && [ -d "$results/state" ] || return 0
+  local name; name=$(option_name "$2")
+  [ -d "$results/state/$name" ] || return 0
+  if [ $dry = 1 ]; then echo "  $py -m despike_basicsr.evaluation.protocol drop-state --name $name"; return 0; fi
+  "$py" -m despike_basicsr.evaluation.protocol drop-state --results "$results" --name "$name"
+}
+
 assemble() {  # name rows...
   local name=$1; shift
   local legacy=()
@@ -209,12 +218,13 @@ for level in "${levels[@]}"; do
   stopped=0
   for entry in "${ordered[@]}"; do
     row=${entry%%=*}; options=$opts/${entry#*=}.yml
-    [ -f "$results/rows/$row.json" ] && { keep_stage "$row" "$options"; continue; }
+    [ -f "$results/rows/$row.json" ] && { keep_stage "$row" "$options"; drop_state "$row" "$options"; continue; }
     [ -z "$only" ] || [[ $only == *",$row,"* ]] || continue
     train "$row" "$options" || { stopped=1; break; }
     marked "$options" || [ $dry = 1 ] || continue
     score "$row" "$row:$options:$(weights_of "$options")" "$(weights_of "$options")"
     keep_stage "$row" "$options"
+    drop_state "$row" "$options"
   done
 
   # The tables, from the committed row files: what is scored, still training, not started.

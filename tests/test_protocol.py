@@ -116,6 +116,10 @@ def test_state_snapshot_and_restore_and_size_limit(tmp_path):
     assert (exp / 'training_states' / '400.state').is_file() and (exp / 'models' / 'net_g_400.pth').is_file()
     assert protocol.restore_state('results/dpdd', 'Run', root=str(tmp_path)) is None
     assert protocol.snapshot_state('results/dpdd', 'None', root=str(tmp_path))[0] is None
+    # once the row is scored its state goes; the training it came from stays
+    assert protocol.drop_state('results/dpdd', 'Run', root=str(tmp_path)) == str(saved)
+    assert not saved.exists() and (exp / 'models' / 'net_g_400.pth').is_file()
+    assert protocol.drop_state('results/dpdd', 'Run', root=str(tmp_path)) is None
 
 
 def _experiment(root, name, iteration, width=4096):

@@ -276,6 +276,16 @@ def snapshot_state(results: str, name: str, root: str = '.', limit_mb: float = S
     return iteration, f'{name}: iteration {iteration} saved to {target} ({how})'
 
 
+def drop_state(results: str, name: str, root: str = '.') -> Optional[str]:
+    """Remove ``<results>/state/<name>`` once its row is scored (a finished row is never trained again); returns the
+    folder removed, or ``None`` when there was none. Its front end, if any, stays in ``<results>/front_ends``."""
+    folder = osp.join(root, state_dir(results, name))
+    if not osp.isdir(folder):
+        return None
+    shutil.rmtree(folder)
+    return folder
+
+
 def restore_state(results: str, name: str, root: str = '.', options: Optional[str] = None) -> Optional[int]:
     """Put ``<results>/state/<name>`` where ``--auto_resume`` finds it unless experiments/ has a state as new.
 
@@ -505,7 +515,7 @@ def _row_pairs(items: Sequence[str]) -> List[Tuple[str, Optional[str]]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command line: ``write-row``, ``assemble``, ``snapshot``, ``restore`` (see the module docstring)."""
+    """Command line: ``write-row``, ``assemble``, ``snapshot``, ``restore``, ``drop-state``, ``keep-front-end``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest='action', required=True)
     row = sub.add_parser('write-row', help='write <results>/rows/<row>.json from a benchmark report')
@@ -520,7 +530,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     table.add_argument('--reference', default='despike')
     table.add_argument('--legacy', default=None, help='earlier report listed beside (marked as such)')
     table.add_argument('--name', default='benchmark')
-    for action in ('snapshot', 'restore'):
+    for action in ('snapshot', 'restore', 'drop-state'):
         state = sub.add_parser(action, help=f'{action} the small state of an unfinished training')
         state.add_argument('--results', required=True)
         state.add_argument('--name', required=True, help="the experiment name (the options file's `name`)")
@@ -536,6 +546,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print('[protocol] wrote ' + ', '.join(write_table(report, args.results, args.name)))
     elif args.action == 'snapshot':
         print(f'[protocol] {snapshot_state(args.results, args.name, options=args.options)[1]}')
+    elif args.action == 'drop-state':
+        dropped = drop_state(args.results, args.name)
+        print(f'[protocol] {args.name}: ' + (f'{dropped} removed (the row is scored)' if dropped else 'no state'))
     elif args.action == 'keep-front-end':
         path, written = keep_front_end(args.results, args.weights)
         print(f'[protocol] {args.weights}: ' + (f'kept in {path}' if written else f'{path} already holds it'))
