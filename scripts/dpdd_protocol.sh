@@ -166,6 +166,8 @@ drop_state() {  # row options
   "$py" -m despike_basicsr.evaluation.protocol drop-state --results "$results" --name "$name"
 }
 
+settle_row() { keep_stage "$@"; drop_state "$@"; }  # a scored row: its front end kept, its state dropped
+
 assemble() {  # name rows...
   local name=$1; shift
   local legacy=()
@@ -218,13 +220,12 @@ for level in "${levels[@]}"; do
   stopped=0
   for entry in "${ordered[@]}"; do
     row=${entry%%=*}; options=$opts/${entry#*=}.yml
-    [ -f "$results/rows/$row.json" ] && { keep_stage "$row" "$options"; drop_state "$row" "$options"; continue; }
+    [ -f "$results/rows/$row.json" ] && { settle_row "$row" "$options"; continue; }
     [ -z "$only" ] || [[ $only == *",$row,"* ]] || continue
     train "$row" "$options" || { stopped=1; break; }
     marked "$options" || [ $dry = 1 ] || continue
     score "$row" "$row:$options:$(weights_of "$options")" "$(weights_of "$options")"
-    keep_stage "$row" "$options"
-    drop_state "$row" "$options"
+    settle_row "$row" "$options"
   done
 
   # The tables, from the committed row files: what is scored, still training, not started.

@@ -50,10 +50,11 @@ def flat_region_smoothing(image: np.ndarray, threshold: float, sigma: float = 2.
 
 
 def target_regions(target: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Flat and flat-dark masks of a display target, as :func:`~.heldout.flat_dark_bias` defines them."""
-    mean, std = ssim_window_stats(to_uint8(target))
-    flat = std < FLAT_STD
-    return flat, flat & (to_uint8(target) < DARK_BAND[1])
+    """Flat and flat-dark masks of a display target: local std under :data:`~.heldout.FLAT_STD` grey levels, and
+    there grey under :data:`~.heldout.DARK_BAND`'s top (black included, unlike :func:`~.heldout.flat_dark_bias`)."""
+    grey = to_uint8(target)
+    flat = ssim_window_stats(grey)[1] < FLAT_STD
+    return flat, flat & (grey < DARK_BAND[1])
 
 
 def oracle_substitutions(despike: np.ndarray, photograph: np.ndarray, target: np.ndarray) -> Dict[str, np.ndarray]:
