@@ -4,6 +4,7 @@
 # committed weights; the checkpoint lands in OUT_DIR (despike_basicsr/training/gpu_burst.py says what it writes).
 #
 #   bash scripts/gpu_train_burst.sh OUT_DIR [MINUTES]
+#   bash scripts/gpu_train_burst.sh OUT_DIR 7 --widen 2   # a twice-wider network that starts as the shipped one
 #
 # On a machine without this project installed, wheels of basicsr, lmdb, lpips and their missing needs in .whl/ are
 # installed to /tmp/site first (docs/pretrained.md, "GPU burst", lists them). Then, back on the CPU machine:

@@ -113,3 +113,16 @@ def test_widened_checkpoint_loads_with_its_stored_network_and_is_never_overwritt
     torch.save({'params': narrow.state_dict()}, weights)
     with pytest.raises(WideningError, match='no network_g'):
         widen_checkpoint(weights, str(tmp_path / 'other.pth'))
+
+
+def test_gpu_burst_widens_its_start_once_and_overrides_the_width(tmp_path):
+    from despike_basicsr.training import gpu_burst
+    narrow = trained_like(DeSpikeNet(**SHIPPED_LIKE))
+    weights = str(tmp_path / 'narrow.pth')
+    torch.save({'params_ema': narrow.state_dict(), 'network_g': dict(SHIPPED_LIKE, type='DeSpikeNet')}, weights)
+    path, key, overrides = gpu_burst.widened_start(weights, 'params_ema', 2, str(tmp_path))
+    assert key == 'params_ema' and overrides == ['network_g:num_feat=16']
+    assert torch.load(path, weights_only=True)['meta']['param_key'] == 'params_ema'
+    before = osp.getmtime(path)
+    assert gpu_burst.widened_start(weights, 'params_ema', 2, str(tmp_path))[0] == path
+    assert osp.getmtime(path) == before  # reused, never rewritten

@@ -6,7 +6,8 @@ The campaign's recipe (``--opt``, default options/train_despike_ssim_heavy_harm.
 runs through BasicSR's own trainer with a larger batch, as many data workers as the machine's cores allow (the spike
 simulation is CPU work), no validation, a constant learning rate after a short warm-up and a checkpoint every
 ``--save-every`` iterations. It starts from the campaign's committed state
-(``results/training/state/<name>/net_g_*.pth``, EMA weights), else from the weights the options name. After
+(``results/training/state/<name>/net_g_*.pth``, EMA weights), else from the weights the options name; with
+``--widen k``, from a network k times wider that computes the same function (``<out>/start_wide<k>.pth``). After
 ``--minutes`` the trainer is stopped, and the newest checkpoint is copied to ``<out>/net_g_burst.pth`` with
 ``<out>/burst.json`` (iterations, batch, device, seconds) and the log. Evaluate it on the CPU with ``python
 scripts/training_curve.py``'s scorer or ``scripts/evaluate_heldout.py --weights``, and ship it only if it is better.
@@ -65,6 +66,22 @@ def burst_overrides(opt: dict, weights: str, param_key: str, batch: int, workers
     ]
 
 
+def widened_start(weights: str, param_key: str, factor: int, out: str) -> Tuple[str, str, List[str]]:
+    """The start weights made ``factor`` times wider (:mod:`despike_basicsr.training.widen`), written once to ``out``.
+
+    Returns:
+        ``(path, param_key, overrides)``: the wide checkpoint, its key and the ``network_g:num_feat`` override.
+    """
+    from despike_basicsr.training.widen import widen_checkpoint  # noqa: PLC0415 (loads torch and the archs)
+
+    path = osp.join(out, f'start_wide{factor}.pth')
+    if not osp.isfile(path):  # deterministic given the seed: a rerun into the same folder reuses it
+        widen_checkpoint(weights, path, factor, param_key=param_key)
+    import torch
+    num_feat = torch.load(path, map_location='cpu', weights_only=True)['network_g']['num_feat']
+    return path, 'params_ema', [f'network_g:num_feat={num_feat}']
+
+
 def newest_checkpoint(models: str) -> Optional[Tuple[int, str]]:
     """``(iteration, path)`` of the newest ``net_g_<iter>.pth`` in ``models``."""
     return newest_numbered(models, r'net_g_(\d+)\.pth')
@@ -81,6 +98,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--save-every', type=int, default=100, help='checkpoint every N iterations')
     parser.add_argument('--lr', type=float, default=2e-4, help='constant learning rate after the warm-up')
     parser.add_argument('--cpu', action='store_true', help='run on the CPU (a smoke test of the burst itself)')
+    parser.add_argument('--widen', type=int, default=1,
+                        help='train a network this many times wider that starts as the start weights (default 1)')
     args = parser.parse_args(argv)
     if not 0 < args.minutes <= 8:
         parser.error(f'--minutes must lie in (0, 8], got {args.minutes}')
@@ -91,13 +110,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     with open(args.opt, encoding='utf-8') as f:
         opt = yaml.safe_load(f)
     weights, param_key = start_weights(opt)
+    os.makedirs(args.out, exist_ok=True)
+    width_overrides: List[str] = []
+    if args.widen > 1:
+        weights, param_key, width_overrides = widened_start(weights, param_key, args.widen, args.out)
     batch = args.batch or (32 if use_gpu else 2)
     workers = args.workers if args.workers is not None else max((os.cpu_count() or 1) - _RESERVED_CORES, 1)
-    overrides = burst_overrides(opt, weights, param_key, batch, workers, use_gpu, args.save_every, args.lr)
+    overrides = burst_overrides(opt, weights, param_key, batch, workers, use_gpu, args.save_every,
+                                args.lr) + width_overrides
     experiment = osp.join('experiments', f'{opt["name"]}_burst')
     if osp.isdir(experiment):
         shutil.rmtree(experiment)  # a burst always starts from the committed weights, never from an older burst
-    os.makedirs(args.out, exist_ok=True)
     log_path = osp.join(args.out, 'burst.log')
     command = [sys.executable, '-m', 'despike_basicsr.train', '-opt', args.opt, '--force_yml'] + overrides
     started = time.time()
