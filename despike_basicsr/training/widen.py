@@ -95,7 +95,7 @@ def widen_network(narrow: nn.Module, wide: nn.Module, factor: int, seed: int = 0
         tolerance: Largest output difference accepted, as a fraction of the narrow output's range.
 
     Returns:
-        The largest absolute output difference on the probe.
+        The largest absolute output difference on the probe (both networks are left in eval mode).
 
     Raises:
         WideningError: Shapes not related by k, or outputs further apart than ``tolerance``.
