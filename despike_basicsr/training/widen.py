@@ -149,7 +149,9 @@ def widen_checkpoint(weights: str, out: str, factor: int = 2, seed: int = 0, par
     Returns:
         The new checkpoint's ``network_g``.
     """
-    from despike_basicsr.inference.network import build_network_from_options  # noqa: PLC0415 (registers the archs)
+    import despike_basicsr
+    despike_basicsr.register()  # compat before basicsr loads; fills BasicSR's registries
+    from basicsr.archs import build_network
 
     if osp.exists(out):
         raise FileExistsError(f'{out} exists; widening never overwrites a checkpoint')
@@ -160,10 +162,10 @@ def widen_checkpoint(weights: str, out: str, factor: int = 2, seed: int = 0, par
     if key not in checkpoint:
         raise WideningError(f'{weights}: neither {param_key!r} nor \'params\' in the checkpoint')
     network_opt = dict(checkpoint['network_g'])
-    narrow = build_network_from_options(dict(network_opt), weights)
+    narrow = build_network(dict(network_opt))
     narrow.load_state_dict(checkpoint[key])
     wide_opt = dict(network_opt, num_feat=int(network_opt['num_feat']) * factor)
-    wide = build_network_from_options(dict(wide_opt), 'widened network_g')
+    wide = build_network(dict(wide_opt))
     difference = widen_network(narrow, wide, factor, seed=seed, spread=spread)
     state = {name: value.detach().clone() for name, value in wide.state_dict().items()}
     os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
