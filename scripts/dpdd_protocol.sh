@@ -9,7 +9,8 @@
 #
 #   results/<level>/rows/<row>.json            one finished row: per-image and per-tile scores, weights' size, wall and
 #                                              CPU seconds (committed; a row with a file is never trained again)
-#   results/<level>/state/<experiment>/        the small state (weights, optimizer, iteration) of an unfinished training (removed once scored)
+#   results/<level>/state/<experiment>/        the small state (weights, optimizer, iteration) of an unfinished training
+#                                              (removed once its row is scored)
 #   results/<level>/benchmark.{md,json}        assembled from rows/ (despike_basicsr.evaluation.protocol): scores,
 #                                              paired differences to DeSpike, still training / not started
 #   results/dpdd/ablations.{md,json}           DeSpike and its five ablations, from the same row files

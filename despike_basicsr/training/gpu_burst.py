@@ -75,11 +75,12 @@ def widened_start(weights: str, param_key: str, factor: int, out: str) -> Tuple[
     from despike_basicsr.training.widen import widen_checkpoint  # noqa: PLC0415 (loads torch and the archs)
 
     path = osp.join(out, f'start_wide{factor}.pth')
-    if not osp.isfile(path):  # deterministic given the seed: a rerun into the same folder reuses it
-        widen_checkpoint(weights, path, factor, param_key=param_key)
-    import torch
-    num_feat = torch.load(path, map_location='cpu', weights_only=True)['network_g']['num_feat']
-    return path, 'params_ema', [f'network_g:num_feat={num_feat}']
+    if osp.isfile(path):  # deterministic given the seed: a rerun into the same folder reuses it
+        import torch
+        wide_opt = torch.load(path, map_location='cpu', weights_only=True)['network_g']
+    else:
+        wide_opt = widen_checkpoint(weights, path, factor, param_key=param_key)
+    return path, 'params_ema', [f'network_g:num_feat={wide_opt["num_feat"]}']
 
 
 def newest_checkpoint(models: str) -> Optional[Tuple[int, str]]:

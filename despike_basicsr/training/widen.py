@@ -105,9 +105,9 @@ def widen_network(narrow: nn.Module, wide: nn.Module, factor: int, seed: int = 0
     generator = torch.Generator().manual_seed(seed)
     shares: Dict[int, Tensor] = {}
     narrow_state, wide_state = narrow.state_dict(), wide.state_dict()
-    missing = sorted(set(wide_state) ^ set(narrow_state))
-    if missing:
-        raise WideningError(f'the networks differ in more than width: {", ".join(missing[:5])}')
+    unmatched = sorted(set(wide_state) ^ set(narrow_state))
+    if unmatched:
+        raise WideningError(f'the networks differ in more than width: {", ".join(unmatched[:5])}')
     for key, value in narrow_state.items():
         if value.dim() > 1 and wide_state[key].shape[1] != value.shape[1] and value.shape[1] not in shares:
             shares[value.shape[1]] = copy_shares(value.shape[1], factor, generator, spread)
