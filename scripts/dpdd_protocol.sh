@@ -24,7 +24,7 @@
 # (Spk2ImgNet's stage and its two cascades are about 60 % of it; docs/baselines.md has the table).
 #
 # Usage: bash scripts/dpdd_protocol.sh [DPDD_ROOT] [--level bright|low|all] [--device cuda] [--skip-train]
-#                                      [--train-limit SECONDS] [--rows ROW[,ROW...]] [--dry-run]
+#                                      [--train-limit SECONDS] [--rows ROW[,ROW...]] [--amp bf16|fp16] [--dry-run]
 #   DPDD_ROOT     default ../shared/data/dpdd_gray768 ({train,val}_c/{source,target})
 #   --skip-train  score what is trained, train nothing (rows without weights stay "still training" / "not started")
 #   --train-limit stop a training after SECONDS, save its state to results/<level>/state/ (commit it), assemble the
@@ -32,6 +32,8 @@
 #                 Adam's moments, a cascade's front end with it; it resumes with a warm-up: evaluation/protocol.py)
 #   --rows        train only these rows (e.g. despike,tfp_gkmnet at the low level, before its RSIR rows, as the issue
 #                 orders); every row is still scored when trained and listed in the tables
+#   --amp         train in mixed precision (BasicSR --force_yml train:amp=...; every time-table line says how it was
+#                 trained). bf16 on a CPU with AMX runs Spk2ImgNet's stage about 3x faster (docs/baselines.md)
 #   --dry-run     print what would run (data, trainings in order, benchmark commands) and run nothing
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +45,7 @@ skip_train=0
 dry=0
 limit=0
 only=
+amp=
 while [ $# -gt 0 ]; do
   case $1 in
     --device) device=$2; shift 2 ;;
@@ -51,6 +54,7 @@ while [ $# -gt 0 ]; do
     --skip-train) skip_train=1; shift ;;
     --train-limit) limit=$2; shift 2 ;;
     --rows) only=",$2,"; shift 2 ;;
+    --amp) case $2 in bf16|fp16) amp=$2 ;; *) echo "--amp must be bf16 or fp16, got $2" >&2; exit 2 ;; esac; shift 2 ;;
     --dry-run) dry=1; shift ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) root=$1; shift ;;
@@ -98,8 +102,10 @@ train() {  # row options
   name=$(option_name "$options")
   weights=experiments/$name/models/net_g_latest.pth
   if { [ -f "$weights" ] && marked_name "$name"; } || [ $skip_train = 1 ]; then return 0; fi
-  say "training $row ($options), log experiments/${level}_$row.log"
-  if [ $dry = 1 ]; then echo "  $py despike_basicsr/train.py -opt $options --auto_resume"; return 0; fi
+  local precision=()
+  [ -n "$amp" ] && precision=(--force_yml "train:amp=$amp")
+  say "training $row ($options${amp:+, amp $amp}), log experiments/${level}_$row.log"
+  if [ $dry = 1 ]; then echo "  $py despike_basicsr/train.py -opt $options --auto_resume ${precision[*]}"; return 0; fi
   # An experiment folder without the marker was trained before the scoring holdout was left out: set it aside.
   if [ -d "experiments/$name" ] && ! marked_name "$name"; then
     say "experiments/$name predates the scoring holdout: moved to experiments/${name}_before_holdout, training again"
@@ -110,13 +116,14 @@ train() {  # row options
   local measured stop=()
   [ "$limit" -gt 0 ] && stop=(timeout --signal INT "$limit")
   measured=$( { TIMEFORMAT='%R %U %S'; time "${stop[@]}" "$py" despike_basicsr/train.py -opt "$options" \
-    --auto_resume > "experiments/${level}_$row.log" 2>&1 || echo "rc $?" >&2; } 2>&1 )
+    --auto_resume "${precision[@]}" > "experiments/${level}_$row.log" 2>&1 || echo "rc $?" >&2; } 2>&1 )
   # BasicSR archives a folder it does not resume from (the marker with it): mark the folder the training wrote
   [ -d "experiments/$name" ] && touch "experiments/$name/$marker"
   case $measured in *"rc 124"*|*"rc 130"*) status=1 ;;
     *"rc "*) tail -n 30 "experiments/${level}_$row.log" >&2; say "training $row failed (log above)"; exit 1 ;; esac
   read -r wall user sys <<< "$(echo "$measured" | head -n 1)"
-  echo "| $row | train | $options | $wall | $(cpu_seconds "$user" "$sys") | ${OMP_NUM_THREADS:-all} |" >> "$times"
+  echo "| $row | train | $options${amp:+ (amp $amp)} | $wall | $(cpu_seconds "$user" "$sys") | ${OMP_NUM_THREADS:-all} |" \
+    >> "$times"
   if [ $status = 1 ]; then
     "$py" -m despike_basicsr.evaluation.protocol snapshot --results "$results" --name "$name" --options "$options"
     say "$row stopped (by --train-limit $limit or a signal): commit $results/state/$name, the next run resumes it"

@@ -108,6 +108,21 @@ def test_rows_restricts_training_to_the_named_rows_and_rejects_unknown_ones(dry_
     assert bad.returncode == 2 and 'no row despike_wo_fpn at the low level' in bad.stderr
 
 
+def test_amp_trains_in_mixed_precision_through_basicsr_force_yml(dry_run):
+    root, stdout = dry_run
+    assert '--force_yml' not in stdout  # full precision unless asked
+    env = dict(os.environ, DESPIKE_VENV=sys.prefix)
+    script = str(root / 'scripts' / 'dpdd_protocol.sh')
+    run = subprocess.run(['bash', script, '--dry-run', '--level', 'low', '--rows', 'spk2imgnet', '--amp', 'bf16'],
+                         cwd=str(root), env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    trained = [line for line in run.stdout.splitlines() if 'train.py -opt' in line]
+    assert len(trained) == 1 and trained[0].endswith('--auto_resume --force_yml train:amp=bf16')
+    bad = subprocess.run(['bash', script, '--dry-run', '--amp', 'fp8'], cwd=str(root), env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and '--amp must be bf16 or fp16, got fp8' in bad.stderr
+
+
 SHIM = r'''#!/usr/bin/env bash
 # Stands in for the venv's python: option names and the LMDB check run for real; data preparation writes a
 # one-sample LMDB; training writes the weights file; every call is logged.
@@ -125,7 +140,7 @@ with SpikeLMDBWriter(sys.argv[1]) as w:
       "$out" ;;
   despike_basicsr/train.py)
     name=$("$real" -c "import yaml, sys; print(yaml.safe_load(open(sys.argv[1]))['name'])" "$3")
-    echo "train $3" >> calls.log
+    echo "train $3 ${*:5}" >> calls.log
     # as BasicSR does: a folder it does not resume from (no training states) is archived, whatever is in it
     if [ -d "experiments/$name" ] && [ -z "$(ls -A "experiments/$name/training_states" 2>/dev/null)" ]; then
       mv "experiments/$name" "experiments/${name}_archived_$$"
@@ -215,10 +230,14 @@ def test_a_real_run_trains_and_scores_each_row_once_and_never_again(repo_root, t
     # a fresh checkout where a cascade is not finished: its front end comes back from front_ends/, then it trains
     (tmp_path / 'results' / 'dpdd' / 'rows' / 'rsir_nrknet.json').unlink()
     shutil.rmtree(tmp_path / 'experiments')
-    third = subprocess.run(command, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=900)
+    third = subprocess.run(command + ['--amp', 'bf16'], cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                           timeout=900)
     assert third.returncode == 0, third.stderr[-2000:]
     calls = (tmp_path / 'calls.log').read_text().splitlines()
-    assert [c.split()[1] for c in calls if c.startswith('train ')] == ['options/dpdd_cpu/train_rsir_nrknet.yml']
+    assert [c for c in calls if c.startswith('train ')] == [
+        'train options/dpdd_cpu/train_rsir_nrknet.yml --force_yml train:amp=bf16']
+    times = (tmp_path / 'results' / 'dpdd' / 'training_times.md').read_text().splitlines()
+    assert [line for line in times if '(amp bf16)' in line] == [times[-2]]  # the training line; its scoring follows
     front = torch.load(tmp_path / 'experiments' / 'DPDDcpu_RSIR' / 'models' / 'net_g_latest.pth', weights_only=True)
     assert front['params']['w'].dtype == torch.float32 and torch.allclose(front['params']['w'], torch.tensor(0.1),
                                                                           atol=1e-3)
