@@ -47,7 +47,6 @@ import argparse
 import json
 import os
 import os.path as osp
-import platform
 import statistics
 import subprocess
 import sys
@@ -64,8 +63,8 @@ import torch  # noqa: E402
 
 import despike_basicsr  # noqa: E402
 from despike_basicsr.archs import despike_blocks  # noqa: E402
-from despike_basicsr.training.profiling import (cuda_peak, flops, interleaved_latency, make_stream,  # noqa: E402
-                                                peak_rss_bytes)
+from despike_basicsr.training.profiling import (cpu_model, cuda_peak, flops, interleaved_latency,  # noqa: E402
+                                                make_stream, onednn_isa, peak_rss_bytes)
 from despike_basicsr.inference.network import (DEFAULT_OPT, build_network_from_options,  # noqa: E402
                                                read_network_options)
 from despike_basicsr.spike import rate_to_display, tfp  # noqa: E402
@@ -75,30 +74,6 @@ despike_basicsr.register()  # compat first, then the registries
 METHODS = ('despike', 'cascade')
 LABELS = {'despike': 'DeSpike', 'cascade': 'TFP->NRKNet', 'onnxruntime': 'DeSpike (ORT)'}
 TFP_WINDOW = 41
-ISA_PROBE = ('import torch; from torch.nn import functional as F; '
-             'F.conv2d(torch.ones(1, 32, 64, 64), torch.ones(32, 32, 3, 3))')
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
-    try:
-        with open('/proc/cpuinfo', encoding='utf-8') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or 'unknown'
-
-
-def onednn_isa() -> str:
-    """oneDNN's ISA line (``ONEDNN_VERBOSE=1`` in a subprocess running one convolution), e.g. ``Intel AVX-512 ...``."""
-    env = dict(os.environ, ONEDNN_VERBOSE='1')
-    done = subprocess.run([sys.executable, '-c', ISA_PROBE], capture_output=True, text=True, env=env, check=False)
-    for line in done.stdout.splitlines():
-        if ',isa:' in line:
-            return line.split(',isa:', 1)[1].strip()
-    return 'unknown (oneDNN printed no ISA line)'
 
 
 def build_onnx(args: argparse.Namespace, workdir: str) -> Callable:

@@ -1,9 +1,12 @@
-"""Measuring inference cost: a test stream, latency, FLOPs and peak memory (``scripts/bench_inference.py``,
-``scripts/gpu_check.py``).
+"""Measuring inference and training cost: the machine (CPU model, oneDNN's ISA), a test stream, latency, FLOPs and
+peak memory (``scripts/bench_inference.py``, ``scripts/bench_amp.py``, ``scripts/gpu_check.py``).
 
 Numbers vary with the machine and its load; docs/performance.md lists figures measured here.
 """
+import os
+import platform
 import resource
+import subprocess
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
@@ -13,6 +16,32 @@ import torch
 
 from despike_basicsr.device import synchronize
 from despike_basicsr.spike import simulate
+
+
+ISA_PROBE = ('import torch; from torch.nn import functional as F; '
+             'F.conv2d(torch.ones(1, 32, 64, 64), torch.ones(32, 32, 3, 3))')
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or 'unknown'
+
+
+def onednn_isa() -> str:
+    """oneDNN's ISA line (``ONEDNN_VERBOSE=1`` in a subprocess running one convolution), e.g. ``Intel AVX-512 ...``."""
+    env = dict(os.environ, ONEDNN_VERBOSE='1')
+    done = subprocess.run([sys.executable, '-c', ISA_PROBE], capture_output=True, text=True, env=env, check=False)
+    for line in done.stdout.splitlines():
+        if ',isa:' in line:
+            return line.split(',isa:', 1)[1].strip()
+    return 'unknown (oneDNN printed no ISA line)'
 
 
 def make_stream(height: int, width: int, steps: int, device: torch.device) -> torch.Tensor:
