@@ -190,6 +190,34 @@ def test_learned_front_end_is_frozen_and_feeds_the_back_end(lmdbs, tmp_path, arc
     assert not optimised & {id(p) for p in model.front_net.parameters()}
 
 
+@pytest.mark.parametrize('amp', [None, 'bf16'])
+def test_the_frozen_front_end_runs_in_the_training_precision(lmdbs, tmp_path, amp):
+    torch.manual_seed(3)
+    from basicsr.archs import build_network
+    front = build_network(dict(TINY_FRONT_ENDS['Spk2ImgNet'])).eval()
+    weights = tmp_path / 'front.pth'
+    torch.save({'params': front.state_dict()}, weights)
+    opt = _train_options('cascade', 'CascadeModel', TINY_GKMNET, lmdbs['new'],
+                         front_end={'type': 'learned', 'network': TINY_FRONT_ENDS['Spk2ImgNet'],
+                                    'weights': str(weights)})
+    opt['train'].update(amp=amp, pixel_opt={'type': 'MultiScaleMSELoss', 'loss_weight': 1.0,
+                                            'scale_weights': [1, 1, 1]})
+    model = _model(opt)
+    seen = []
+    model.front_net.register_forward_hook(lambda *_: seen.append(torch.is_autocast_enabled('cpu')))
+    batch = next(iter(DataLoader(_dataset(lmdbs['new']), batch_size=2)))
+    model.feed_data(batch)
+    assert seen == [amp is not None] and model.lq.dtype == torch.float32
+    with torch.no_grad():
+        expected = front(batch['lq']).clamp(0, 1)
+    difference = float((model.lq - expected).abs().max())
+    assert difference < (2e-2 if amp else 1e-6)  # bf16 keeps about 3 significant digits
+    if amp:
+        assert difference > 0
+    model.optimize_parameters(1)
+    assert np.isfinite(model.log_dict['l_pix'])
+
+
 def test_learned_front_end_options_are_checked(tmp_path):
     parsed = parse_front_end({'type': 'learned', 'network': {'type': 'RSIR'}, 'weights': 'w.pth'})
     assert parsed['fpn'] is False and parsed['param_key'] is None

@@ -193,7 +193,12 @@ class CascadeModel(SpikeSRModel):
         with torch.no_grad():
             if self.front_net is not None:
                 self.front_net.eval()  # frozen: BasicSR's loop never touches it, but keep it so
-                self.lq = run_spike_network(self.front_net, spikes, gamma, self.front_end['fpn']).float().clamp(0, 1)
+                # Under train.amp the frozen front end runs in that precision too: for Spk2ImgNet it is most of the
+                # step. Outside training (test.py, scripts/benchmark.py: no amp) it runs in float32.
+                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                                    enabled=self.amp_dtype is not None):
+                    lq = run_spike_network(self.front_net, spikes, gamma, self.front_end['fpn'])
+                self.lq = lq.float().clamp(0, 1)
             else:
                 self.lq = classical_reconstruction(spikes, self.front_end, gamma)
         if 'gt' in data:
