@@ -38,5 +38,6 @@ fi
 out=${GPU_CHECK_OUT:-results/gpu_check}
 mkdir -p "$out"
 stamp=$(date +%Y%m%d-%H%M%S)
-"$py" scripts/gpu_check.py "$@" --json "$out/gpu_check_${device}_${stamp}.json" 2>&1 | tee "$out/gpu_check_${device}_${stamp}.txt"
+report=$out/gpu_check_${device}_${stamp}
+"$py" scripts/gpu_check.py "$@" --json "$report.json" 2>&1 | tee "$report.txt"
 exit "${PIPESTATUS[0]}"
