@@ -43,7 +43,8 @@ def test_rows_accumulate_into_a_table_with_status_differences_and_readings(tmp_p
     times.write_text('| row | step | options / output | wall (s) | CPU (s) | threads |\n'
                      '| --- | --- | --- | ---: | ---: | --- |\n'
                      '| despike | train | o.yml | 100.5 | 90.0 | 1 |\n| despike | train | o.yml | 50 | 40 | 1 |\n'
-                     '| despike | evaluate | x | 7 | 7 | 1 |\n')
+                     '| despike | evaluate | x | 7 | 7 | 1 |\n'
+                     '| partial | train | p.yml | 30 | 20 | 1 |\n| partial | train | p.yml (amp bf16) | 10 | 9 | 1 |\n')
     weights = tmp_path / 'w.pth'
     weights.write_bytes(b'0' * 2048)
     protocol.write_row(results, 'despike', _report(tmp_path / 'a' / 'benchmark.json', 'despike', 0.0),
@@ -52,7 +53,8 @@ def test_rows_accumulate_into_a_table_with_status_differences_and_readings(tmp_p
     protocol.write_row(results, 'same', _report(tmp_path / 'c' / 'benchmark.json', 'x', 0.0, seed=2))
     protocol.write_row(results, 'four', _report(tmp_path / 'd' / 'benchmark.json', 'x', 0.0, images=4))
     record = json.loads(open(os.path.join(results, 'rows', 'despike.json')).read())
-    assert record['training'] == {'wall_s': 150.5, 'cpu_s': 130.0} and record['weights_bytes'] == 2048
+    assert record['training'] == {'wall_s': 150.5, 'cpu_s': 130.0, 'precisions': ['fp32']}
+    assert record['weights_bytes'] == 2048
     assert record['num_samples'] == 16 and '_images' not in record and len(record['per_sample']) == 16
 
     # a partial training (committed state at iteration 400) and one not started
@@ -86,6 +88,8 @@ def test_rows_accumulate_into_a_table_with_status_differences_and_readings(tmp_p
     paths = protocol.write_table(report, str(tmp_path / 'results' / 'dpdd'))
     table = open(paths[1]).read()
     assert '| partial | still training (400 / 1200 iterations) |' in table
+    assert by_row['partial']['training'] == {'wall_s': 40.0, 'cpu_s': 29.0, 'precisions': ['fp32', 'bf16']}
+    assert '| 40 / 29 (fp32 then bf16) |' in table and '150 / 130 |' in table  # float32 alone is not marked
     assert '| despike | scored (16 images) | ' in table and '150 / 130' in table
     assert '| tfp_nrknet | not started |' in table and '25.28 / 0.812 |' in table
     assert json.loads(open(paths[0]).read())['rows'][0]['row'] == 'despike'

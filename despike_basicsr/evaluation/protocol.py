@@ -27,6 +27,7 @@ import glob
 import json
 import os
 import os.path as osp
+import re
 import shutil
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -66,18 +67,30 @@ def state_dir(results: str, name: str) -> str:
     return osp.join(results, 'state', name)
 
 
-def training_seconds(times_md: str, row: str) -> Dict[str, Optional[float]]:
+def training_seconds(times_md: str, row: str) -> Dict[str, Any]:
     """Sum of the wall and CPU seconds of every ``train`` line of ``row`` in a ``training_times.md`` table (every run
-    of a training that took several sittings); ``None`` where the table has none."""
+    of a training that took several sittings), and the precisions those runs trained in, in order.
+
+    A run's precision is the ``(amp bf16)`` / ``(amp fp16)`` its options cell carries (``dpdd_protocol.sh --amp``),
+    else ``fp32``.
+
+    Returns:
+        ``{'wall_s', 'cpu_s', 'precisions'}``: seconds ``None`` and no precisions where the table has no line.
+    """
     wall = cpu = 0.0
     found = False
+    precisions: List[str] = []
     if osp.isfile(times_md):
         with open(times_md) as handle:
             for line in handle:
                 cells = [c.strip() for c in line.strip().strip('|').split('|')]
                 if len(cells) >= 5 and cells[0] == row and cells[1] == 'train':
                     wall, cpu, found = wall + float(cells[3]), cpu + float(cells[4]), True
-    return {'wall_s': wall if found else None, 'cpu_s': cpu if found else None}
+                    amp = re.search(r'\(amp (\w+)\)', cells[2])
+                    precision = amp.group(1) if amp else 'fp32'
+                    if precision not in precisions:
+                        precisions.append(precision)
+    return {'wall_s': wall if found else None, 'cpu_s': cpu if found else None, 'precisions': precisions}
 
 
 def write_row(results: str, row: str, benchmark_json: str, method: Optional[str] = None,
@@ -430,9 +443,12 @@ def assemble(results: str, rows: Sequence[Tuple[str, Optional[str]]], reference:
     ref = next((s['record'] for r, s in statuses if r == reference and s['status'] == 'scored'), None)
     old = _legacy(legacy and osp.join(root, legacy))
     table = []
+    times_md = osp.join(root, results, 'training_times.md')
     for row, status in statuses:
         entry = {'row': row, **{k: v for k, v in status.items() if k != 'record'}}
         record = status.get('record')
+        if status['status'] == 'still training':
+            entry['training'] = training_seconds(times_md, row)  # so far
         if record:
             entry.update({k: record.get(k) for k in ('psnr', 'psnr_fit', 'ssim', 'lpips', 'params', 'weights_bytes',
                                                      'training', 'num_samples', 'latency_ms_per_frame', 'restarts')})
@@ -483,6 +499,8 @@ def markdown(report: Dict[str, Any]) -> str:
         training = e.get('training') or {}
         cost = (f'{_fmt(training.get("wall_s"), 0)} / {_fmt(training.get("cpu_s"), 0)}'
                 if training.get('wall_s') is not None else '–')
+        if set(training.get('precisions') or ['fp32']) != {'fp32'}:  # trained (partly) under autocast
+            cost += f' ({" then ".join(training["precisions"])})'
         size = _fmt(e['weights_bytes'] / 2**20, 1) if e.get('weights_bytes') else '–'
         diff = e.get('difference')
         delta = f'{diff["mean"]:+.2f} ({diff["verdict"]})' if diff else '–'
