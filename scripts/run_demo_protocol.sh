@@ -3,12 +3,20 @@
 # built-in demo data (same crops, batch, seed, validation), then evaluated on the held-out demo streams in one run.
 # About 30-40 minutes on a 2-core CPU (trained experiments are reused).
 # Usage: bash scripts/run_demo_protocol.sh [--device cuda]
+#   --device  where benchmark.py evaluates (default cpu); training follows each options file
+#   --help    print this and run nothing
 set -euo pipefail
+device=cpu
+while [ $# -gt 0 ]; do
+  case $1 in
+    --device) [ $# -ge 2 ] || { echo "--device needs a value (cpu, cuda)" >&2; exit 2; }; device=$2; shift 2 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 py=${DESPIKE_VENV:-.venv}/bin/python
-device=cpu
-[ "${1:-}" = "--device" ] && device=$2
 
 [ -d datasets/demo/demo_train.lmdb ] || "$py" scripts/make_demo_dataset.py --out datasets/demo
 methods=(tfp tfp:191 tfi)
