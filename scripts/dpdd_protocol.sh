@@ -20,16 +20,21 @@
 # Levels: bright (theta 2, eta 1: 0.09-0.14 spikes per step on the val pairs) and low (eta 0.18: about 0.02 spikes per
 # step, where TFP-41 falls under 20 dB), each with its own LMDBs (datasets/dpdd_cpu, datasets/dpdd_cpu_low).
 # Finished trainings (experiments/<name>/models/net_g_latest.pth) are reused, interrupted ones resume
-# (--auto_resume, from experiments/ or the committed state). CPU estimate, one core per training: about 22 hours for the bright level and 19 for the low one
+# (--auto_resume, from experiments/ or the committed state). CPU estimate, one core per training: about 22 hours for
+# the bright level and 19 for the low one in float32
 # (Spk2ImgNet's stage and its two cascades are about 60 % of it; docs/baselines.md has the table).
 #
 # Usage: bash scripts/dpdd_protocol.sh [DPDD_ROOT] [--level bright|low|all] [--device cuda] [--skip-train]
-#                                      [--train-limit SECONDS] [--rows ROW[,ROW...]] [--amp bf16|fp16] [--dry-run]
+#                                      [--train-limit SECONDS] [--snapshot-every SECONDS] [--rows ROW[,ROW...]]
+#                                      [--amp bf16|fp16] [--dry-run]
 #   DPDD_ROOT     default ../shared/data/dpdd_gray768 ({train,val}_c/{source,target})
 #   --skip-train  score what is trained, train nothing (rows without weights stay "still training" / "not started")
 #   --train-limit stop a training after SECONDS, save its state to results/<level>/state/ (commit it), assemble the
 #                 table and stop: the next sitting resumes it (a state over 30 MB is kept in half precision without
 #                 Adam's moments, a cascade's front end with it; it resumes with a warm-up: evaluation/protocol.py)
+#   --snapshot-every  while a training runs, copy its newest saved state to results/<level>/state/ every SECONDS
+#                 (default 1800; 0: only when it stops), so that a sitting cut off before its end keeps what it
+#                 trained up to the last checkpoint (experiments/ is not kept; commit the state folder)
 #   --rows        train only these rows (e.g. despike,tfp_gkmnet at the low level, before its RSIR rows, as the issue
 #                 orders); every row is still scored when trained and listed in the tables
 #   --amp         train in mixed precision (BasicSR --force_yml train:amp=...; every time-table line says how it was
@@ -44,6 +49,7 @@ levels=(bright)
 skip_train=0
 dry=0
 limit=0
+snapshot_every=1800
 only=
 amp=
 while [ $# -gt 0 ]; do
@@ -53,6 +59,7 @@ while [ $# -gt 0 ]; do
                *) echo "--level must be bright, low or all, got $2" >&2; exit 2 ;; esac; shift 2 ;;
     --skip-train) skip_train=1; shift ;;
     --train-limit) limit=$2; shift 2 ;;
+    --snapshot-every) snapshot_every=$2; shift 2 ;;
     --rows) only=",$2,"; shift 2 ;;
     --amp) case $2 in bf16|fp16) amp=$2 ;; *) echo "--amp must be bf16 or fp16, got $2" >&2; exit 2 ;; esac; shift 2 ;;
     --dry-run) dry=1; shift ;;
@@ -113,17 +120,25 @@ train() {  # row options
   fi
   mkdir -p "experiments/$name" "experiments/.$marker" && touch "experiments/$name/$marker" "experiments/.$marker/$name"
   "$py" -m despike_basicsr.evaluation.protocol restore --results "$results" --name "$name" --options "$options"
-  local measured stop=()
+  local measured stop=() watcher=
   [ "$limit" -gt 0 ] && stop=(timeout --signal INT "$limit")
+  if [ "$snapshot_every" -gt 0 ]; then  # a sitting cut off before its end keeps its last checkpoint in results/
+    ( while sleep "$snapshot_every"; do
+        "$py" -m despike_basicsr.evaluation.protocol snapshot --results "$results" --name "$name" \
+          --options "$options" --settled 120 || true
+      done ) >> "experiments/${level}_$row.snapshots.log" 2>&1 &
+    watcher=$!
+  fi
   measured=$( { TIMEFORMAT='%R %U %S'; time "${stop[@]}" "$py" despike_basicsr/train.py -opt "$options" \
     --auto_resume "${precision[@]}" > "experiments/${level}_$row.log" 2>&1 || echo "rc $?" >&2; } 2>&1 )
+  if [ -n "$watcher" ]; then pkill -P "$watcher" 2>/dev/null || true; kill "$watcher" 2>/dev/null || true; fi
   # BasicSR archives a folder it does not resume from (the marker with it): mark the folder the training wrote
   [ -d "experiments/$name" ] && touch "experiments/$name/$marker"
   case $measured in *"rc 124"*|*"rc 130"*) status=1 ;;
     *"rc "*) tail -n 30 "experiments/${level}_$row.log" >&2; say "training $row failed (log above)"; exit 1 ;; esac
   read -r wall user sys <<< "$(echo "$measured" | head -n 1)"
-  echo "| $row | train | $options${amp:+ (amp $amp)} | $wall | $(cpu_seconds "$user" "$sys") | ${OMP_NUM_THREADS:-all} |" \
-    >> "$times"
+  local cpu; cpu=$(cpu_seconds "$user" "$sys")
+  echo "| $row | train | $options${amp:+ (amp $amp)} | $wall | $cpu | ${OMP_NUM_THREADS:-all} |" >> "$times"
   if [ $status = 1 ]; then
     "$py" -m despike_basicsr.evaluation.protocol snapshot --results "$results" --name "$name" --options "$options"
     say "$row stopped (by --train-limit $limit or a signal): commit $results/state/$name, the next run resumes it"
@@ -160,7 +175,9 @@ score() {  # row method-spec [weights]
 keep_stage() {  # row options
   case $1 in rsir|spk2imgnet) ;; *) return 0 ;; esac
   local weights; weights=$(weights_of "$2")
-  if [ $dry = 1 ]; then echo "  $py -m despike_basicsr.evaluation.protocol keep-front-end --weights $weights"; return 0; fi
+  if [ $dry = 1 ]; then
+    echo "  $py -m despike_basicsr.evaluation.protocol keep-front-end --weights $weights"; return 0
+  fi
   [ -f "$weights" ] && marked "$2" || return 0
   "$py" -m despike_basicsr.evaluation.protocol keep-front-end --results "$results" --weights "$weights"
 }
@@ -197,7 +214,11 @@ for level in "${levels[@]}"; do
   prepare scoring 1 $data/scoring.lmdb $eta
   [ $dry = 1 ] || mkdir -p $results/rows
   times=$results/training_times.md
-  [ -f $times ] || [ $dry = 1 ] || printf '# DPDD protocol (%s level): wall and CPU time of every run\n\nCPU: user + system seconds of the process and its children (bash `time`); threads: OMP_NUM_THREADS. A training that took several sittings has one line per run.\n\n| row | step | options / output | wall (s) | CPU (s) | threads |\n| --- | --- | --- | ---: | ---: | --- |\n' "$level" > $times
+  [ -f $times ] || [ $dry = 1 ] || printf '%s\n\n%s %s\n\n%s\n%s\n' \
+    "# DPDD protocol ($level level): wall and CPU time of every run" \
+    'CPU: user + system seconds of the process and its children (bash `time`); threads: OMP_NUM_THREADS.' \
+    'A training that took several sittings has one line per run.' \
+    '| row | step | options / output | wall (s) | CPU (s) | threads |' '| --- | --- | --- | ---: | ---: | --- |' > $times
 
   # Rows in the order the issue asks for (front-end stages before the cascades that load them): at the bright level
   # the five ablations and the two RSIR cascades first; then DeSpike and the TFP/TFI cascades; then Spk2ImgNet's stage
@@ -241,7 +262,8 @@ for level in "${levels[@]}"; do
   for entry in "${rows[@]}"; do table+=("${entry%%=*}=$opts/${entry#*=}.yml"); done
   assemble benchmark "${table[@]}"
   if [ ${#ablations[@]} -gt 0 ]; then
-    table=(); for entry in despike=train_despike "${ablations[@]}"; do table+=("${entry%%=*}=$opts/${entry#*=}.yml"); done
+    table=()
+    for entry in despike=train_despike "${ablations[@]}"; do table+=("${entry%%=*}=$opts/${entry#*=}.yml"); done
     assemble ablations "${table[@]}"
   fi
   [ $stopped = 1 ] && { say "stopped by --train-limit: commit $results/rows, $results/state and the tables"; exit 0; }
@@ -252,7 +274,11 @@ for level in "${levels[@]}"; do
   for entry in "${rows[@]}"; do
     case ${entry%%=*} in despike_small|tfp_nrknet_fpn) continue ;; esac
     w=$(weights_of "$opts/${entry#*=}.yml")
-    if { [ -f "$w" ] && marked "$opts/${entry#*=}.yml"; } || [ $dry = 1 ]; then methods+=("${entry%%=*}:$opts/${entry#*=}.yml:$w"); else missing=1; fi
+    if { [ -f "$w" ] && marked "$opts/${entry#*=}.yml"; } || [ $dry = 1 ]; then
+      methods+=("${entry%%=*}:$opts/${entry#*=}.yml:$w")
+    else
+      missing=1
+    fi
   done
   if [ $missing = 1 ]; then say "short windows: not every row's weights are here, left for later"; continue; fi
   for frames in 64 32; do

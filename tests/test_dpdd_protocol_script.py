@@ -146,6 +146,13 @@ with SpikeLMDBWriter(sys.argv[1]) as w:
       mv "experiments/$name" "experiments/${name}_archived_$$"
     fi
     mkdir -p "experiments/$name/models"
+    if [ -n "${SHIM_TRAIN_SECONDS:-}" ]; then  # a training that saved a checkpoint (an hour ago) and runs on
+      mkdir -p "experiments/$name/training_states"
+      "$real" -c "import sys, torch; torch.save({'iter': 100}, sys.argv[1]); torch.save({'params': {}}, sys.argv[2])" \
+        "experiments/$name/training_states/100.state" "experiments/$name/models/net_g_100.pth"
+      touch -d '1 hour ago' "experiments/$name/training_states/100.state" "experiments/$name/models/net_g_100.pth"
+      sleep "$SHIM_TRAIN_SECONDS"
+    fi
     exec "$real" -c "import sys, torch; torch.save({'params_ema': {'w': torch.full((2,), 0.1)}}, sys.argv[1])" \
       "experiments/$name/models/net_g_latest.pth" ;;
   -m) exec "$real" "$@" ;;
@@ -241,3 +248,32 @@ def test_a_real_run_trains_and_scores_each_row_once_and_never_again(repo_root, t
     front = torch.load(tmp_path / 'experiments' / 'DPDDcpu_RSIR' / 'models' / 'net_g_latest.pth', weights_only=True)
     assert front['params']['w'].dtype == torch.float32 and torch.allclose(front['params']['w'], torch.tensor(0.1),
                                                                           atol=1e-3)
+
+
+def _shim_run(repo_root, tmp_path, *args, **env_extra):
+    if not (tmp_path / 'scripts').exists():
+        (tmp_path / 'scripts').mkdir()
+        shutil.copy(osp.join(repo_root, 'scripts', 'dpdd_protocol.sh'), tmp_path / 'scripts')
+        shutil.copytree(osp.join(repo_root, 'options', 'dpdd_cpu'), tmp_path / 'options' / 'dpdd_cpu')
+        venv = tmp_path / 'venv' / 'bin'
+        venv.mkdir(parents=True)
+        (venv / 'python').write_text(SHIM.replace('REAL_PYTHON', sys.executable))
+        (venv / 'python').chmod(0o755)
+    env = dict(os.environ, DESPIKE_VENV=str(tmp_path / 'venv'), OMP_NUM_THREADS='1',
+               PYTHONPATH=repo_root + os.pathsep + os.environ.get('PYTHONPATH', ''), **env_extra)
+    run = subprocess.run(['bash', str(tmp_path / 'scripts' / 'dpdd_protocol.sh'), '--level', 'bright', *args],
+                         cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    return run
+
+
+def test_snapshot_every_keeps_a_running_trainings_checkpoint_in_results(repo_root, tmp_path):
+    """A sitting cut off mid-training (experiments/ is not kept) still has the last checkpoint under results/."""
+    _shim_run(repo_root, tmp_path, '--rows', 'despike', '--snapshot-every', '1', SHIM_TRAIN_SECONDS='6')
+    log = (tmp_path / 'experiments' / 'bright_despike.snapshots.log').read_text()
+    assert 'DPDDcpu_DeSpike: iteration 100 saved to' in log and 'is already in' in log  # copied once, then kept
+    # the row finished and was scored: its state went with the scoring, as without the watcher
+    assert not (tmp_path / 'results' / 'dpdd' / 'state' / 'DPDDcpu_DeSpike').exists()
+    (tmp_path / 'results' / 'dpdd' / 'rows' / 'tfp_gkmnet.json').unlink(missing_ok=True)
+    _shim_run(repo_root, tmp_path, '--rows', 'tfp_gkmnet', '--snapshot-every', '0', SHIM_TRAIN_SECONDS='2')
+    assert not (tmp_path / 'experiments' / 'bright_tfp_gkmnet.snapshots.log').exists()

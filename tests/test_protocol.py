@@ -225,3 +225,25 @@ def test_compact_snapshot_needs_the_front_end_and_a_damaged_state_is_named(tmp_p
     (tmp_path / 'options' / 'd.yml').write_text(yaml.safe_dump({'name': 'Damaged', 'train': {'total_iter': 9}}))
     with pytest.raises(ValueError, match='400.state is not a readable training state'):
         protocol.assemble('results', [('d', 'options/d.yml')], root=str(tmp_path))
+
+
+def test_snapshot_while_training_waits_for_a_settled_state_and_skips_one_already_saved(tmp_path):
+    exp = tmp_path / 'experiments' / 'Run'
+    (exp / 'training_states').mkdir(parents=True)
+    (exp / 'models').mkdir()
+    torch.save({'iter': 200}, exp / 'training_states' / '200.state')
+    torch.save({'params': torch.zeros(10)}, exp / 'models' / 'net_g_200.pth')
+    iteration, message = protocol.snapshot_state('results', 'Run', root=str(tmp_path), settled_s=3600)
+    assert iteration is None and 'left for later' in message  # just written: perhaps not complete yet
+    saved = tmp_path / 'results' / 'state' / 'Run'
+    assert not saved.exists()
+    old = os.path.getmtime(exp / 'models' / 'net_g_200.pth') - 7200
+    for path in (exp / 'training_states' / '200.state', exp / 'models' / 'net_g_200.pth'):
+        os.utime(path, (old, old))
+    assert protocol.snapshot_state('results', 'Run', root=str(tmp_path), settled_s=3600)[0] == 200
+    assert sorted(os.listdir(saved)) == ['200.state', 'net_g_200.pth']
+    before = os.path.getmtime(saved / '200.state')
+    iteration, message = protocol.snapshot_state('results', 'Run', root=str(tmp_path), settled_s=3600)
+    assert iteration == 200 and 'already in' in message and os.path.getmtime(saved / '200.state') == before
+    # the command line the protocol script's watcher calls
+    assert protocol.main(['snapshot', '--results', str(tmp_path / 'r2'), '--name', 'nothing', '--settled', '60']) == 0

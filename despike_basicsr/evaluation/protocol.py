@@ -30,6 +30,7 @@ import os.path as osp
 import re
 import shutil
 import sys
+import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from despike_basicsr.training import campaign
@@ -236,11 +237,16 @@ def restore_front_end(results: str, options: Optional[str], root: str = '.') -> 
 
 
 def snapshot_state(results: str, name: str, root: str = '.', limit_mb: float = STATE_LIMIT_MB,
-                   options: Optional[str] = None) -> Tuple[Optional[int], str]:
+                   options: Optional[str] = None, settled_s: float = 0.0) -> Tuple[Optional[int], str]:
     """Copy the newest state and weights of ``experiments/<name>`` to ``<results>/state/<name>`` (to commit).
 
     The pair is copied as it is when it fits ``limit_mb``, else in the compact form (:func:`compact_state`); the
     frozen front end of a cascade whose ``options`` name one is kept too (:func:`keep_front_end`).
+
+    Args:
+        settled_s: for a snapshot taken while the training runs (``dpdd_protocol.sh --snapshot-every``): a pair
+            written less than this many seconds ago may still be being written, and a pair already in
+            ``<results>/state/<name>`` is not copied again; both leave everything as it is.
 
     Returns:
         ``(iteration or None, message)``; a state over ``limit_mb`` even when compact is not kept (the message says
@@ -254,9 +260,15 @@ def snapshot_state(results: str, name: str, root: str = '.', limit_mb: float = S
         return None, f'{name}: no training state yet'
     iteration, state_path = newest
     net_path = osp.join(root, 'experiments', name, 'models', f'net_g_{iteration}.pth')
-    size_mb = (osp.getsize(state_path) + osp.getsize(net_path)) / 2**20
     target = osp.join(root, state_dir(results, name))
     keep = (f'{iteration}.state', f'net_g_{iteration}.pth')
+    if settled_s > 0:
+        if all(osp.isfile(osp.join(target, f)) for f in keep):
+            return iteration, f'{name}: iteration {iteration} is already in {target}'
+        newest_write = max(osp.getmtime(p) for p in (state_path, net_path) if osp.exists(p))
+        if time.time() - newest_write < settled_s:
+            return None, f'{name}: iteration {iteration} was written under {settled_s:.0f} s ago: left for later'
+    size_mb = (osp.getsize(state_path) + osp.getsize(net_path)) / 2**20
     if size_mb <= limit_mb:
         campaign._copy_pair(iteration, state_path, net_path, target, target)
         how = f'{size_mb:.1f} MB'
@@ -553,6 +565,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         state.add_argument('--results', required=True)
         state.add_argument('--name', required=True, help="the experiment name (the options file's `name`)")
         state.add_argument('--options', default=None, help="the training's options (a cascade's front end is kept)")
+        if action == 'snapshot':
+            state.add_argument('--settled', type=float, default=0.0, metavar='SECONDS',
+                               help='while the training runs: skip a state written less than SECONDS ago or already '
+                               'saved')
     front = sub.add_parser('keep-front-end', help='keep a trained front-end stage in <results>/front_ends/')
     front.add_argument('--results', required=True)
     front.add_argument('--weights', required=True, help='experiments/<stage>/models/net_g_latest.pth')
@@ -563,7 +579,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report = assemble(args.results, _row_pairs(args.rows), args.reference, args.legacy)
         print('[protocol] wrote ' + ', '.join(write_table(report, args.results, args.name)))
     elif args.action == 'snapshot':
-        print(f'[protocol] {snapshot_state(args.results, args.name, options=args.options)[1]}')
+        print(f'[protocol] {snapshot_state(args.results, args.name, options=args.options, settled_s=args.settled)[1]}')
     elif args.action == 'drop-state':
         dropped = drop_state(args.results, args.name)
         print(f'[protocol] {args.name}: ' + (f'{dropped} removed (the row is scored)' if dropped else 'no state'))
