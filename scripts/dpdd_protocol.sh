@@ -218,7 +218,8 @@ for level in "${levels[@]}"; do
     "# DPDD protocol ($level level): wall and CPU time of every run" \
     'CPU: user + system seconds of the process and its children (bash `time`); threads: OMP_NUM_THREADS.' \
     'A training that took several sittings has one line per run.' \
-    '| row | step | options / output | wall (s) | CPU (s) | threads |' '| --- | --- | --- | ---: | ---: | --- |' > $times
+    '| row | step | options / output | wall (s) | CPU (s) | threads |' \
+    '| --- | --- | --- | ---: | ---: | --- |' > $times
 
   # Rows in the order the issue asks for (front-end stages before the cascades that load them): at the bright level
   # the five ablations and the two RSIR cascades first; then DeSpike and the TFP/TFI cascades; then Spk2ImgNet's stage

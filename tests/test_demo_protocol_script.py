@@ -22,7 +22,8 @@ def _run(script, *args):
 def test_help_prints_the_usage_and_runs_nothing(script_copy):
     run = _run(script_copy, '--help')
     assert run.returncode == 0, run.stderr
-    assert run.stdout.startswith('The CPU benchmark protocol') and 'Usage: bash scripts/run_demo_protocol.sh' in run.stdout
+    assert run.stdout.startswith('The CPU benchmark protocol')
+    assert 'Usage: bash scripts/run_demo_protocol.sh' in run.stdout
     assert '--device' in run.stdout and 'set -euo' not in run.stdout and not run.stdout.lstrip().startswith('#')
     assert _run(script_copy, '-h').stdout == run.stdout
 
