@@ -14,7 +14,8 @@
 #   results/<level>/benchmark.{md,json}        assembled from rows/ (despike_basicsr.evaluation.protocol): scores,
 #                                              paired differences to DeSpike, still training / not started
 #   results/dpdd/ablations.{md,json}           DeSpike and its five ablations, from the same row files
-#   results/<level>/short_{64,32}/benchmark.*  the trained models on 64- and 32-step streams, once every row is scored
+#   results/<level>/short_{64,32}/             the same rows on 64- and 32-step streams: rows/<row>.json written when
+#                                              the row is scored (its weights are here then), benchmark.* assembled
 #   results/<level>/training_times.md          wall and CPU seconds of every training run and evaluation
 #
 # Levels: bright (theta 2, eta 1: 0.09-0.14 spikes per step on the val pairs) and low (eta 0.18: about 0.02 spikes per
@@ -26,7 +27,7 @@
 #
 # Usage: bash scripts/dpdd_protocol.sh [DPDD_ROOT] [--level bright|low|all] [--device cuda] [--skip-train]
 #                                      [--train-limit SECONDS] [--snapshot-every SECONDS] [--rows ROW[,ROW...]]
-#                                      [--amp bf16|fp16] [--dry-run]
+#                                      [--amp bf16|fp16] [--short-windows] [--dry-run]
 #   DPDD_ROOT     default ../shared/data/dpdd_gray768 ({train,val}_c/{source,target})
 #   --skip-train  score what is trained, train nothing (rows without weights stay "still training" / "not started")
 #   --train-limit stop a training after SECONDS, save its state to results/<level>/state/ (commit it), assemble the
@@ -39,6 +40,9 @@
 #                 orders); every row is still scored when trained and listed in the tables
 #   --amp         train in mixed precision (BasicSR --force_yml train:amp=...; every time-table line says how it was
 #                 trained). bf16 on a CPU with AMX runs Spk2ImgNet's stage about 3x faster (docs/baselines.md)
+#   --short-windows  train again the scored rows (those of --rows, else all) that have no 64/32-step scores (scored
+#                 before short windows were scored with each row; experiments/ is not kept) and score them at 64 and
+#                 32 steps; their full-length row files stay as they are. Times-table label "<row> (again)"
 #   --dry-run     print what would run (data, trainings in order, benchmark commands) and run nothing
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +54,7 @@ skip_train=0
 dry=0
 limit=0
 snapshot_every=1800
+short_windows=0
 only=
 amp=
 while [ $# -gt 0 ]; do
@@ -62,6 +67,7 @@ while [ $# -gt 0 ]; do
     --snapshot-every) snapshot_every=$2; shift 2 ;;
     --rows) only=",$2,"; shift 2 ;;
     --amp) case $2 in bf16|fp16) amp=$2 ;; *) echo "--amp must be bf16 or fp16, got $2" >&2; exit 2 ;; esac; shift 2 ;;
+    --short-windows) short_windows=1; shift ;;
     --dry-run) dry=1; shift ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) root=$1; shift ;;
@@ -104,14 +110,14 @@ marked() { marked_name "$(option_name "$1")"; }  # trained without the scoring h
 
 # Train one row unless its weights exist (or a committed row file says it is done); every run's wall and CPU seconds
 # (children included) go to the times table. Returns 1 when --train-limit stopped it (its state is saved).
-train() {  # row options
-  local row=$1 options=$2 name weights status=0
+train() {  # row options [times-table label]
+  local row=$1 options=$2 label=${3:-$1} name weights status=0
   name=$(option_name "$options")
   weights=experiments/$name/models/net_g_latest.pth
   if { [ -f "$weights" ] && marked_name "$name"; } || [ $skip_train = 1 ]; then return 0; fi
   local precision=()
   [ -n "$amp" ] && precision=(--force_yml "train:amp=$amp")
-  say "training $row ($options${amp:+, amp $amp}), log experiments/${level}_$row.log"
+  say "training $label ($options${amp:+, amp $amp}), log experiments/${level}_$row.log"
   if [ $dry = 1 ]; then echo "  $py despike_basicsr/train.py -opt $options --auto_resume ${precision[*]}"; return 0; fi
   # An experiment folder without the marker was trained before the scoring holdout was left out: set it aside.
   if [ -d "experiments/$name" ] && ! marked_name "$name"; then
@@ -138,7 +144,7 @@ train() {  # row options
     *"rc "*) tail -n 30 "experiments/${level}_$row.log" >&2; say "training $row failed (log above)"; exit 1 ;; esac
   read -r wall user sys <<< "$(echo "$measured" | head -n 1)"
   local cpu; cpu=$(cpu_seconds "$user" "$sys")
-  echo "| $row | train | $options${amp:+ (amp $amp)} | $wall | $cpu | ${OMP_NUM_THREADS:-all} |" >> "$times"
+  echo "| $label | train | $options${amp:+ (amp $amp)} | $wall | $cpu | ${OMP_NUM_THREADS:-all} |" >> "$times"
   if [ $status = 1 ]; then
     "$py" -m despike_basicsr.evaluation.protocol snapshot --results "$results" --name "$name" --options "$options"
     say "$row stopped (by --train-limit $limit or a signal): commit $results/state/$name, the next run resumes it"
@@ -168,6 +174,23 @@ score() {  # row method-spec [weights]
   if [ $dry = 1 ]; then echo "  $py -m despike_basicsr.evaluation.protocol write-row --row $row"; return 0; fi
   "$py" -m despike_basicsr.evaluation.protocol write-row --results "$results" --row "$row" \
     --benchmark "$work/benchmark.json" ${weights:+--weights "$weights"}
+}
+
+# The same row on 64- and 32-step streams, scored with its full-length row while its weights are here (experiments/
+# is not kept between clones): <results>/short_<frames>/rows/<row>.json. A network that refuses streams that short
+# gets a row file saying so.
+score_short() {  # row method-spec [weights [times-table label]]
+  local row=$1 method=$2 weights=${3:-} label=${4:-$1} frames short work
+  if [ -n "$weights" ] && [ ! -f "$weights" ] && [ $dry = 0 ]; then return 0; fi
+  for frames in 64 32; do
+    short=$results/short_$frames work=$results/short_$frames/rows/.work/$1
+    [ -f "$short/rows/$row.json" ] && continue
+    bench "$level: $row, $frames steps" "$work" benchmark --lmdb "$data/scoring.lmdb" --val-len $frames \
+      --reference despike --methods "$method"
+    if [ $dry = 1 ]; then echo "  $py -m despike_basicsr.evaluation.protocol write-row --results $short"; continue; fi
+    "$py" -m despike_basicsr.evaluation.protocol write-row --results "$short" --row "$row" \
+      --benchmark "$work/benchmark.json" --times "$times" --times-row "$label" ${weights:+--weights "$weights"}
+  done
 }
 
 # The front-end stages that cascades load: kept in half precision in $results/front_ends/ (commit it) once trained, so
@@ -247,14 +270,26 @@ for level in "${levels[@]}"; do
   done
 
   for entry in "${classical[@]}"; do score "${entry%%=*}" "${entry#*=}"; done
+  for method in tfp tfi; do score_short $method $method; done
   stopped=0
   for entry in "${ordered[@]}"; do
     row=${entry%%=*}; options=$opts/${entry#*=}.yml
-    [ -f "$results/rows/$row.json" ] && { settle_row "$row" "$options"; continue; }
+    weights=$(weights_of "$options")
+    if [ -f "$results/rows/$row.json" ]; then
+      label=$row
+      if [ $short_windows = 1 ] && { [ -z "$only" ] || [[ $only == *",$row,"* ]]; } && \
+         { [ ! -f "$results/short_64/rows/$row.json" ] || [ ! -f "$results/short_32/rows/$row.json" ]; }; then
+        label="$row (again)"
+        train "$row" "$options" "$label" || { stopped=1; break; }
+      fi
+      { marked "$options" || [ $dry = 1 ]; } && score_short "$row" "$row:$options:$weights" "$weights" "$label"
+      settle_row "$row" "$options"; continue
+    fi
     [ -z "$only" ] || [[ $only == *",$row,"* ]] || continue
     train "$row" "$options" || { stopped=1; break; }
     marked "$options" || [ $dry = 1 ] || continue
-    score "$row" "$row:$options:$(weights_of "$options")" "$(weights_of "$options")"
+    score "$row" "$row:$options:$weights" "$weights"
+    score_short "$row" "$row:$options:$weights" "$weights"
     settle_row "$row" "$options"
   done
 
@@ -267,24 +302,13 @@ for level in "${levels[@]}"; do
     for entry in despike=train_despike "${ablations[@]}"; do table+=("${entry%%=*}=$opts/${entry#*=}.yml"); done
     assemble ablations "${table[@]}"
   fi
-  [ $stopped = 1 ] && { say "stopped by --train-limit: commit $results/rows, $results/state and the tables"; exit 0; }
-
-  # Short windows, last: the trained models on 64- and 32-step streams (a network that needs more frames is listed as
-  # such); only once every row's weights are here.
-  methods=(tfp tfi); missing=0
-  for entry in "${rows[@]}"; do
-    case ${entry%%=*} in despike_small|tfp_nrknet_fpn) continue ;; esac
-    w=$(weights_of "$opts/${entry#*=}.yml")
-    if { [ -f "$w" ] && marked "$opts/${entry#*=}.yml"; } || [ $dry = 1 ]; then
-      methods+=("${entry%%=*}:$opts/${entry#*=}.yml:$w")
-    else
-      missing=1
-    fi
-  done
-  if [ $missing = 1 ]; then say "short windows: not every row's weights are here, left for later"; continue; fi
+  # The short-window tables: TFP, TFI and every trained row, ablations included (rows without a file say why)
   for frames in 64 32; do
-    [ -f $results/short_$frames/benchmark.json ] && continue
-    bench "$level: $frames-step streams" $results/short_$frames benchmark --lmdb $data/scoring.lmdb \
-      --val-len $frames --reference despike --methods "${methods[@]}"
+    table=(tfp tfi); for entry in "${ordered[@]}"; do table+=("${entry%%=*}"); done
+    run "$py" -m despike_basicsr.evaluation.protocol assemble --results "$results/short_$frames" --name benchmark \
+      --full-results "$results" --rows "${table[@]}"
   done
+  if [ $stopped = 1 ]; then
+    say "stopped by --train-limit: commit $results/rows, $results/state and the tables"; exit 0
+  fi
 done

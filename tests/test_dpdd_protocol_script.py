@@ -84,8 +84,11 @@ def test_every_row_is_scored_on_the_scoring_set_and_the_tables_are_assembled_fro
         assert {'defocused', 'tfp', 'tfi', 'despike', 'rsir', 'spk2imgnet'} | set(CASCADES) <= rows
         assert {'defocused', 'tfp', 'tfi', 'despike', 'rsir', 'spk2imgnet'} | set(CASCADES) <= set(
             tables[(results, 'benchmark')])
-        for frames in (64, 32):
-            assert {'despike'} | set(CASCADES) <= set(runs[(f'{results}/short_{frames}', frames)])
+        for frames in (64, 32):  # each row on short streams too, when it is scored
+            short = {out.rsplit('/', 1)[1] for out, length in runs
+                     if out.startswith(f'{results}/short_{frames}/rows/.work/') and length == frames}
+            assert {'tfp', 'tfi', 'despike'} | set(CASCADES) <= short
+            assert {'tfp', 'tfi', 'despike'} | set(CASCADES) <= set(tables[(f'{results}/short_{frames}', 'benchmark')])
     assert tables[('results/dpdd', 'ablations')] == ['despike'] + ABLATIONS
     assert ('results/dpdd_low', 'ablations') not in tables
 
@@ -101,7 +104,8 @@ def test_rows_restricts_training_to_the_named_rows_and_rejects_unknown_ones(dry_
     trained = [osp.basename(p) for p in re.findall(r'train\.py -opt (\S+) --auto_resume', run.stdout)]
     assert trained == ['train_despike.yml', 'train_gkmnet_tfp.yml', 'train_nrknet_tfi.yml']
     # the table still lists every row (untrained ones as not started)
-    table = [line for line in run.stdout.splitlines() if 'assemble' in line and '--name benchmark' in line]
+    table = [line for line in run.stdout.splitlines()
+             if 'assemble --results results/dpdd_low ' in line and '--name benchmark' in line]
     assert len(table) == 1 and 'spk2imgnet_nrknet=' in table[0]
     bad = subprocess.run(['bash', script, '--dry-run', '--level', 'low', '--rows', 'despike,despike_wo_fpn'],
                          cwd=str(root), env=env, capture_output=True, text=True, timeout=300)
@@ -198,7 +202,8 @@ def test_a_real_run_trains_and_scores_each_row_once_and_never_again(repo_root, t
     assert trained.index('options/dpdd_cpu/train_rsir.yml') < trained.index('options/dpdd_cpu/train_rsir_gkmnet.yml')
     prepared = [c.split()[1] for c in calls if c.startswith('prepare ')]
     assert prepared == ['datasets/dpdd_cpu/val.lmdb', 'datasets/dpdd_cpu/train.lmdb', 'datasets/dpdd_cpu/scoring.lmdb']
-    assert sum(c.startswith('benchmark ') for c in calls) == 6 + 18 + 2  # classical rows, trained rows, 64/32 steps
+    # classical rows, trained rows, and TFP, TFI and every trained row at 64 and 32 steps
+    assert sum(c.startswith('benchmark ') for c in calls) == 6 + 18 + 2 * (2 + 18)
     rows = sorted(p.name for p in (tmp_path / 'results' / 'dpdd' / 'rows').glob('*.json'))
     assert len(rows) == 24 and 'despike.json' in rows and 'spk2imgnet_nrknet.json' in rows
     record = json.loads((tmp_path / 'results' / 'dpdd' / 'rows' / 'tfp_nrknet.json').read_text())
@@ -209,7 +214,10 @@ def test_a_real_run_trains_and_scores_each_row_once_and_never_again(repo_root, t
     assert (tmp_path / 'results' / 'dpdd' / 'ablations.md').is_file()
     times = (tmp_path / 'results' / 'dpdd' / 'training_times.md').read_text().splitlines()
     steps = [line.split(' | ')[1] for line in times if line.startswith('| ') and '---' not in line][1:]
-    assert steps.count('train') == 18 and steps.count('evaluate') == 26
+    assert steps.count('train') == 18 and steps.count('evaluate') == 64
+    short = json.loads((tmp_path / 'results' / 'dpdd' / 'short_32' / 'benchmark.json').read_text())
+    assert len(short['rows']) == 2 + 18 and all(e['status'] == 'scored' for e in short['rows'])
+    assert json.loads((tmp_path / 'results/dpdd/short_64/rows/despike.json').read_text())['training']['wall_s'] >= 0
 
     (tmp_path / 'calls.log').unlink()
     (tmp_path / 'results' / 'dpdd' / 'rows' / 'despike.json').unlink()  # a row trained but not yet scored
@@ -277,3 +285,33 @@ def test_snapshot_every_keeps_a_running_trainings_checkpoint_in_results(repo_roo
     (tmp_path / 'results' / 'dpdd' / 'rows' / 'tfp_gkmnet.json').unlink(missing_ok=True)
     _shim_run(repo_root, tmp_path, '--rows', 'tfp_gkmnet', '--snapshot-every', '0', SHIM_TRAIN_SECONDS='2')
     assert not (tmp_path / 'experiments' / 'bright_tfp_gkmnet.snapshots.log').exists()
+
+
+def test_short_windows_trains_a_scored_row_again_for_its_64_and_32_step_scores(repo_root, tmp_path):
+    """A row scored before short windows were scored with each row (its weights gone with experiments/): listed as
+    such, and --short-windows trains it again and scores it at 64 and 32 steps without touching its row file."""
+    _shim_run(repo_root, tmp_path, '--rows', 'despike')
+    results = tmp_path / 'results' / 'dpdd'
+    full = (results / 'rows' / 'despike.json').read_text()
+    for frames in (64, 32):
+        (results / f'short_{frames}' / 'rows' / 'despike.json').unlink()
+    shutil.rmtree(tmp_path / 'experiments')  # a fresh clone
+    (tmp_path / 'calls.log').unlink()
+    _shim_run(repo_root, tmp_path, '--skip-train')  # without the flag: the short table says why
+    assert not [c for c in (tmp_path / 'calls.log').read_text().splitlines() if c.startswith('train ')]
+    short = json.loads((results / 'short_64' / 'benchmark.json').read_text())
+    despike = next(e for e in short['rows'] if e['row'] == 'despike')
+    assert despike['status'] == 'not scored' and 'weights were not kept' in despike['reason']
+    (tmp_path / 'calls.log').unlink()
+    _shim_run(repo_root, tmp_path, '--short-windows', '--rows', 'despike', '--snapshot-every', '0')
+    calls = (tmp_path / 'calls.log').read_text().splitlines()
+    assert [c for c in calls if c.startswith('train ')] == ['train options/dpdd_cpu/train_despike.yml ']
+    assert sum(c.startswith('benchmark ') and '--val-len' in c for c in calls) == 2
+    assert (results / 'rows' / 'despike.json').read_text() == full
+    times = (results / 'training_times.md').read_text().splitlines()
+    again = [line for line in times if line.startswith('| despike (again) | train |')]
+    assert len(again) == 1
+    record = json.loads((results / 'short_32' / 'rows' / 'despike.json').read_text())
+    assert record['training']['wall_s'] == float(again[0].split(' | ')[3])  # the second training's time, not the sum
+    short = json.loads((results / 'short_32' / 'benchmark.json').read_text())
+    assert next(e for e in short['rows'] if e['row'] == 'despike')['status'] == 'scored'

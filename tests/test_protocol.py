@@ -247,3 +247,31 @@ def test_snapshot_while_training_waits_for_a_settled_state_and_skips_one_already
     assert iteration == 200 and 'already in' in message and os.path.getmtime(saved / '200.state') == before
     # the command line the protocol script's watcher calls
     assert protocol.main(['snapshot', '--results', str(tmp_path / 'r2'), '--name', 'nothing', '--settled', '60']) == 0
+
+
+def test_short_window_table_says_why_a_row_has_no_scores(tmp_path):
+    """results/<level>/short_<frames>/: rows scored there, a network that refuses short streams kept as such, and a
+    row without a file explained by its full-length row (scored before, weights gone; or not trained yet)."""
+    full, short = 'results/dpdd', 'results/dpdd/short_32'
+    for row, offset in (('despike', 0.0), ('tfp', -2.0)):
+        path = _report(tmp_path / 'b' / row / 'benchmark.json', row, offset)
+        report = json.loads(open(path).read())
+        report['val_len'] = 32
+        open(path, 'w').write(json.dumps(report))
+        protocol.write_row(str(tmp_path / short), row, path)
+    refused = tmp_path / 'b' / 'spk2imgnet.json'
+    refused.write_text(json.dumps({'lmdb': 's.lmdb', 'num_samples': 16, 'methods': [
+        {'name': 'spk2imgnet', 'unavailable': 'needs 41 frames, got 32'}]}))
+    protocol.write_row(str(tmp_path / short), 'spk2imgnet', str(refused))
+    protocol.write_row(str(tmp_path / full), 'tfp_gkmnet', _report(tmp_path / 'b' / 'full.json', 'tfp_gkmnet', 0.1))
+    report = protocol.assemble(short, [(r, None) for r in ('despike', 'tfp', 'spk2imgnet', 'tfp_gkmnet', 'rsir')],
+                               root=str(tmp_path), full_results=full)
+    rows = {e['row']: e for e in report['rows']}
+    assert rows['tfp']['status'] == 'scored' and rows['tfp']['difference']['verdict'] == 'lower'
+    assert rows['spk2imgnet'] == {'row': 'spk2imgnet', 'status': 'not scored', 'reason': 'needs 41 frames, got 32'}
+    assert 'weights were not kept' in rows['tfp_gkmnet']['reason'] and 'once that is trained' in rows['rsir']['reason']
+    text = protocol.markdown(report)
+    assert '| tfp | scored (16 images, 32-step streams) |' in text and 'not scored: needs 41 frames, got 32' in text
+    with pytest.raises(ValueError, match='holds no scores'):  # neither scores nor a reason: an error, as before
+        refused.write_text(json.dumps({'methods': [{'name': 'spk2imgnet'}]}))
+        protocol.write_row(str(tmp_path / short), 'spk2imgnet', str(refused))

@@ -95,7 +95,7 @@ def training_seconds(times_md: str, row: str) -> Dict[str, Any]:
 
 
 def write_row(results: str, row: str, benchmark_json: str, method: Optional[str] = None,
-              weights: Optional[str] = None, times_md: Optional[str] = None) -> str:
+              weights: Optional[str] = None, times_md: Optional[str] = None, times_row: Optional[str] = None) -> str:
     """Write ``<results>/rows/<row>.json`` from a benchmark report holding the row's scores.
 
     Args:
@@ -105,18 +105,23 @@ def write_row(results: str, row: str, benchmark_json: str, method: Optional[str]
         method: The method's name in the report; default its only (or first) method.
         weights: The trained weights file (its size is recorded), if any.
         times_md: The level's ``training_times.md`` (default ``<results>/training_times.md``).
+        times_row: The row's label in that table, where it is not ``row`` (a row trained again for its short-window
+            scores: ``dpdd_protocol.sh --short-windows``).
 
     Returns:
         The path written.
 
+    A method the report lists as unavailable (a network that refuses streams this short: ``benchmark.py`` records its
+    message) gets a row file too, with ``unavailable`` and no scores, so that it is not tried again.
+
     Raises:
-        ValueError: The report lacks the method, or the method could not be scored.
+        ValueError: The report lacks the method, or the method could not be scored for another reason.
     """
     with open(benchmark_json) as handle:
         report = json.load(handle)
     methods = report.get('methods', [])
     entry = next((m for m in methods if method is None or m['name'] == method), None)
-    if entry is None or not entry.get('per_sample'):
+    if entry is None or not (entry.get('per_sample') or entry.get('unavailable')):
         raise ValueError(f'{benchmark_json} holds no scores of {method or "any method"}')
     record = {k: v for k, v in entry.items() if not k.startswith('_')}
     record.update({
@@ -128,7 +133,7 @@ def write_row(results: str, row: str, benchmark_json: str, method: Optional[str]
         'command': report.get('command'),
         'tiles_per_side': entry.get('tiles_per_side', report.get('tiles_per_side')),
         'weights_bytes': osp.getsize(weights) if weights and osp.isfile(weights) else None,
-        'training': training_seconds(times_md or osp.join(results, 'training_times.md'), row),
+        'training': training_seconds(times_md or osp.join(results, 'training_times.md'), times_row or row),
         'restarts': restarts_of(weights),
     })
     os.makedirs(rows_dir(results), exist_ok=True)
@@ -378,12 +383,25 @@ def _options(path: str) -> Tuple[str, Optional[int]]:
     return opt['name'], (opt.get('train') or {}).get('total_iter')
 
 
-def row_status(results: str, row: str, options: Optional[str], root: str = '.') -> Dict[str, Any]:
-    """``{'status': 'scored' | 'still training' | 'trained, not scored' | 'not started' | 'not scored', ...}``."""
+def row_status(results: str, row: str, options: Optional[str], root: str = '.',
+               full_results: Optional[str] = None) -> Dict[str, Any]:
+    """``{'status': 'scored' | 'still training' | 'trained, not scored' | 'not started' | 'not scored', ...}``.
+
+    ``full_results``: for a short-window table (``<level>/short_<frames>``), the level's folder: a row without a
+    short-window file is ``not scored`` with the reason (its full-length row scored without it, or not yet).
+    """
     path = osp.join(root, rows_dir(results), f'{row}.json')
     if osp.isfile(path):
         with open(path) as handle:
-            return {'status': 'scored', 'record': json.load(handle)}
+            record = json.load(handle)
+        if record.get('unavailable'):
+            return {'status': 'not scored', 'reason': record['unavailable']}
+        return {'status': 'scored', 'record': record}
+    if full_results is not None:
+        if osp.isfile(osp.join(root, rows_dir(full_results), f'{row}.json')):
+            return {'status': 'not scored', 'reason': 'its full-length row was scored before short windows were '
+                    'scored with each row, and its weights were not kept: train it again to score it'}
+        return {'status': 'not scored', 'reason': 'scored with its full-length row, once that is trained'}
     if not options:
         return {'status': 'not scored'}
     name, total = _options(osp.join(root, options))
@@ -435,7 +453,8 @@ def _legacy(path: Optional[str]) -> Dict[str, Dict[str, Any]]:
 
 
 def assemble(results: str, rows: Sequence[Tuple[str, Optional[str]]], reference: str = 'despike',
-             legacy: Optional[str] = None, root: str = '.', seed: int = 0) -> Dict[str, Any]:
+             legacy: Optional[str] = None, root: str = '.', seed: int = 0,
+             full_results: Optional[str] = None) -> Dict[str, Any]:
     """The table from the row files: every row's status, scores, cost and paired difference to ``reference``.
 
     Args:
@@ -445,13 +464,14 @@ def assemble(results: str, rows: Sequence[Tuple[str, Optional[str]]], reference:
         legacy: An earlier report (the 4-image protocol) whose scores are listed beside, marked as such.
         root: Repository root.
         seed: Bootstrap seed.
+        full_results: For a short-window table: the level's folder (:func:`row_status`).
 
     Returns:
         ``{'results', 'reference', 'scoring_set', 'rows': [...]}``.
     """
     from despike_basicsr.evaluation.benchmarking import paired_difference_stats  # torch: only where it is needed
 
-    statuses = [(row, row_status(results, row, options, root)) for row, options in rows]
+    statuses = [(row, row_status(results, row, options, root, full_results)) for row, options in rows]
     ref = next((s['record'] for r, s in statuses if r == reference and s['status'] == 'scored'), None)
     old = _legacy(legacy and osp.join(root, legacy))
     table = []
@@ -463,7 +483,8 @@ def assemble(results: str, rows: Sequence[Tuple[str, Optional[str]]], reference:
             entry['training'] = training_seconds(times_md, row)  # so far
         if record:
             entry.update({k: record.get(k) for k in ('psnr', 'psnr_fit', 'ssim', 'lpips', 'params', 'weights_bytes',
-                                                     'training', 'num_samples', 'latency_ms_per_frame', 'restarts')})
+                                                     'training', 'num_samples', 'latency_ms_per_frame', 'restarts',
+                                                     'val_len')})
             entry['per_image'] = {k: v['psnr'] for k, v in record['per_sample'].items()}
             if ref is not None and row != reference:
                 keys = list(ref['per_sample'])
@@ -482,7 +503,7 @@ def assemble(results: str, rows: Sequence[Tuple[str, Optional[str]]], reference:
             entry['earlier_4_images'] = {'psnr': previous['psnr'], 'ssim': previous['ssim'],
                                          'images': len(previous.get('per_sample', {}))}
         table.append(entry)
-    return {'results': results, 'reference': reference, 'legacy': legacy,
+    return {'results': results, 'reference': reference, 'legacy': legacy, 'full_results': full_results,
             'scoring_set': 'the 4 DPDD val pairs and the 12 train pairs of preparation.scoring_holdout (every 5th)',
             'rows': table}
 
@@ -507,7 +528,10 @@ def markdown(report: Dict[str, Any]) -> str:
             compact = '; committed in half precision' if e.get('compact_state') else ''
             status = f'still training ({e["iteration"]} / {e.get("total_iter") or "?"} iterations{compact})'
         elif status == 'scored':
-            status = f'scored ({e.get("num_samples")} images)'
+            status = f'scored ({e.get("num_samples")} images' + (
+                f', {e["val_len"]}-step streams)' if e.get('val_len') and report.get('full_results') else ')')
+        elif e.get('reason'):
+            status = f'not scored: {e["reason"]}'
         training = e.get('training') or {}
         cost = (f'{_fmt(training.get("wall_s"), 0)} / {_fmt(training.get("cpu_s"), 0)}'
                 if training.get('wall_s') is not None else '–')
@@ -554,12 +578,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     row.add_argument('--benchmark', required=True, help='benchmark.json that scored the row')
     row.add_argument('--method', default=None, help='its name there (default: the only method)')
     row.add_argument('--weights', default=None)
+    row.add_argument('--times', default=None, help="training_times.md (default <results>/training_times.md)")
+    row.add_argument('--times-row', default=None, help="the row's label there (default: --row)")
     table = sub.add_parser('assemble', help='assemble <results>/<name>.{json,md} from the row files')
     table.add_argument('--results', required=True)
     table.add_argument('--rows', nargs='+', required=True, help='ROW=OPTIONS.yml, or ROW for rows without training')
     table.add_argument('--reference', default='despike')
     table.add_argument('--legacy', default=None, help='earlier report listed beside (marked as such)')
     table.add_argument('--name', default='benchmark')
+    table.add_argument('--full-results', default=None,
+                       help="a short-window table's level folder: says why a row has no short-window scores")
     for action in ('snapshot', 'restore', 'drop-state'):
         state = sub.add_parser(action, help=f'{action} the small state of an unfinished training')
         state.add_argument('--results', required=True)
@@ -574,9 +602,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     front.add_argument('--weights', required=True, help='experiments/<stage>/models/net_g_latest.pth')
     args = parser.parse_args(argv)
     if args.action == 'write-row':
-        print(f'[protocol] wrote {write_row(args.results, args.row, args.benchmark, args.method, args.weights)}')
+        path = write_row(args.results, args.row, args.benchmark, args.method, args.weights, args.times, args.times_row)
+        print(f'[protocol] wrote {path}')
     elif args.action == 'assemble':
-        report = assemble(args.results, _row_pairs(args.rows), args.reference, args.legacy)
+        report = assemble(args.results, _row_pairs(args.rows), args.reference, args.legacy,
+                          full_results=args.full_results)
         print('[protocol] wrote ' + ', '.join(write_table(report, args.results, args.name)))
     elif args.action == 'snapshot':
         print(f'[protocol] {snapshot_state(args.results, args.name, options=args.options, settled_s=args.settled)[1]}')
