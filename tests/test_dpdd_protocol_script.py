@@ -301,7 +301,7 @@ def test_short_windows_trains_a_scored_row_again_for_its_64_and_32_step_scores(r
     assert not [c for c in (tmp_path / 'calls.log').read_text().splitlines() if c.startswith('train ')]
     short = json.loads((results / 'short_64' / 'benchmark.json').read_text())
     despike = next(e for e in short['rows'] if e['row'] == 'despike')
-    assert despike['status'] == 'not scored' and 'weights were not kept' in despike['reason']
+    assert despike['status'] == 'not scored' and 'weights not kept' in despike['reason']
     (tmp_path / 'calls.log').unlink()
     _shim_run(repo_root, tmp_path, '--short-windows', '--rows', 'despike', '--snapshot-every', '0')
     calls = (tmp_path / 'calls.log').read_text().splitlines()

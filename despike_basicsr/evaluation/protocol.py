@@ -399,9 +399,9 @@ def row_status(results: str, row: str, options: Optional[str], root: str = '.',
         return {'status': 'scored', 'record': record}
     if full_results is not None:
         if osp.isfile(osp.join(root, rows_dir(full_results), f'{row}.json')):
-            return {'status': 'not scored', 'reason': 'its full-length row was scored before short windows were '
-                    'scored with each row, and its weights were not kept: train it again to score it'}
-        return {'status': 'not scored', 'reason': 'scored with its full-length row, once that is trained'}
+            return {'status': 'not scored', 'reason': 'scored at full length before stop 43, weights not kept '
+                    '(--short-windows trains it again)'}
+        return {'status': 'not scored', 'reason': 'not trained yet'}
     if not options:
         return {'status': 'not scored'}
     name, total = _options(osp.join(root, options))
