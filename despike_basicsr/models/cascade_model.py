@@ -195,8 +195,7 @@ class CascadeModel(SpikeSRModel):
                 self.front_net.eval()  # frozen: BasicSR's loop never touches it, but keep it so
                 # Under train.amp the frozen front end runs in that precision too: for Spk2ImgNet it is most of the
                 # step. Outside training (test.py, scripts/benchmark.py: no amp) it runs in float32.
-                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
-                                    enabled=self.amp_dtype is not None):
+                with self.amp_context():
                     lq = run_spike_network(self.front_net, spikes, gamma, self.front_end['fpn'])
                 self.lq = lq.float().clamp(0, 1)
             else:

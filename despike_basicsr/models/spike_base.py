@@ -318,9 +318,15 @@ class SpikeSRModel(SRModel):
 
     def autocast(self) -> ContextManager:
         """``torch.autocast`` in the ``train.amp`` precision (a no-op when off); wrap the forward and the loss in it."""
+        if self.amp_dtype is not None:
+            self._autocast_entered = True  # apply_losses checks that the forward ran under it
+        return self.amp_context()
+
+    def amp_context(self) -> ContextManager:
+        """:meth:`autocast` without marking the step's forward as run under it: for work outside the trained forward
+        (a frozen front end in ``feed_data``), so that :meth:`apply_losses`'s check still sees the forward itself."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        self._autocast_entered = True
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def resume_training(self, resume_state: Dict[str, Any]) -> None:
