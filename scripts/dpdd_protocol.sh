@@ -164,32 +164,22 @@ bench() {  # label out-dir log-name args...
   tail -n 20 "$log"
 }
 
-# Score one row on the 16 scoring images and write its committed row file (nothing when the file is there or the row
-# is not trained).
-score() {  # row method-spec [weights]
-  local row=$1 method=$2 weights=${3:-} work=$results/rows/.work/$1
-  [ -f "$results/rows/$row.json" ] && return 0
+# Score one row on the 16 scoring images, at full length (the options' val_len) and/or on 64- or 32-step streams, and
+# write its committed row file: <results>/rows/<row>.json, <results>/short_<steps>/rows/<row>.json. Nothing where the
+# file is there or the row is not trained. Short windows are scored with the full-length row, while the weights are
+# here (experiments/ is not kept between clones); a network that refuses streams that short gets a row file saying so.
+score() {  # full|64|32[,...] row method-spec [weights [times-table label]]
+  local row=$2 method=$3 weights=${4:-} label=${5:-$2} steps out length
   if [ -n "$weights" ] && [ ! -f "$weights" ] && [ $dry = 0 ]; then return 0; fi
-  bench "$level: $row" "$work" benchmark --lmdb "$data/scoring.lmdb" --reference despike --methods "$method"
-  if [ $dry = 1 ]; then echo "  $py -m despike_basicsr.evaluation.protocol write-row --row $row"; return 0; fi
-  "$py" -m despike_basicsr.evaluation.protocol write-row --results "$results" --row "$row" \
-    --benchmark "$work/benchmark.json" ${weights:+--weights "$weights"}
-}
-
-# The same row on 64- and 32-step streams, scored with its full-length row while its weights are here (experiments/
-# is not kept between clones): <results>/short_<frames>/rows/<row>.json. A network that refuses streams that short
-# gets a row file saying so.
-score_short() {  # row method-spec [weights [times-table label]]
-  local row=$1 method=$2 weights=${3:-} label=${4:-$1} frames short work
-  if [ -n "$weights" ] && [ ! -f "$weights" ] && [ $dry = 0 ]; then return 0; fi
-  for frames in 64 32; do
-    short=$results/short_$frames work=$results/short_$frames/rows/.work/$1
-    [ -f "$short/rows/$row.json" ] && continue
-    bench "$level: $row, $frames steps" "$work" benchmark --lmdb "$data/scoring.lmdb" --val-len $frames \
-      --reference despike --methods "$method"
-    if [ $dry = 1 ]; then echo "  $py -m despike_basicsr.evaluation.protocol write-row --results $short"; continue; fi
-    "$py" -m despike_basicsr.evaluation.protocol write-row --results "$short" --row "$row" \
-      --benchmark "$work/benchmark.json" --times "$times" --times-row "$label" ${weights:+--weights "$weights"}
+  for steps in ${1//,/ }; do
+    out=$results length=()
+    [ "$steps" = full ] || { out=$results/short_$steps length=(--val-len "$steps"); }
+    [ -f "$out/rows/$row.json" ] && continue
+    bench "$level: $row${length[*]:+, $steps steps}" "$out/rows/.work/$row" benchmark --lmdb "$data/scoring.lmdb" \
+      "${length[@]}" --reference despike --methods "$method"
+    if [ $dry = 1 ]; then echo "  $py -m despike_basicsr.evaluation.protocol write-row --results $out"; continue; fi
+    "$py" -m despike_basicsr.evaluation.protocol write-row --results "$out" --row "$row" --times "$times" \
+      --times-row "$label" --benchmark "$out/rows/.work/$row/benchmark.json" ${weights:+--weights "$weights"}
   done
 }
 
@@ -269,8 +259,8 @@ for level in "${levels[@]}"; do
     [[ $known == *",$row,"* ]] || { echo "--rows: no row $row at the $level level (rows: ${known:1:-1})" >&2; exit 2; }
   done
 
-  for entry in "${classical[@]}"; do score "${entry%%=*}" "${entry#*=}"; done
-  for method in tfp tfi; do score_short $method $method; done
+  for entry in "${classical[@]}"; do score full "${entry%%=*}" "${entry#*=}"; done
+  for method in tfp tfi; do score 64,32 $method $method; done
   stopped=0
   for entry in "${ordered[@]}"; do
     row=${entry%%=*}; options=$opts/${entry#*=}.yml
@@ -282,14 +272,13 @@ for level in "${levels[@]}"; do
         label="$row (again)"
         train "$row" "$options" "$label" || { stopped=1; break; }
       fi
-      { marked "$options" || [ $dry = 1 ]; } && score_short "$row" "$row:$options:$weights" "$weights" "$label"
+      { marked "$options" || [ $dry = 1 ]; } && score 64,32 "$row" "$row:$options:$weights" "$weights" "$label"
       settle_row "$row" "$options"; continue
     fi
     [ -z "$only" ] || [[ $only == *",$row,"* ]] || continue
     train "$row" "$options" || { stopped=1; break; }
     marked "$options" || [ $dry = 1 ] || continue
-    score "$row" "$row:$options:$weights" "$weights"
-    score_short "$row" "$row:$options:$weights" "$weights"
+    score full,64,32 "$row" "$row:$options:$weights" "$weights"
     settle_row "$row" "$options"
   done
 
