@@ -68,3 +68,31 @@ def test_filters_and_a_missing_dataset_are_refused(repo_root, tmp_path, capsys):
     assert bench.main(['--filters', '0:2']) == 2
     assert bench.main(['--dpdd-root', str(tmp_path / 'none'), '--out', str(tmp_path)]) == 2
     assert 'none' in capsys.readouterr().err
+
+
+def test_light_levels_are_parsed_as_mean_rates_and_bad_ones_refused(repo_root, capsys):
+    spec = importlib.util.spec_from_file_location('bench_ssim_gap', osp.join(repo_root, 'scripts', 'bench_ssim_gap.py'))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.parse_rates('0.075, 0.3') == {'rate 0.075': 0.075, 'rate 0.3': 0.3}
+    for bad in ('0', '1', 'x', '-0.2'):
+        with pytest.raises(ValueError, match=f'"{bad}"'):
+            bench.parse_rates(bad)
+    with pytest.raises(ValueError, match='no rate'):
+        bench.parse_rates(' , ')
+    assert bench.main(['--rates', '1.8']) == 2
+    assert '"1.8"' in capsys.readouterr().err
+
+
+def test_ssim_gap_scores_the_levels_it_is_given():
+    sharp = np.clip(np.random.default_rng(4).random((32, 48)), 0.05, 1).astype(np.float32)
+    scene = heldout.HeldoutScene('toy', 'b', sharp, sharp)
+    levels = {'rate 0.05': 0.05, 'rate 0.6': 0.6}
+    report = ssim_gap.ssim_gap([scene], lambda spikes, gamma: np.zeros(spikes.shape[1:], np.float32), steps=64,
+                               levels=levels, oracles=False)
+    assert [d['level'] for d in report['dark_spikes']] == list(levels)
+    tfp_ssim = {r['level']: r['ssim'] for r in report['rows'] if r['variant'] == 'TFP-192'}
+    assert tfp_ssim['rate 0.6'] > tfp_ssim['rate 0.05']  # more light, less counting noise
+    realised = [d['mean_rate'] for d in report['dark_spikes']]
+    assert 0 < realised[0] < realised[1] <= 0.6 + 0.05  # highlights may cap the light, never raise it
+    assert 'rate 0.6' in ssim_gap.gap_markdown(report)

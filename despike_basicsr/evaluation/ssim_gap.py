@@ -90,8 +90,9 @@ def ssim_gap(scenes: Sequence[HeldoutScene], despike: Callable[[np.ndarray, np.n
 
     Returns:
         ``{'rows': [{set, key, level, variant, psnr, ssim, psnr_fit, ssim_fit}], 'dark_spikes': [{set, key, level,
-        spikes_per_pixel, dark_fraction}]}``; ``dark_spikes`` is the mean spike count per pixel over the stream in
-        the target's flat dark regions.
+        spikes_per_pixel, dark_fraction, mean_rate}]}``; ``spikes_per_pixel`` is the mean spike count per pixel over
+        the stream in the target's flat dark regions, ``mean_rate`` the stream's realised spikes per pixel and step
+        (under the level's where highlights cap the light, :func:`~despike_basicsr.spike.camera.light_for_mean_rate`).
     """
     rows: List[Dict[str, Any]] = []
     dark_spikes: List[Dict[str, Any]] = []
@@ -117,7 +118,8 @@ def ssim_gap(scenes: Sequence[HeldoutScene], despike: Callable[[np.ndarray, np.n
                 rows.append(dict(set=scene.set_name, key=scene.key, level=level, variant=name,
                                  **scores(np.clip(image, 0.0, 1.0), target)))
             dark_spikes.append(dict(set=scene.set_name, key=scene.key, level=level, dark_fraction=float(dark.mean()),
-                                    spikes_per_pixel=float(counts[0][dark].mean()) if dark.any() else float('nan')))
+                                    spikes_per_pixel=float(counts[0][dark].mean()) if dark.any() else float('nan'),
+                                    mean_rate=float(counts[0].mean() / steps)))
         if progress is not None:
             progress(f'{scene.set_name}/{scene.key} done')
     return {'rows': rows, 'dark_spikes': dark_spikes}
@@ -137,10 +139,11 @@ def gap_markdown(report: Dict[str, Any]) -> str:
             ssim, fit = np.mean([r['ssim'] for r in members]), np.mean([r['psnr_fit'] for r in members])
             cells.append(f"{ssim:.4f} / {fit:.2f} ({min(r['psnr_fit'] for r in members):.2f})")
         lines.append(f'| {variant} | ' + ' | '.join(cells) + ' |')
-    lines += ['', 'Spikes per pixel over the stream in the target\'s flat dark regions (share of the image):',
-              '']
+    lines += ['', 'Spikes per pixel over the stream in the target\'s flat dark regions (share of the image; the '
+              'realised mean rate per step, which highlights cap):', '']
     for group in groups:
         members = [d for d in report['dark_spikes'] if (d['set'], d['level']) == group]
         lines.append(f'- {group[0]} {group[1]}: ' + ', '.join(
-            f"{d['key']} {d['spikes_per_pixel']:.2f} ({100 * d['dark_fraction']:.0f} %)" for d in members))
+            f"{d['key']} {d['spikes_per_pixel']:.2f} ({100 * d['dark_fraction']:.0f} %; rate {d['mean_rate']:.2f})"
+            for d in members))
     return '\n'.join(lines) + '\n'
