@@ -83,9 +83,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'bench_ssim_gap: error: {err}', file=sys.stderr)
         return 2
     start = time.time()
-    report = ssim_gap.ssim_gap(scenes, lambda spikes, gamma: reconstructor.reconstruct(
-        spikes, gamma, clip=False, exposure='fixed'), filters, reconstructor.net.reference_rate, seed=args.seed,
-                               levels=levels, oracles=not args.no_oracles, progress=lambda line: print(line, flush=True))
+
+    def despike(spikes, gamma):
+        return reconstructor.reconstruct(spikes, gamma, clip=False, exposure='fixed')
+
+    report = ssim_gap.ssim_gap(scenes, despike, filters, reconstructor.net.reference_rate, seed=args.seed,
+                               levels=levels, oracles=not args.no_oracles,
+                               progress=lambda line: print(line, flush=True))
     table = ssim_gap.gap_markdown(report)
     command = 'python scripts/bench_ssim_gap.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
     stem = ('ssim_gap_selection' if args.selection else 'ssim_gap') + ('_light' if args.rates else '')
