@@ -57,10 +57,16 @@ def test_ssim_gap_scores_every_variant_on_the_heldout_streams():
     assert 'flat smoothing T 2, σ 2' in ssim_gap.gap_markdown(report)
 
 
-def test_filters_and_a_missing_dataset_are_refused(repo_root, tmp_path, capsys):
+def _bench_script(repo_root):
+    """scripts/bench_ssim_gap.py as a module (scripts/ is not a package)."""
     spec = importlib.util.spec_from_file_location('bench_ssim_gap', osp.join(repo_root, 'scripts', 'bench_ssim_gap.py'))
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_filters_and_a_missing_dataset_are_refused(repo_root, tmp_path, capsys):
+    bench = _bench_script(repo_root)
     assert bench.parse_filters('2:1.5, 3:2:32') == [(2.0, 1.5, None), (3.0, 2.0, 32.0)]
     for bad in ('2', '2:x', '2:-1', '1:2:3:4'):
         with pytest.raises(ValueError, match=f'"{bad}"'):
@@ -71,9 +77,7 @@ def test_filters_and_a_missing_dataset_are_refused(repo_root, tmp_path, capsys):
 
 
 def test_light_levels_are_parsed_as_mean_rates_and_bad_ones_refused(repo_root, capsys):
-    spec = importlib.util.spec_from_file_location('bench_ssim_gap', osp.join(repo_root, 'scripts', 'bench_ssim_gap.py'))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_script(repo_root)
     assert bench.parse_rates('0.075, 0.3') == {'rate 0.075': 0.075, 'rate 0.3': 0.3}
     for bad in ('0', '1', 'x', '-0.2'):
         with pytest.raises(ValueError, match=f'"{bad}"'):
